@@ -1,0 +1,30 @@
+"""qlora4080: single-GPU LoRA/QLoRA fine-tuning of chat models from one TOML recipe.
+
+Python API (heavy libraries load only when training starts):
+
+    from qlora4080 import load_recipe, train
+    recipe = load_recipe("recipes/smollm2_135m_demo.toml", ["training.max_steps=10"])
+    result = train(recipe)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "load_recipe", "train", "Recipe", "QloraError"]
+
+from .errors import QloraError
+from .recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from .train.run import TrainResult
+
+
+def train(recipe: Recipe, *, run_name: str | None = None, overwrite: bool = False) -> "TrainResult":
+    """Train a LoRA adapter; returns where the adapter and logs were written."""
+    from .train.run import train as _train
+
+    return _train(recipe, run_name=run_name, overwrite=overwrite)
+
+

@@ -1,0 +1,340 @@
+"""The recipe: one TOML file = model + LoRA + data + training + output.
+
+Typed with pydantic (extra="forbid"), so a mistyped key is rejected with its
+name, the line it is on and the closest valid key, before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import QloraError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str
+    """Hub id (org/name), a local directory, or `builtin:smollm2-135m-instruct`."""
+    max_seq_len: int = Field(1024, ge=16, le=131072)
+    """Longest training sequence in tokens; longer conversations are truncated."""
+    load_in_4bit: bool = True
+    """NF4 4-bit base weights (QLoRA). Needs CUDA + bitsandbytes; ignored on CPU with a warning."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    """auto: unsloth when CUDA is present and unsloth imports, else transformers + peft (hf)."""
+    chat_template: str | None = None
+    """Optional path to a Jinja chat template that replaces the tokenizer's own."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own Python code."""
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (effective scale alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or "all-linear" for every linear projection except the output head."""
+
+
+class DataSection(_Section):
+    train: str
+    """JSONL file, one conversation a line: {"messages": [{"role", "content"}, ...]}. Relative to the recipe file."""
+    validation: str | None = None
+    """Optional validation JSONL in the same shape. Relative to the recipe file."""
+    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    """Which tokens carry loss: every assistant turn, only the last one, or everything."""
+
+
+class TrainingSection(_Section):
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = Field(-1, ge=-1)
+    """Stop after this many optimizer steps; -1 means run `epochs` epochs."""
+    batch_size: int = Field(2, ge=1)
+    """Sequences per device per forward pass."""
+    grad_accum: int = Field(8, ge=1)
+    """Forward passes accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """Peak learning rate."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    """Share of the steps spent warming up."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    """auto: 8-bit AdamW on CUDA when bitsandbytes is present, torch AdamW otherwise."""
+    gradient_checkpointing: bool | None = None
+    """None = device default (on for CUDA, off on CPU where it only costs time)."""
+    seed: int = 42
+    """Seed for data order, LoRA init and dropout."""
+    logging_steps: int = Field(1, ge=1)
+    """Log metrics every N optimizer steps."""
+    save_steps: int = Field(100, ge=1)
+    """Write a resumable checkpoint every N optimizer steps."""
+    save_total_limit: int = Field(2, ge=1)
+    """Keep at most this many intermediate checkpoints."""
+    eval_steps: int = Field(0, ge=0)
+    """Evaluate on the validation file every N steps; 0 = only at the end (when a validation file is set)."""
+
+
+class OutputSection(_Section):
+    run_name: str | None = None
+    """Run name; default <recipe file stem>-<YYYYmmdd-HHMMSS>."""
+    checkpoints_dir: str = "checkpoints"
+    """Where adapters go (relative to the working directory)."""
+    runs_dir: str = "runs"
+    """Where logs and metrics go (relative to the working directory)."""
+
+    @model_validator(mode="after")
+    def _safe_run_name(self) -> "OutputSection":
+        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name):
+            raise ValueError(
+                f"run_name {self.run_name!r} must start with a letter or digit and hold only letters, digits, '.', '_' or '-'"
+            )
+        return self
+
+
+class Recipe(_Section):
+    model: ModelSection
+    lora: LoraSection = LoraSection()
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    output: OutputSection = OutputSection()
+
+    source_path: Path | None = Field(None, exclude=True)
+    """The TOML file this recipe came from (relative data paths resolve against its folder)."""
+
+    def resolve_path(self, relative: str) -> Path:
+        """A path written in the recipe, resolved against the recipe's folder."""
+        path = Path(relative).expanduser()
+        if path.is_absolute() or self.source_path is None:
+            return path
+        return (self.source_path.parent / path).resolve()
+
+    @property
+    def stem(self) -> str:
+        return self.source_path.stem if self.source_path else "recipe"
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML, saved next to every checkpoint.
+
+        File paths are written absolute, so the snapshot works from any folder.
+        """
+        data = self.model_dump(mode="json", exclude_none=True)
+        for key in ("train", "validation"):
+            if key in data["data"]:
+                data["data"][key] = str(self.resolve_path(data["data"][key]))
+        if "chat_template" in data["model"]:
+            data["model"]["chat_template"] = str(self.resolve_path(data["model"]["chat_template"]))
+        return dumps_toml(data)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSection,
+    "lora": LoraSection,
+    "data": DataSection,
+    "training": TrainingSection,
+    "output": OutputSection,
+}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Read a TOML recipe, apply `section.key=value` overrides, validate.
+
+    Raises QloraError naming the file, line and key for anything wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QloraError(
+            f"recipe file not found: {path}",
+            hint="pass a .toml recipe, e.g. recipes/smollm2_135m_demo.toml (run `qlora4080 recipes` to list the bundled ones)",
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise QloraError(f"not valid TOML: {exc}", where=str(path), hint="fix the syntax at the line shown") from exc
+    override_keys = _apply_overrides(raw, overrides or [])
+    recipe = _validate(raw, path, text, override_keys)
+    recipe.source_path = path.resolve()
+    _check_files(recipe, path)
+    return recipe
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=1e-4` -> (["training", "learning_rate"], 1e-4). Values are read as TOML, else as text."""
+    if "=" not in item:
+        raise QloraError(f"override {item!r} has no '='", where="--set", hint="write it as section.key=value, e.g. training.max_steps=20")
+    dotted, value_text = item.split("=", 1)
+    keys = [k.strip() for k in dotted.strip().split(".")]
+    if len(keys) != 2 or not all(keys):
+        raise QloraError(
+            f"override key {dotted!r} must be section.key",
+            where="--set",
+            hint=f"sections: {', '.join(SECTIONS)}; e.g. training.learning_rate=1e-4",
+        )
+    try:
+        value = tomllib.loads(f"v = {value_text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()  # bare words such as cosine or a path
+    return keys, value
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> set[tuple[str, str]]:
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    applied: set[tuple[str, str]] = set()
+    for keys, value in items:
+        if isinstance(keys, str):
+            keys = keys.split(".")
+        section, key = keys
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise QloraError(f"[{section}] is not a table in the recipe", where="--set")
+        target[key] = value
+        applied.add((section, key))
+    return applied
+
+
+def _validate(raw: dict[str, Any], path: Path, text: str, override_keys: set[tuple[str, str]]) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _explain(first, path, text, override_keys, len(exc.errors())) from exc
+
+
+def _explain(error: dict[str, Any], path: Path, text: str, override_keys: set[tuple[str, str]], count: int) -> QloraError:
+    loc = [str(part) for part in error["loc"]]
+    section = loc[0] if loc else ""
+    key = loc[1] if len(loc) > 1 else ""
+    more = f" ({count - 1} more problem(s) after this one)" if count > 1 else ""
+    if (section, key) in override_keys:
+        where = f"--set {section}.{key}"
+    else:
+        line = find_line(text, section, key)
+        where = f"{path}:{line}" if line else str(path)
+
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            allowed = list(SECTIONS)
+            what = f"unknown section [{section}]"
+            close = difflib.get_close_matches(section, allowed, n=1)
+        else:
+            allowed = list(SECTIONS.get(section, _Section).model_fields)
+            what = f"unknown key '{key}' in [{section}]"
+            close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return QloraError(what + more, where=where, hint=hint + f"allowed: {', '.join(allowed)}")
+    if error["type"] == "missing":
+        name = f"[{section}]" if len(loc) == 1 else f"'{key}' in [{section}]"
+        return QloraError(f"missing required {name}{more}", where=where, hint=_field_doc(section, key))
+    field = ".".join(loc)
+    return QloraError(
+        f"{field} = {error.get('input')!r}: {error['msg']}{more}",
+        where=where,
+        hint=_field_doc(section, key),
+    )
+
+
+def _field_doc(section: str, key: str) -> str | None:
+    model = SECTIONS.get(section)
+    if model is None or key not in model.model_fields:
+        return None
+    doc = model.model_fields[key].description
+    return f"{section}.{key}: {doc}" if doc else None
+
+
+def find_line(text: str, section: str, key: str = "") -> int | None:
+    """1-based line of `key = ...` inside `[section]` (or of the section header)."""
+    current = ""
+    header_line = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if current == section:
+                header_line = number
+            continue
+        if current == section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
+            return number
+    return header_line
+
+
+def _check_files(recipe: Recipe, path: Path) -> None:
+    """Files the recipe names must exist before any model is loaded."""
+    text = path.read_text(encoding="utf-8")
+    for key in ("train", "validation"):
+        value = getattr(recipe.data, key)
+        if value is None:
+            continue
+        resolved = recipe.resolve_path(value)
+        if not resolved.is_file():
+            line = find_line(text, "data", key)
+            raise QloraError(
+                f"data.{key} file not found: {resolved}",
+                where=f"{path}:{line}" if line else str(path),
+                hint="paths in [data] are relative to the recipe file's folder",
+            )
+    if recipe.model.chat_template and not recipe.resolve_path(recipe.model.chat_template).is_file():
+        raise QloraError(
+            f"model.chat_template file not found: {recipe.resolve_path(recipe.model.chat_template)}",
+            where=f"{path}:{find_line(text, 'model', 'chat_template')}",
+        )
+    name = recipe.model.name
+    if name.startswith(BUILTIN_PREFIX):
+        from .builtin_models import BUILTIN_MODELS
+
+        if name[len(BUILTIN_PREFIX):] not in BUILTIN_MODELS:
+            raise QloraError(
+                f"unknown built-in model {name!r}",
+                where=f"{path}:{find_line(text, 'model', 'name')}",
+                hint="known: " + ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS),
+            )
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for the recipe's shape: tables of scalars and lists."""
+    lines: list[str] = []
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
