@@ -1,0 +1,67 @@
+"""Conversations -> a tokenized `datasets.Dataset` of input_ids + labels for the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import QloraError
+from .conversations import Conversations, Rejected
+from .render import IGNORE_INDEX, TemplateError, TrainOn, render_conversation
+
+
+@dataclass
+class TokenizedSplit:
+    dataset: Any  # datasets.Dataset with input_ids, labels
+    conversations: int
+    tokens: int
+    trained_tokens: int
+    truncated: int = 0
+    dropped: list[Rejected] = field(default_factory=list)
+
+
+def tokenize_conversations(
+    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn
+) -> TokenizedSplit:
+    """Render and mask every conversation; keep the first max_seq_len tokens.
+
+    A conversation whose trained tokens all fall past max_seq_len would only
+    add compute, so it is dropped and reported rather than trained silently.
+    """
+    from datasets import Dataset
+
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    dropped: list[Rejected] = []
+    truncated = tokens = trained = 0
+    for line, record in zip(source.lines, source.records):
+        try:
+            rendered = render_conversation(record["messages"], tokenizer, train_on=train_on, tools=record.get("tools"))
+        except TemplateError:
+            raise
+        except QloraError as exc:
+            dropped.append(Rejected(source.path, line, exc.message))
+            continue
+        ids, labels = rendered["input_ids"], rendered["labels"]
+        if len(ids) > max_seq_len:
+            truncated += 1
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        if all(label == IGNORE_INDEX for label in labels):
+            dropped.append(Rejected(source.path, line, f"no trained token within max_seq_len={max_seq_len}"))
+            continue
+        rows["input_ids"].append(ids)
+        rows["labels"].append(labels)
+        tokens += len(ids)
+        trained += sum(label != IGNORE_INDEX for label in labels)
+    if not rows["input_ids"]:
+        raise QloraError(
+            f"every conversation in {source.path} was dropped; first: {dropped[0] if dropped else '?'}",
+            hint="raise [model] max_seq_len or check the data",
+        )
+    return TokenizedSplit(
+        dataset=Dataset.from_dict(rows),
+        conversations=len(rows["input_ids"]),
+        tokens=tokens,
+        trained_tokens=trained,
+        truncated=truncated,
+        dropped=dropped,
+    )

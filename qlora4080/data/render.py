@@ -1,0 +1,190 @@
+"""Messages + tokenizer -> input_ids and labels, built together so they never drift.
+
+Works for any chat template, including ones without `{% generation %}`
+markers, by rendering prefixes of the conversation and diffing strings:
+
+    prompt_i = render(messages[:i], add_generation_prompt=True)   # ends with the assistant header
+    upto_i   = render(messages[:i+1])                             # ... + assistant turn i
+
+The text after `prompt_i` in `upto_i` is assistant turn i as the template
+writes it. Its trained part runs to the end of the first special token after
+the content (the end-of-turn token, e.g. `<|im_end|>`, `<|eot_id|>`,
+`<end_of_turn>`), so the model learns to stop; whitespace the template puts
+after that token (a newline) and the role header are not trained. No
+per-model marker strings are needed.
+
+Each piece of text (untrained, trained, untrained, ...) is tokenized on its
+own and the ids concatenated, the way inference sees it: the prompt is
+tokenized, then the answer's tokens follow.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from ..errors import QloraError
+
+IGNORE_INDEX = -100
+TrainOn = Literal["assistant", "last_assistant", "all"]
+TRAIN_ON_CHOICES: tuple[str, ...] = ("assistant", "last_assistant", "all")
+
+
+class TemplateError(QloraError):
+    """The chat template cannot be split into prompt and answer consistently."""
+
+
+def render_conversation(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    train_on: TrainOn = "assistant",
+    tools: list[dict[str, Any]] | None = None,
+) -> dict[str, list[int]]:
+    """Tokenize one conversation with the tokenizer's chat template.
+
+    Returns {"input_ids": [...], "labels": [...]} of equal length; labels are
+    IGNORE_INDEX (-100) on every token that must not carry loss.
+    """
+    if train_on not in TRAIN_ON_CHOICES:
+        raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
+    messages = [dict(m) for m in messages]
+    assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not assistant_turns:
+        raise QloraError("the conversation has no assistant turn, so nothing would be trained")
+
+    full = _render(tokenizer, messages, tools, add_generation_prompt=False)
+    if train_on == "all":
+        ids = _tokenize_pieces(tokenizer, [full])[0]
+        return {"input_ids": ids, "labels": list(ids)}
+
+    chosen = assistant_turns if train_on == "assistant" else assistant_turns[-1:]
+    spans = [_assistant_span(tokenizer, messages, tools, i, full) for i in chosen]
+
+    pieces: list[str] = []
+    trained: list[bool] = []
+    position = 0
+    for start, end in spans:
+        pieces += [full[position:start], full[start:end]]
+        trained += [False, True]
+        position = end
+    pieces.append(full[position:])
+    trained.append(False)
+
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for ids, is_trained in zip(_tokenize_pieces(tokenizer, pieces), trained):
+        input_ids += ids
+        labels += ids if is_trained else [IGNORE_INDEX] * len(ids)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, index: int, full: str) -> tuple[int, int]:
+    """Character span [start, end) of assistant turn `index`'s trained text inside `full`."""
+    before = messages[:index]
+    prompt = _render(tokenizer, before, tools, add_generation_prompt=True)
+    if prompt == _render(tokenizer, before, tools, add_generation_prompt=False):
+        raise TemplateError(
+            "the chat template ignores add_generation_prompt, so the assistant header cannot be told apart from the answer",
+            hint="set [model] chat_template to a template that writes the assistant header when add_generation_prompt is true",
+        )
+    upto = _render(tokenizer, messages[: index + 1], tools, add_generation_prompt=False)
+    if not upto.startswith(prompt) or not full.startswith(prompt):
+        raise TemplateError(
+            f"the chat template renders the conversation differently when it is cut before message {index} "
+            "(it rewrites earlier turns or the assistant header), so trained tokens cannot be located reliably",
+            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
+        )
+    segment = upto[len(prompt):]
+    length = _trained_length(segment, messages[index].get("content"), _special_tokens(tokenizer))
+    start, end = len(prompt), len(prompt) + length
+    if full[start:end] != segment[:length]:
+        raise TemplateError(
+            f"assistant message {index} is rendered differently once later messages follow it",
+            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
+        )
+    return start, end
+
+
+def _trained_length(segment: str, content: Any, specials: tuple[str, ...]) -> int:
+    """Length of the assistant segment to train: up to and including its end-of-turn special token."""
+    search_from = 0
+    if isinstance(content, str) and content.strip():
+        found = segment.find(content.strip())
+        if found >= 0:
+            search_from = found + len(content.strip())
+    ends = [(p, len(tok)) for tok in specials if (p := segment.find(tok, search_from)) >= 0]
+    if ends:
+        position, width = min(ends)
+        return position + width
+    # No special token closes the turn: train the turn without trailing whitespace.
+    return len(segment.rstrip())
+
+
+_SPECIALS_CACHE: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+
+
+def _special_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Special tokens of the tokenizer (named ones and added ones marked special)."""
+    try:
+        return _SPECIALS_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False):
+            names.add(str(added.content))
+    result = tuple(sorted((n for n in names if n), key=len, reverse=True))
+    try:
+        _SPECIALS_CACHE[tokenizer] = result
+    except TypeError:
+        pass
+    return result
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise QloraError(
+            "the tokenizer has no chat template",
+            hint="use an instruct/chat model, or set [model] chat_template to a .jinja file",
+        )
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # jinja raise_exception(...) and friends
+        raise TemplateError(f"the chat template refused the conversation: {exc}") from exc
+    return text
+
+
+def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
+    # The template already wrote BOS and every special token as text.
+    non_empty = [p for p in pieces if p]
+    encoded = iter(tokenizer(non_empty, add_special_tokens=False)["input_ids"]) if non_empty else iter(())
+    return [next(encoded) if p else [] for p in pieces]
+
+
+def render_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Token ids of a conversation ready for the next assistant answer (used by chat and eval)."""
+    text = _render(tokenizer, [dict(m) for m in messages], tools, add_generation_prompt=True)
+    return _tokenize_pieces(tokenizer, [text])[0]
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """Token ids that close an assistant turn in this template (what generation should stop on).
+
+    Found the same way training finds them: render a one-turn conversation and
+    take the last trained token, plus the tokenizer's EOS.
+    """
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    ids: list[int] = []
+    try:
+        labels = render_conversation(probe, tokenizer)["labels"]
+        trained = [label for label in labels if label != IGNORE_INDEX]
+        if trained:
+            ids.append(trained[-1])
+    except QloraError:
+        pass
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
