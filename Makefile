@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 # Train the bundled demo recipe on this machine, then ask the result a question.
 demo: venv
 	$(BIN)/qlora4080 train recipes/smollm2_135m_demo.toml --run-name demo --overwrite
-	$(BIN)/qlora4080 chat checkpoints/demo --compare --prompt "$$(cat recipes/demo_prompt.txt)"
+	$(BIN)/qlora4080 chat checkpoints/demo --compare --prompt "Ines Moreau is a 29-year-old architect from Lyon."
 
 # The whole suite, including the real-model end-to-end run (marked slow).
 test: venv

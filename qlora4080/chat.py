@@ -7,7 +7,7 @@ from typing import Any
 from .console import console
 from .infer import ChatModel, generate
 
-HELP = "Commands: /reset (forget the conversation), /system <text> (set the system prompt), /exit (or Ctrl-D)."
+HELP = "Commands: /reset (forget the conversation), /system <text> (set the system prompt), /exit (or Ctrl-D). Ctrl-C stops an answer."
 
 
 def chat_loop(
@@ -45,7 +45,13 @@ def chat_loop(
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         console.print("[bold blue]assistant>[/] ", end="")
-        answer = generate(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=_write)
+        try:
+            answer = generate(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=_write)
+        except KeyboardInterrupt:
+            # Ctrl-C stops this answer only; the unanswered question is dropped from the history.
+            console.print("\n(answer interrupted)", style="dim")
+            history.pop()
+            continue
         console.print()
         history.append({"role": "assistant", "content": answer})
 

@@ -125,11 +125,19 @@ def list_recipes(
         try:
             loaded = load_recipe(path)
         except QloraError as error:
-            table.add_row(str(path), f"[red]invalid: {error.message}[/]", "", "", "", "")
+            table.add_row(_display(path), f"[red]invalid: {error.message}[/]", "", "", "", "")
             continue
         t = loaded.training
         table.add_row(
-            str(path), loaded.model.name, str(loaded.model.max_seq_len), f"{t.batch_size} x {t.grad_accum}",
+            _display(path), loaded.model.name, str(loaded.model.max_seq_len), f"{t.batch_size} x {t.grad_accum}",
             "yes" if loaded.model.load_in_4bit else "no", recipe_summary(path),
         )
     console.print(table)
+
+
+def _display(path: Path) -> str:
+    """A recipe path as the user would type it: relative to the working folder when possible."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -25,6 +25,9 @@ class TrainResult:
     checkpoint_dir: Path
     run_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+    """The trained model (base + adapter), still in memory, for chatting or evaluating right away."""
+    tokenizer: Any = field(default=None, repr=False)
 
 
 def train(recipe: Recipe, *, run_name: str | None = None, overwrite: bool = False) -> TrainResult:
@@ -137,7 +140,7 @@ def _train(recipe: Recipe, dirs: RunDirs, hardware: Any, backend: str, log: Any,
     _write_meta(dirs, recipe, backend, summary)
     (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.line("summary: " + ", ".join(f"{k}={_short(v)}" for k, v in summary.items()))
-    return TrainResult(run_name=dirs.name, checkpoint_dir=dirs.checkpoint, run_dir=dirs.logs, summary=summary)
+    return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=model, tokenizer=tokenizer)
 
 
 def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:

@@ -1,0 +1,112 @@
+"""The command line as a user runs it: subprocesses, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, DEMO_RECIPE, write_recipe
+
+
+def run(*args: str, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+
+
+def test_help_is_instant_and_lists_commands():
+    started = time.monotonic()
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "chat", "recipes"):
+        assert command in result.stdout
+    assert time.monotonic() - started < 5
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, qlora4080.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_bad_recipe_key_exits_nonzero_with_location(tmp_path):
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('[model]\nname = "builtin:smollm2-135m-instruct"\nmax_seq_lenn = 64\n[data]\ntrain = "t.jsonl"\n')
+    result = run("train", str(recipe))
+    assert result.returncode == 2
+    assert f"{recipe}:3" in result.stderr
+    assert "unknown key 'max_seq_lenn' in [model]" in result.stderr
+    assert "did you mean 'max_seq_len'?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_override_exits_nonzero():
+    result = run("train", str(DEMO_RECIPE), "--set", "training.batch_size=zero", "--dry-run")
+    assert result.returncode == 2
+    assert "--set training.batch_size" in result.stderr
+
+
+def test_missing_recipe_file():
+    result = run("train", "nope.toml")
+    assert result.returncode == 2 and "recipe file not found" in result.stderr
+
+
+def test_dry_run_validates_and_loads_nothing():
+    result = run("train", str(DEMO_RECIPE), "--dry-run", "--set", "training.max_steps=3")
+    assert result.returncode == 0, result.stderr
+    assert "recipe OK" in result.stdout and "max_steps = 3" in result.stdout
+    assert not Path("checkpoints").exists()
+
+
+def test_recipes_lists_bundled_recipes():
+    result = run("recipes", "--dir", str(DEMO_RECIPE.parent))
+    assert result.returncode == 0, result.stderr
+    assert "smollm2_135m_demo.toml" in result.stdout
+    assert "qwen3_4b_emoji.toml" in result.stdout
+
+
+def test_chat_on_a_folder_that_is_not_a_checkpoint(tmp_path):
+    result = run("chat", str(tmp_path), "--prompt", "hi")
+    assert result.returncode == 2 and "not a qlora4080 checkpoint" in result.stderr
+
+
+def test_train_then_scripted_chat_repl_on_tiny_model(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, str(tiny_model_dir), training={"max_steps": 2})
+    trained = run("train", str(recipe), "--run-name", "cli-tiny")
+    assert trained.returncode == 0, trained.stderr
+    assert "Done." in trained.stdout and "qlora4080 chat checkpoints/cli-tiny" in trained.stdout
+
+    again = run("train", str(recipe), "--run-name", "cli-tiny")
+    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+
+    script = "Hello\n/system Be brief.\nAnother\n/reset\n/bogus\n/exit\nnever sent\n"
+    chat = run("chat", "checkpoints/cli-tiny", "--max-new-tokens", "3", stdin=script)
+    assert chat.returncode == 0, chat.stderr
+    out = chat.stdout
+    assert out.count("assistant>") == 2
+    assert "(system prompt set; conversation cleared)" in out
+    assert "(conversation cleared)" in out
+    assert "unknown command /bogus" in out
+    assert "never sent" not in out
+
+    ended = run("chat", "checkpoints/cli-tiny", "--max-new-tokens", "2", stdin="Only line, then end of input\n")
+    assert ended.returncode == 0, ended.stderr  # Ctrl-D / end of input leaves cleanly
+    assert ended.stdout.count("assistant>") == 1
+
+
+@pytest.mark.slow
+def test_demo_recipe_end_to_end_with_real_smollm2():
+    """The README's demo, shortened: real SmolLM2 from the package, real TRL, then chat --prompt."""
+    trained = run("train", str(DEMO_RECIPE), "--set", "training.max_steps=3", "--set", "training.logging_steps=1", "--run-name", "demo")
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    summary = json.loads(Path("runs/demo/summary.json").read_text())
+    assert summary["steps"] == 3 and summary["first_loss"] > summary["last_loss"]
+    answer = run("chat", "checkpoints/demo", "--compare", "--prompt", "Ines Moreau is a 29-year-old architect from Lyon.")
+    assert answer.returncode == 0, answer.stderr
+    assert "base model (adapter off):" in answer.stdout and "with the trained adapter:" in answer.stdout
+    base = run("chat", "builtin:smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--max-new-tokens", "20")
+    assert base.returncode == 0 and "Paris" in base.stdout

@@ -1,0 +1,139 @@
+"""Masking: the decoded trained tokens are exactly the assistant contents + end-of-turn, nothing else.
+
+Templates: SmolLM2's own (ChatML), and TRL's bundled copies of the Llama-3,
+Gemma and Phi-3 templates, applied to SmolLM2's tokenizer with the family's
+special tokens added (the masking logic works on the rendered text, so the
+vocabulary does not matter; the special tokens do).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from qlora4080.data.render import IGNORE_INDEX, TemplateError, end_of_turn_ids, render_conversation
+from qlora4080.errors import QloraError
+
+TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
+
+SINGLE = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "2 + 2 = 4."},
+]
+MULTI = [
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another one, please."},
+    {"role": "assistant", "content": "Green, like grass."},
+]
+WITH_SYSTEM = [{"role": "system", "content": "You are terse."}] + MULTI
+
+# family -> (template file or None for the tokenizer's own, extra special tokens, end-of-turn token, supports system)
+FAMILIES = {
+    "chatml-smollm2": (None, [], "<|im_end|>", True),
+    "llama3": ("llama3.jinja", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>", True),
+    "gemma": ("gemma.jinja", ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>", False),
+    "qwen2.5": ("qwen2_5.jinja", [], "<|im_end|>", True),
+    "qwen3-instruct-2507": ("qwen3_instruct_2507.jinja", [], "<|im_end|>", True),
+    "phi3": ("phi3.jinja", ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], "<|end|>", True),
+}
+
+
+def _tokenizer_for(base, family: str):
+    template, specials, _, _ = FAMILIES[family]
+    if template is None:
+        return base
+    tokenizer = copy.deepcopy(base)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.chat_template = (TRL_TEMPLATES / template).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def _trained_text(tokenizer, rendered) -> str:
+    ids = [i for i, label in zip(rendered["input_ids"], rendered["labels"]) if label != IGNORE_INDEX]
+    return tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("conversation", ["single", "multi", "system"])
+def test_trained_tokens_are_exactly_assistant_content_and_end_of_turn(smol_tokenizer, family, conversation):
+    messages = {"single": SINGLE, "multi": MULTI, "system": WITH_SYSTEM}[conversation]
+    _, _, eot, supports_system = FAMILIES[family]
+    if conversation == "system" and not supports_system:
+        pytest.skip("Gemma's template refuses system messages")
+    tokenizer = _tokenizer_for(smol_tokenizer, family)
+    rendered = render_conversation(messages, tokenizer)
+    assert len(rendered["input_ids"]) == len(rendered["labels"])
+    expected = "".join(m["content"] + eot for m in messages if m["role"] == "assistant")
+    assert _trained_text(tokenizer, rendered) == expected
+    # the untrained part is everything else, and labels equal ids where trained
+    for token, label in zip(rendered["input_ids"], rendered["labels"]):
+        assert label in (IGNORE_INDEX, token)
+    # the ids are the template's text, nothing added or lost
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert tokenizer.decode(rendered["input_ids"]) == full
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_assistant_only(smol_tokenizer, family):
+    tokenizer = _tokenizer_for(smol_tokenizer, family)
+    eot = FAMILIES[family][2]
+    rendered = render_conversation(MULTI, tokenizer, train_on="last_assistant")
+    assert _trained_text(tokenizer, rendered) == "Green, like grass." + eot
+
+
+def test_train_on_all_trains_every_token(smol_tokenizer):
+    rendered = render_conversation(MULTI, smol_tokenizer, train_on="all")
+    assert rendered["labels"] == rendered["input_ids"]
+
+
+def test_role_header_and_trailing_newline_are_not_trained(smol_tokenizer):
+    rendered = render_conversation(SINGLE, smol_tokenizer)
+    pieces = [(smol_tokenizer.decode([i]), label != IGNORE_INDEX) for i, label in zip(rendered["input_ids"], rendered["labels"])]
+    trained_pieces = [p for p, t in pieces if t]
+    assert trained_pieces[-1] == "<|im_end|>"
+    assert "assistant" not in "".join(trained_pieces)
+    assert pieces[-1] == ("\n", False)  # the newline after <|im_end|> is template glue
+
+
+def test_chatml_ids_match_whole_text_tokenization(smol_tokenizer):
+    rendered = render_conversation(WITH_SYSTEM, smol_tokenizer)
+    full = smol_tokenizer.apply_chat_template(WITH_SYSTEM, tokenize=False)
+    assert rendered["input_ids"] == smol_tokenizer(full, add_special_tokens=False)["input_ids"]
+
+
+def test_no_assistant_turn_is_an_error(smol_tokenizer):
+    with pytest.raises(QloraError, match="no assistant turn"):
+        render_conversation([{"role": "user", "content": "hi"}], smol_tokenizer)
+
+
+def test_template_without_generation_prompt_is_refused(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    with pytest.raises(TemplateError, match="ignores add_generation_prompt"):
+        render_conversation(SINGLE, tokenizer)
+
+
+def test_template_that_rewrites_earlier_turns_is_refused(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    # Writes the number of messages at the top: every prefix renders differently.
+    tokenizer.chat_template = (
+        "{{ messages|length }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="differently"):
+        render_conversation(MULTI, tokenizer)
+
+
+def test_bad_train_on_value(smol_tokenizer):
+    with pytest.raises(QloraError, match="train_on"):
+        render_conversation(SINGLE, smol_tokenizer, train_on="user")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_end_of_turn_ids_for_generation(smol_tokenizer, family):
+    tokenizer = _tokenizer_for(smol_tokenizer, family)
+    eot = FAMILIES[family][2]
+    assert tokenizer.convert_tokens_to_ids(eot) in end_of_turn_ids(tokenizer)
