@@ -63,18 +63,18 @@ class MetricsCallback(TrainerCallback):
         self.log.line(_format(record, state.max_steps))
 
 
+# Metrics shown on a log line, in order, each with how to print it.
+_FIELDS: list[tuple[str, Any]] = [
+    ("loss", lambda v: f"loss {v:.4f}"),
+    ("eval_loss", lambda v: f"eval_loss {v:.4f} (ppl {math.exp(min(v, 50)):.2f})"),
+    ("learning_rate", lambda v: f"lr {v:.2e}"),
+    ("grad_norm", lambda v: f"grad {v:.3f}"),
+    ("tokens_per_second", lambda v: f"{v:.0f} tok/s"),
+    ("train_runtime", lambda v: f"done in {v:.1f}s"),
+]
+
+
 def _format(record: dict[str, Any], max_steps: int) -> str:
     parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
-    if "loss" in record:
-        parts.append(f"loss {record['loss']:.4f}")
-    if "eval_loss" in record:
-        parts.append(f"eval_loss {record['eval_loss']:.4f} (ppl {math.exp(min(record['eval_loss'], 50)):.2f})")
-    if "learning_rate" in record:
-        parts.append(f"lr {record['learning_rate']:.2e}")
-    if "grad_norm" in record:
-        parts.append(f"grad {record['grad_norm']:.3f}")
-    if "tokens_per_second" in record:
-        parts.append(f"{record['tokens_per_second']:.0f} tok/s")
-    if "train_runtime" in record:
-        parts.append(f"done in {record['train_runtime']:.1f}s")
+    parts += [show(record[key]) for key, show in _FIELDS if key in record]
     return " | ".join(parts)
