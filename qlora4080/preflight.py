@@ -1,0 +1,86 @@
+"""Before anything loads: the hardware found, a VRAM estimate by component, a verdict, and fixes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from .architectures import lookup, resolve
+from .console import console
+from .errors import QloraError
+from .hardware import Hardware
+from .recipe import Recipe
+from .vram import GiB, Estimate, TrainingShape, estimate, fit_overrides
+
+DEFAULT_TARGET_GB = 16.0
+
+
+@dataclass
+class Preflight:
+    estimate: Estimate | None
+    budget_bytes: float
+    budget_label: str
+    fits: bool | None
+    overrides: list[str] | None
+    problem: str | None = None
+
+
+def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
+    """How the recipe runs on a CUDA card (the device defaults of train/config.py)."""
+    t = recipe.training
+    optimizer = t.optimizer if t.optimizer != "auto" else "adamw_8bit"
+    return TrainingShape(
+        batch_size=t.batch_size,
+        seq_len=recipe.model.max_seq_len,
+        load_in_4bit=recipe.model.load_in_4bit,
+        weight_bytes=4 if recipe.model.dtype == "float32" else 2,
+        lora_r=recipe.lora.r,
+        lora_targets=tuple(recipe.lora.target_modules) if isinstance(recipe.lora.target_modules, list) else "all-linear",
+        gradient_checkpointing=True if t.gradient_checkpointing is None else t.gradient_checkpointing,
+        optimizer=optimizer,
+        backend=backend if backend in ("hf", "unsloth") else "hf",
+    )
+
+
+def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf", target_gb: float | None = None, offline: bool = False) -> Preflight:
+    """Estimate against the card found, or against `target_gb` (default 16 GB) when there is none."""
+    if hardware is not None and hardware.is_cuda and target_gb is None:
+        budget, label = float(hardware.gpu_total_bytes or 0), f"{hardware.gpu_name} ({(hardware.gpu_total_bytes or 0) / GiB:.1f} GiB)"
+    else:
+        gb = target_gb or DEFAULT_TARGET_GB
+        budget, label = gb * GiB, f"a {gb:g} GB card"
+    try:
+        arch = lookup(recipe.model.name) if offline else resolve(recipe.model.name)
+    except QloraError as error:
+        return Preflight(None, budget, label, None, None, problem=error.message)
+    if arch is None:
+        return Preflight(None, budget, label, None, None, problem=f"no architecture numbers for '{recipe.model.name}' offline")
+    shape = gpu_shape(recipe, backend)
+    result = estimate(arch, shape)
+    fits = result.total <= budget
+    overrides = None if fits else fit_overrides(arch, shape, budget, recipe.training.grad_accum)
+    return Preflight(result, budget, label, fits, overrides)
+
+
+def print_preflight(report: Preflight, hardware: Hardware | None) -> None:
+    if hardware is not None:
+        console.print(f"[bold]Hardware:[/] {hardware.describe()}")
+    if report.estimate is None:
+        console.print(f"[yellow]No VRAM estimate:[/] {report.problem}")
+        return
+    table = Table(title=f"Estimated peak GPU memory vs {report.budget_label}", title_justify="left")
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    for name, value in report.estimate.parts.items():
+        table.add_row(name, f"{value / GiB:.2f}")
+    table.add_row("[bold]total[/]", f"[bold]{report.estimate.total_gib:.2f}[/]")
+    console.print(table)
+    budget_gib = report.budget_bytes / GiB
+    if report.fits:
+        console.print(f"[green]Verdict: fits[/] ({report.estimate.total_gib:.1f} of {budget_gib:.1f} GiB, {budget_gib - report.estimate.total_gib:.1f} GiB headroom)")
+    elif report.overrides:
+        console.print(f"[red]Verdict: does not fit[/] ({report.estimate.total_gib:.1f} of {budget_gib:.1f} GiB). These overrides would make it fit:")
+        console.print("  " + " ".join(report.overrides), markup=False)
+    else:
+        console.print(f"[red]Verdict: does not fit[/] ({report.estimate.total_gib:.1f} of {budget_gib:.1f} GiB), even with shorter sequences, batch 1, a smaller LoRA rank and 4-bit: pick a smaller model.")

@@ -1,0 +1,133 @@
+"""Pure arithmetic: will this recipe fit this card? No torch, no weights.
+
+Peak training memory = weights + LoRA parameters + their gradients + optimizer
+states + activations + logits + CUDA overhead. Assumptions, each a constant
+below so they can be calibrated against measurements:
+
+- 4-bit NF4 with double quantization: 0.5 byte a weight + ~0.016 for the
+  quantization constants; embeddings and the output head stay 16-bit.
+- LoRA weights, their gradients and AdamW states in fp32 (8-bit AdamW: 2 bytes).
+- Activations in 16-bit with SDPA/flash attention (no seq x seq matrix). A
+  decoder layer keeps about (12 h + 2 kv + 5 i) values a token for backward
+  (norm outputs, q/k/v/o, the MLP's gate/up/act/product, the LoRA dropout
+  copies). With gradient checkpointing only each layer's input (h values a
+  token) is kept, plus one layer recomputed during backward.
+- Logits: the hf path holds b x s x vocab in 16-bit plus fp32 copies for the
+  loss and its gradient (10 bytes an entry); unsloth computes the loss in
+  chunks (about 4 bytes an entry).
+- CUDA context and allocator slack: 0.5 GiB + 8% of everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .architectures import Architecture
+
+GiB = 2**30
+NF4_BYTES_PER_WEIGHT = 0.5 + 0.016
+FP32 = 4
+ADAMW_STATE_BYTES = {"adamw_torch": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+LOGITS_BYTES = {"hf": 10, "unsloth": 4}
+CUDA_CONTEXT_BYTES = 0.5 * GiB
+ALLOCATOR_SLACK = 0.08
+
+
+@dataclass(frozen=True)
+class TrainingShape:
+    """The recipe values that decide memory."""
+
+    batch_size: int
+    seq_len: int
+    load_in_4bit: bool = True
+    weight_bytes: int = 2
+    """Bytes per weight when not 4-bit (2 for bf16/fp16, 4 for fp32)."""
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] | str = "all-linear"
+    gradient_checkpointing: bool = True
+    optimizer: str = "adamw_8bit"
+    backend: str = "hf"
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float] = field(default_factory=dict)
+    """Bytes per component, in the order they are shown."""
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GiB
+
+
+def lora_params(arch: Architecture, r: int, targets: tuple[str, ...] | str) -> int:
+    chosen = [s for s in arch.linear_shapes() if targets == "all-linear" or s[0] in targets]
+    return arch.layers * sum(r * (i + o) for _, i, o in chosen)
+
+
+def activation_bytes(arch: Architecture, shape: TrainingShape) -> float:
+    tokens = shape.batch_size * shape.seq_len
+    kv = arch.kv_heads * arch.head_dim
+    per_layer = tokens * (12 * arch.hidden + 2 * kv + 5 * arch.intermediate) * 2
+    if shape.gradient_checkpointing:
+        return arch.layers * tokens * arch.hidden * 2 + per_layer
+    return arch.layers * per_layer
+
+
+def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
+    """Peak memory of one training step, by component (bytes)."""
+    if shape.load_in_4bit:
+        weights = arch.linear_params * NF4_BYTES_PER_WEIGHT + (arch.embedding_params + arch.norm_params) * 2
+        weights_label = "weights (4-bit NF4, embeddings 16-bit)"
+    else:
+        weights = arch.total_params * shape.weight_bytes
+        weights_label = f"weights ({8 * shape.weight_bytes}-bit)"
+    adapter = lora_params(arch, shape.lora_r, shape.lora_targets)
+    parts = {
+        weights_label: weights,
+        "LoRA parameters (fp32)": adapter * FP32,
+        "LoRA gradients (fp32)": adapter * FP32,
+        f"optimizer states ({shape.optimizer})": adapter * ADAMW_STATE_BYTES.get(shape.optimizer, 8),
+        f"activations ({'checkpointed' if shape.gradient_checkpointing else 'all layers kept'})": activation_bytes(arch, shape),
+        "logits and loss": shape.batch_size * shape.seq_len * arch.vocab * LOGITS_BYTES.get(shape.backend, 10),
+    }
+    subtotal = sum(parts.values())
+    parts["CUDA context + allocator slack"] = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * subtotal
+    return Estimate(parts)
+
+
+def fit_overrides(arch: Architecture, shape: TrainingShape, budget_bytes: float, grad_accum: int) -> list[str] | None:
+    """`--set` overrides, in the order to try them, that bring the estimate under budget; None if nothing does.
+
+    Order: lower max_seq_len, then batch 1 with more grad-accum (same effective
+    batch), then gradient checkpointing, then a smaller LoRA rank, then 4-bit.
+    """
+    if estimate(arch, shape).total <= budget_bytes:
+        return []
+    overrides: dict[str, str] = {}
+    steps = []
+    for seq in (1536, 1024, 768, 512):
+        if seq < shape.seq_len:
+            steps.append(({"model.max_seq_len": str(seq)}, {"seq_len": seq}))
+    if shape.batch_size > 1:
+        steps.append((
+            {"training.batch_size": "1", "training.grad_accum": str(grad_accum * shape.batch_size)},
+            {"batch_size": 1},
+        ))
+    if not shape.gradient_checkpointing:
+        steps.append(({"training.gradient_checkpointing": "true"}, {"gradient_checkpointing": True}))
+    for r in (8, 4):
+        if r < shape.lora_r:
+            steps.append(({"lora.r": str(r), "lora.alpha": str(2 * r)}, {"lora_r": r}))
+    if not shape.load_in_4bit:
+        steps.append(({"model.load_in_4bit": "true"}, {"load_in_4bit": True}))
+    current = shape
+    for settings, change in steps:
+        current = replace(current, **change)
+        overrides.update(settings)
+        if estimate(arch, current).total <= budget_bytes:
+            return [f"--set {key}={value}" for key, value in overrides.items()]
+    return None
