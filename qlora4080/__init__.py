@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from .train.run import TrainResult
 
 
-def train(recipe: Recipe, *, run_name: str | None = None, overwrite: bool = False) -> "TrainResult":
-    """Train a LoRA adapter; returns where the adapter and logs were written."""
+def train(recipe: Recipe, **options: Any) -> "TrainResult":
+    """Train a LoRA adapter; returns where the adapter and logs were written.
+
+    Options: run_name, overwrite, resume, resume_from, target_gb, callbacks, live
+    (see qlora4080.train.run.train).
+    """
     from .train.run import train as _train
 
-    return _train(recipe, run_name=run_name, overwrite=overwrite)
+    return _train(recipe, **options)
 
 

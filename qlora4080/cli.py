@@ -61,24 +61,40 @@ def train(
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run (default: <recipe>-<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe and show the plan; load nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --run-name (default: this recipe's latest run) from its last checkpoint."),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder (checkpoints/<run>/checkpoint-N)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, show hardware and the VRAM estimate; load no model."),
+    target_gb: Optional[float] = typer.Option(None, "--target-gb", help="Judge the VRAM estimate against a card of this size instead of the one found (default 16 without a GPU)."),
 ) -> None:
     """Train a LoRA adapter as the recipe says."""
     from .recipe import load_recipe
-    from .train.rundirs import plan_run_dirs
 
     loaded = load_recipe(recipe, set_ or [])
     if dry_run:
-        dirs = plan_run_dirs(loaded, run_name, overwrite)
-        console.print(f"[green]recipe OK[/]: {recipe}")
-        console.print(loaded.to_toml(), markup=False)
-        console.print(f"would write the adapter to {dirs.checkpoint} and logs to {dirs.logs}")
+        _dry_run(loaded, recipe, run_name, overwrite, target_gb)
         return
     from .train.run import train as run_training
 
-    result = run_training(loaded, run_name=run_name, overwrite=overwrite)
+    result = run_training(loaded, run_name=run_name, overwrite=overwrite, resume=resume or resume_from is not None,
+                          resume_from=resume_from, target_gb=target_gb)
     console.print(f"\n[bold green]Done.[/] Adapter: {result.checkpoint_dir}   Logs: {result.run_dir}")
     console.print(f"Chat with it:  qlora4080 chat {result.checkpoint_dir}")
+
+
+def _dry_run(loaded: Any, recipe: Path, run_name: Optional[str], overwrite: bool, target_gb: Optional[float]) -> None:
+    from .backends import choose_backend
+    from .hardware import detect
+    from .preflight import print_preflight, run_preflight
+    from .train.rundirs import plan_run_dirs
+
+    dirs = plan_run_dirs(loaded, run_name, overwrite)
+    console.print(f"[green]recipe OK[/]: {recipe}")
+    console.print(loaded.to_toml(), markup=False)
+    hardware = detect()
+    backend, why = choose_backend(loaded.model.backend, hardware)
+    console.print(f"backend: {backend} ({why})")
+    print_preflight(run_preflight(loaded, hardware, backend, target_gb), hardware)
+    console.print(f"would write the adapter to {dirs.checkpoint} and logs to {dirs.logs}")
 
 
 @app.command()
@@ -118,19 +134,24 @@ def list_recipes(
     from .recipe import load_recipe
     from .recipes_index import find_recipes, recipe_summary
 
-    table = Table(title="Recipes")
-    for column in ("recipe", "model", "seq", "batch x accum", "4-bit", "about"):
+    from .preflight import run_preflight
+
+    table = Table(title="Recipes (estimated peak VRAM on a CUDA card, hf backend)")
+    for column in ("recipe", "model", "seq", "batch x accum", "4-bit", "est. VRAM", "fits 16 GB", "about"):
         table.add_column(column)
     for path in find_recipes(folder):
         try:
             loaded = load_recipe(path)
         except QloraError as error:
-            table.add_row(_display(path), f"[red]invalid: {error.message}[/]", "", "", "", "")
+            table.add_row(_display(path), f"[red]invalid: {error.message}[/]", "", "", "", "", "", "")
             continue
         t = loaded.training
+        report = run_preflight(loaded, None, offline=True)
+        vram = f"{report.estimate.total_gib:.1f} GiB" if report.estimate else "?"
+        fits = "?" if report.fits is None else ("[green]yes[/]" if report.fits else "[red]no[/]")
         table.add_row(
             _display(path), loaded.model.name, str(loaded.model.max_seq_len), f"{t.batch_size} x {t.grad_accum}",
-            "yes" if loaded.model.load_in_4bit else "no", recipe_summary(path),
+            "yes" if loaded.model.load_in_4bit else "no", vram, fits, recipe_summary(path),
         )
     console.print(table)
 

@@ -66,3 +66,45 @@ def process_rss_bytes() -> int | None:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_rss_bytes() -> int | None:
+    """Highest resident memory of this process so far (Linux reports KiB)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (ImportError, OSError):
+        return None
+
+
+def memory_snapshot(hardware: Hardware) -> dict[str, int]:
+    """Bytes: on CUDA allocated / reserved / peak / used on the card / card total; on CPU rss / peak rss."""
+    if hardware.is_cuda:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()  # the driver's view, includes other processes and the context
+        return {
+            "allocated": torch.cuda.memory_allocated(),
+            "reserved": torch.cuda.memory_reserved(),
+            "peak": torch.cuda.max_memory_allocated(),
+            "card_used": total - free,
+            "card_total": total,
+        }
+    snapshot = {}
+    rss, peak = process_rss_bytes(), peak_rss_bytes()
+    if rss:
+        snapshot["rss"] = rss
+    if peak:
+        snapshot["peak"] = peak
+    return snapshot
+
+
+def describe_memory(snapshot: dict[str, int]) -> str:
+    gib = lambda key: f"{snapshot[key] / 2**30:.2f}"  # noqa: E731
+    if "card_total" in snapshot:
+        return (f"GPU {gib('allocated')} alloc / {gib('reserved')} reserved / {gib('peak')} peak, "
+                f"card {gib('card_used')} of {gib('card_total')} GiB")
+    if "rss" in snapshot:
+        return f"RAM {gib('rss')} GiB (peak {gib('peak')} GiB)" if "peak" in snapshot else f"RAM {gib('rss')} GiB"
+    return "memory: n/a"

@@ -68,12 +68,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smol_tokenizer) -> 
     return path
 
 
-def write_recipe(folder: Path, model: str, **sections: dict) -> Path:
+def write_recipe(folder: Path, model_name: str, **sections: dict) -> Path:
     """A recipe file for the tiny model and the demo data; `sections` override keys per table."""
     from qlora4080.recipe import dumps_toml
 
     data = {
-        "model": {"name": model, "max_seq_len": 128, "load_in_4bit": False},
+        "model": {"name": model_name, "max_seq_len": 128, "load_in_4bit": False},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "data": {"train": str(DEMO_DATA / "train.jsonl"), "validation": str(DEMO_DATA / "validation.jsonl")},
         "training": {"max_steps": 6, "batch_size": 4, "grad_accum": 1, "learning_rate": 5e-3, "logging_steps": 1,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..console import stage
+from ..console import console
 from ..recipe import Recipe
-from .rundirs import RunDirs, create_run_dirs, plan_run_dirs
+from .rundirs import RunDirs, create_run_dirs, find_resume_point, plan_run_dirs
 
 META_FILE = "qlora4080.json"
 RECIPE_SNAPSHOT = "recipe.toml"
@@ -30,117 +31,184 @@ class TrainResult:
     tokenizer: Any = field(default=None, repr=False)
 
 
-def train(recipe: Recipe, *, run_name: str | None = None, overwrite: bool = False) -> TrainResult:
-    """Train a LoRA adapter as the recipe says. Raises QloraError for anything the user can fix."""
-    dirs = plan_run_dirs(recipe, run_name, overwrite)  # before anything heavy: a name clash fails fast
-    stage("Environment")
-    from ..backends import choose_backend
-    from ..hardware import detect
-    from ..quiet import quiet_libraries
+def train(
+    recipe: Recipe,
+    *,
+    run_name: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    resume_from: Path | None = None,
+    target_gb: float | None = None,
+    callbacks: list[Any] | None = None,
+    live: bool | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter as the recipe says. Raises QloraError for anything the user can fix.
 
-    quiet_libraries()
-
-    started = time.monotonic()
-    hardware = detect()
-    backend, why = choose_backend(recipe.model.backend, hardware)
-    stage(f"  {hardware.describe()}; backend: {backend} ({why})")
-
-    create_run_dirs(dirs, overwrite)
+    `resume` continues the named (or latest) run of this recipe from its last
+    checkpoint; `callbacks` are extra transformers TrainerCallbacks; `live`
+    forces the Rich panel on or off (default: on when output is a terminal).
+    """
+    # Before anything heavy: a name clash or a missing checkpoint fails fast.
+    if resume or resume_from is not None:
+        dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
+    else:
+        dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
+        create_run_dirs(dirs, overwrite)
+    dirs.logs.mkdir(parents=True, exist_ok=True)
     from .callbacks import RunLog
 
     log = RunLog(dirs.logs / "train.log")
     try:
-        return _train(recipe, dirs, hardware, backend, log, started)
+        return _train(recipe, dirs, checkpoint, log, target_gb, callbacks or [], live)
     finally:
         log.close()
 
 
-def _train(recipe: Recipe, dirs: RunDirs, hardware: Any, backend: str, log: Any, started: float) -> TrainResult:
-    from .callbacks import MetricsCallback
+def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, target_gb: float | None,
+           extra_callbacks: list[Any], live: bool | None) -> TrainResult:
+    from .stages import Stages
+
+    started = time.monotonic()
+    stages = Stages(log)
+    with stages.stage("Environment"):
+        from ..backends import choose_backend
+        from ..hardware import detect
+        from ..preflight import print_preflight, run_preflight
+        from ..quiet import quiet_libraries
+
+        quiet_libraries()
+        hardware = detect()
+        backend, why = choose_backend(recipe.model.backend, hardware)
+        log.line(f"run {dirs.name}{' (resumed from ' + str(checkpoint) + ')' if checkpoint else ''}: recipe {recipe.source_path}")
+        log.line(f"backend: {backend} ({why})")
+        print_preflight(run_preflight(recipe, hardware, backend, target_gb), hardware)
+        _snapshot_recipe(recipe, dirs, log)
+
     from .config import build_sft_config, device_defaults
 
-    log.line(f"run {dirs.name}: recipe {recipe.source_path}, {hardware.describe()}, backend {backend}")
-    (dirs.checkpoint / RECIPE_SNAPSHOT).write_text(recipe.to_toml(), encoding="utf-8")
-    template_path = recipe.resolve_path(recipe.model.chat_template) if recipe.model.chat_template else None
     defaults = device_defaults(recipe, hardware)
+    template_path = recipe.resolve_path(recipe.model.chat_template) if recipe.model.chat_template else None
+    with stages.stage(f"Loading model {recipe.model.name}"):
+        if backend == "unsloth":
+            from ..backends import unsloth as engine
 
-    t0 = time.monotonic()
-    stage(f"Loading model {recipe.model.name}")
-    if backend == "unsloth":
-        from ..backends import unsloth as engine
+            model, tokenizer = engine.load_model(recipe.model, hardware, template_path=template_path)
+        else:
+            from ..backends import hf as engine
 
-        model, tokenizer = engine.load_model(recipe.model, hardware, template_path=template_path)
-    else:
-        from ..backends import hf as engine
+            model, tokenizer = engine.load_model(recipe.model, hardware, template_path=template_path)
 
-        model, tokenizer = engine.load_model(recipe.model, hardware, template_path=template_path)
-    log.line(f"model loaded in {time.monotonic() - t0:.1f}s")
+    with stages.stage("Preparing data (chat template, assistant-only labels)"):
+        train_split, eval_split = _prepare_data(recipe, tokenizer, log)
 
-    t0 = time.monotonic()
-    stage("Preparing data (chat template, assistant-only labels)")
-    train_split, eval_split = _prepare_data(recipe, tokenizer, log)
-    log.line(f"data ready in {time.monotonic() - t0:.1f}s")
+    with stages.stage(f"Attaching LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}"):
+        if backend == "unsloth":
+            model = engine.attach_lora(model, recipe.lora, defaults.gradient_checkpointing)
+        else:
+            model = engine.attach_lora(model, recipe.lora, recipe.training.seed)
+        trainable, total = _count_parameters(model)
+        log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
-    stage(f"Attaching LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}")
-    if backend == "unsloth":
-        model = engine.attach_lora(model, recipe.lora, defaults.gradient_checkpointing)
-    else:
-        model = engine.attach_lora(model, recipe.lora, recipe.training.seed)
-    trainable, total = _count_parameters(model)
-    log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
-
-    from trl import SFTTrainer
+    from .callbacks import MetricsCallback
+    from .interrupts import InterruptGuard, TrainingInterrupted
+    from .oom import is_out_of_memory, out_of_memory_error
+    from .panel import TrainingView
+    from .trainer import counting_trainer_class
 
     config = build_sft_config(recipe, hardware, dirs.checkpoint, has_eval=eval_split is not None, backend=backend)
-    metrics = MetricsCallback(log, dirs.logs / "metrics.jsonl")
-    trainer = SFTTrainer(
+    view = TrainingView(f"qlora4080 · {dirs.name}", hardware, live=live)
+    metrics = MetricsCallback(log, dirs.logs / "metrics.jsonl", view, hardware)
+    guard = InterruptGuard()
+    trainer = counting_trainer_class()(
         model=model,
         args=config,
         train_dataset=train_split.dataset,
         eval_dataset=eval_split.dataset if eval_split else None,
         processing_class=tokenizer,
-        callbacks=[metrics],
+        callbacks=[metrics, guard, *_tensorboard(dirs), *extra_callbacks],
     )
+    metrics.trainer = trainer
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
-    stage(
-        f"Training: {train_split.conversations} conversations, batch {recipe.training.batch_size} x "
-        f"grad-accum {recipe.training.grad_accum}, {trainer.args.max_steps if trainer.args.max_steps > 0 else recipe.training.epochs} "
-        f"{'steps' if trainer.args.max_steps > 0 else 'epoch(s)'}, lr {recipe.training.learning_rate}"
+    steps = trainer.args.max_steps if trainer.args.max_steps > 0 else f"{recipe.training.epochs:g} epoch(s) of"
+    console.print(
+        f"[bold cyan]>>[/] Training: {train_split.conversations} conversations, batch {recipe.training.batch_size} x "
+        f"grad-accum {recipe.training.grad_accum}, {steps} steps, lr {recipe.training.learning_rate}"
     )
     t0 = time.monotonic()
-    output = trainer.train()
-    train_seconds = time.monotonic() - t0
+    try:
+        with guard:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as error:
+        view.stop()
+        if is_out_of_memory(error):
+            from ..hardware import memory_snapshot
+
+            snapshot = memory_snapshot(hardware)
+            log.line(f"out of memory at step {trainer.state.global_step}: {error}", echo=False)
+            raise out_of_memory_error(recipe, trainer.state.global_step, snapshot.get("peak"), snapshot.get("card_total")) from None
+        raise
+    view.stop()
+    stages.timings["Training"] = round(time.monotonic() - t0, 2)
+
+    if guard.requested:
+        model.save_pretrained(dirs.checkpoint)
+        tokenizer.save_pretrained(dirs.checkpoint)
+        command = _resume_command(recipe, dirs)
+        log.line(f"interrupted at step {trainer.state.global_step}; resume with: {command}", echo=False)
+        raise TrainingInterrupted(
+            f"training interrupted at step {trainer.state.global_step}; the adapter and a resumable checkpoint are saved in {dirs.checkpoint}",
+            hint=f"resume with:  {command}",
+        )
 
     eval_metrics: dict[str, float] = {}
     if eval_split is not None:
-        stage("Evaluating on the validation file")
-        eval_metrics = trainer.evaluate()
-        if "eval_loss" in eval_metrics:
-            eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
+        with stages.stage("Evaluating on the validation file"):
+            eval_metrics = trainer.evaluate()
+            if "eval_loss" in eval_metrics:
+                eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
 
-    stage(f"Saving adapter to {dirs.checkpoint}")
-    model.save_pretrained(dirs.checkpoint)
-    tokenizer.save_pretrained(dirs.checkpoint)  # includes the exact chat template used in training
-    losses = [r["loss"] for r in metrics.history if "loss" in r]
-    summary = {
-        "run_name": dirs.name,
-        "steps": output.global_step,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "best_loss": min(losses) if losses else None,
-        "train_loss_mean": output.training_loss,
-        "train_seconds": round(train_seconds, 2),
-        "wall_seconds": round(time.monotonic() - started, 2),
-        "train_tokens": train_split.tokens,
-        "trained_tokens": train_split.trained_tokens,
-        **{k: v for k, v in eval_metrics.items() if k in ("eval_loss", "eval_perplexity")},
-    }
+    with stages.stage(f"Saving adapter to {dirs.checkpoint}"):
+        model.save_pretrained(dirs.checkpoint)
+        tokenizer.save_pretrained(dirs.checkpoint)  # includes the exact chat template used in training
+    summary = _summary(dirs, output, metrics.history, train_split, eval_metrics, stages.timings, started, hardware, trainer)
     _write_meta(dirs, recipe, backend, summary)
     (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    log.line("summary: " + ", ".join(f"{k}={_short(v)}" for k, v in summary.items()))
+    _print_summary(summary, log)
     return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=model, tokenizer=tokenizer)
+
+
+def _snapshot_recipe(recipe: Recipe, dirs: RunDirs, log: Any) -> None:
+    """Save the resolved recipe next to the adapter; on resume, say if it changed since."""
+    path = dirs.checkpoint / RECIPE_SNAPSHOT
+    text = recipe.to_toml()
+    if path.is_file() and path.read_text(encoding="utf-8") != text:
+        before = set(path.read_text(encoding="utf-8").splitlines())
+        changed = [line for line in text.splitlines() if line not in before and "=" in line]
+        log.line(f"note: the recipe differs from the run's snapshot ({'; '.join(changed) or 'formatting'}); using the current one", style="yellow")
+    dirs.checkpoint.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _tensorboard(dirs: RunDirs) -> list[Any]:
+    from ..hardware import has_module
+
+    if not has_module("tensorboard"):
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(dirs.logs / "tensorboard")))]
+
+
+def _resume_command(recipe: Recipe, dirs: RunDirs) -> str:
+    source = recipe.source_path
+    try:
+        shown = source.relative_to(Path.cwd()) if source else "RECIPE"
+    except ValueError:
+        shown = source
+    return f"qlora4080 train {shlex.quote(str(shown))} --resume --run-name {dirs.name}"
 
 
 def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:
@@ -175,12 +243,51 @@ def _count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def _summary(dirs: RunDirs, output: Any, history: list[dict[str, Any]], train_split: Any, eval_metrics: dict[str, float],
+             timings: dict[str, float], started: float, hardware: Any, trainer: Any) -> dict[str, Any]:
+    from ..hardware import memory_snapshot
+
+    losses = [r["loss"] for r in history if "loss" in r]
+    peak = memory_snapshot(hardware).get("peak")
+    return {
+        "run_name": dirs.name,
+        "steps": output.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "best_loss": min(losses) if losses else None,
+        "train_loss_mean": output.training_loss,
+        "tokens_seen": trainer.tokens_seen,
+        "trained_tokens_seen": trainer.trained_tokens_seen,
+        "dataset_tokens": train_split.tokens,
+        "dataset_trained_tokens": train_split.trained_tokens,
+        "peak_memory_gib": round(peak / 2**30, 3) if peak else None,
+        "peak_memory_kind": "GPU allocated" if hardware.is_cuda else "process RSS",
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "stage_seconds": timings,
+        **{k: v for k, v in eval_metrics.items() if k in ("eval_loss", "eval_perplexity")},
+    }
+
+
+def _print_summary(summary: dict[str, Any], log: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Run summary", title_justify="left", show_header=False)
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in summary.items():
+        if key == "stage_seconds":
+            value = ", ".join(f"{name.split(' ')[0].lower()} {sec:.1f}s" for name, sec in value.items())
+        table.add_row(key, _short(value))
+    console.print(table)
+    log.line("summary: " + json.dumps(summary), echo=False)
+
+
 def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, Any]) -> None:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
+    import peft
     import torch
     import transformers
     import trl
-    import peft
 
     meta = {
         "format": 1,

@@ -1,0 +1,45 @@
+"""Ctrl-C during training: finish the step, save a resumable checkpoint, say how to resume. Twice: stop now."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..console import console
+from ..errors import QloraError
+
+
+class TrainingInterrupted(QloraError):
+    """Training stopped by Ctrl-C after saving; exit code 130 like any interrupted command."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message, hint=hint, exit_code=130)
+
+
+class InterruptGuard(TrainerCallback):
+    """Installed around trainer.train(): the first SIGINT asks the trainer to save and stop at the step's end."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "InterruptGuard":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt  # second Ctrl-C: leave at once
+        self.requested = True
+        console.print("\n[yellow]Ctrl-C: finishing this step, then saving a checkpoint. Press Ctrl-C again to quit at once.[/]")
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

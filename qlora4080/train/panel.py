@@ -1,0 +1,105 @@
+"""What the user watches while training: a live Rich panel on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..console import console
+from ..hardware import Hardware, describe_memory, memory_snapshot
+
+SMOOTHING = 0.9  # exponential moving average of the loss
+
+
+class TrainingView:
+    """Shows progress and metrics. `live=False` (CI, redirected output) prints one line per logging step."""
+
+    def __init__(self, title: str, hardware: Hardware, live: bool | None = None):
+        self.title = title
+        self.hardware = hardware
+        self.live_enabled = (console.is_terminal or console.is_jupyter) if live is None else live
+        self.metrics: dict[str, Any] = {}
+        self.smoothed: float | None = None
+        self._ema, self._ema_count = 0.0, 0
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("steps"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+        )
+        self._task = self._progress.add_task("training", total=None)
+        self._live: Live | None = None
+
+    def start(self, total_steps: int, completed: int = 0) -> None:
+        self._progress.update(self._task, total=total_steps, completed=completed)
+        if self.live_enabled:
+            self._live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+            self._live.start()
+
+    def advance(self, step: int) -> None:
+        self._progress.update(self._task, completed=step)
+        self._refresh()
+
+    def update(self, record: dict[str, Any]) -> None:
+        """A logging step's metrics (from the trainer's logs plus token rates)."""
+        if "loss" in record:
+            # bias-corrected EMA (as in Adam), so early values are not dragged toward the first loss
+            self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * record["loss"]
+            self._ema_count += 1
+            self.smoothed = self._ema / (1 - SMOOTHING**self._ema_count)
+            record["loss_smoothed"] = round(self.smoothed, 6)
+        self.metrics.update(record)
+        self._refresh()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.stop()
+            self._live = None
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Panel:
+        m = self.metrics
+        table = Table.grid(padding=(0, 3))
+        table.add_column(style="dim")
+        table.add_column()
+        table.add_column(style="dim")
+        table.add_column()
+        loss = f"{m['loss']:.4f} (smoothed {self.smoothed:.4f})" if "loss" in m and self.smoothed is not None else "-"
+        evaluation = f"{m['eval_loss']:.4f} (ppl {math.exp(min(m['eval_loss'], 50)):.2f})" if "eval_loss" in m else "-"
+        rates = (f"{m['trained_tokens_per_second']:.0f} trained / {m['tokens_per_second']:.0f} total"
+                 if "tokens_per_second" in m else "-")
+        table.add_row("loss", loss, "epoch", f"{m.get('epoch', 0):.2f}")
+        table.add_row("lr", f"{m['learning_rate']:.2e}" if "learning_rate" in m else "-",
+                      "grad norm", f"{m['grad_norm']:.3f}" if "grad_norm" in m else "-")
+        table.add_row("tokens/s", rates, "eval loss", evaluation)
+        table.add_row("memory", describe_memory(memory_snapshot(self.hardware)), "", "")
+        return Panel(Group(self._progress.get_renderable(), table), title=self.title, border_style="cyan")
+
+
+def format_line(record: dict[str, Any], max_steps: int) -> str:
+    """The plain-text line for train.log and non-terminal output."""
+    parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
+    parts += [show(record[key]) for key, show in _FIELDS if key in record]
+    return " | ".join(parts)
+
+
+# Metrics shown on a log line, in order, each with how to print it.
+_FIELDS: list[tuple[str, Any]] = [
+    ("loss", lambda v: f"loss {v:.4f}"),
+    ("loss_smoothed", lambda v: f"smoothed {v:.4f}"),
+    ("eval_loss", lambda v: f"eval_loss {v:.4f} (ppl {math.exp(min(v, 50)):.2f})"),
+    ("learning_rate", lambda v: f"lr {v:.2e}"),
+    ("grad_norm", lambda v: f"grad {v:.3f}"),
+    ("tokens_per_second", lambda v: f"{v:.0f} tok/s"),
+    ("trained_tokens_per_second", lambda v: f"{v:.0f} trained tok/s"),
+    ("memory", lambda v: v),
+    ("train_runtime", lambda v: f"done in {v:.1f}s"),
+]

@@ -1,0 +1,25 @@
+"""The steps before and after training, each announced and timed (environment, data, model, LoRA, train, save)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..console import console
+
+
+class Stages:
+    def __init__(self, log: Any):
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        console.print(f"[bold cyan]>>[/] {name}")
+        started = time.monotonic()
+        yield
+        took = time.monotonic() - started
+        self.timings[name] = round(took, 2)
+        self.log.line(f"   {name}: {took:.1f}s", style="dim")
