@@ -18,16 +18,16 @@ from .errors import QloraError
 from .recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
-    from .train.run import TrainResult
+    from .training.run import TrainResult
 
 
 def train(recipe: Recipe, **options: Any) -> "TrainResult":
     """Train a LoRA adapter; returns where the adapter and logs were written.
 
     Options: run_name, overwrite, resume, resume_from, target_gb, callbacks, live
-    (see qlora4080.train.run.train).
+    (see qlora4080.training.run.train).
     """
-    from .train.run import train as _train
+    from .training.run import train as _train
 
     return _train(recipe, **options)
 

@@ -73,7 +73,7 @@ def train(
     if dry_run:
         _dry_run(loaded, recipe, run_name, overwrite, target_gb)
         return
-    from .train.run import train as run_training
+    from .training.run import train as run_training
 
     result = run_training(loaded, run_name=run_name, overwrite=overwrite, resume=resume or resume_from is not None,
                           resume_from=resume_from, target_gb=target_gb)
@@ -85,7 +85,7 @@ def _dry_run(loaded: Any, recipe: Path, run_name: Optional[str], overwrite: bool
     from .backends import choose_backend
     from .hardware import detect
     from .preflight import print_preflight, run_preflight
-    from .train.rundirs import plan_run_dirs
+    from .training.rundirs import plan_run_dirs
 
     dirs = plan_run_dirs(loaded, run_name, overwrite)
     console.print(f"[green]recipe OK[/]: {recipe}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import QloraError
 from .recipe import BUILTIN_PREFIX, ModelSection
-from .train.run import META_FILE
+from .training.run import META_FILE
 
 
 @dataclass

@@ -27,7 +27,7 @@ class Preflight:
 
 
 def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
-    """How the recipe runs on a CUDA card (the device defaults of train/config.py)."""
+    """How the recipe runs on a CUDA card (the device defaults of training/config.py)."""
     t = recipe.training
     optimizer = t.optimizer if t.optimizer != "auto" else "adamw_8bit"
     return TrainingShape(

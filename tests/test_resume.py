@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from conftest import CLI, write_recipe
 from qlora4080 import load_recipe, train
 from qlora4080.errors import QloraError
-from qlora4080.train.interrupts import TrainingInterrupted
+from qlora4080.training.interrupts import TrainingInterrupted
 
 STEPS = {"max_steps": 6, "save_steps": 3, "logging_steps": 1}
 

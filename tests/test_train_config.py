@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import DEMO_RECIPE
 from qlora4080.hardware import Hardware
 from qlora4080.recipe import load_recipe
-from qlora4080.train.config import build_sft_config, device_defaults
+from qlora4080.training.config import build_sft_config, device_defaults
 
 CPU = Hardware(device="cpu", cpu_count=2)
 AMPERE = Hardware(device="cuda", gpu_name="RTX 4080", gpu_total_bytes=16 * 2**30, bf16_supported=True)
@@ -18,7 +18,7 @@ def test_cpu_gets_fp32_no_checkpointing_torch_adamw():
 
 
 def test_cuda_gets_bf16_or_fp16_and_checkpointing(monkeypatch):
-    import qlora4080.train.config as config
+    import qlora4080.training.config as config
 
     recipe = load_recipe(DEMO_RECIPE)
     monkeypatch.setattr(config, "has_module", lambda name: name == "bitsandbytes")

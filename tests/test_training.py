@@ -96,3 +96,11 @@ def test_existing_run_is_not_overwritten(trained, tiny_model_dir):
     with pytest.raises(QloraError, match="already exists"):
         train(recipe, run_name="tiny")
     assert (result.checkpoint_dir / "adapter_model.safetensors").is_file()
+
+
+def test_package_level_train_stays_callable_after_training(trained):
+    """The training subpackage must not shadow qlora4080.train once its modules are imported."""
+    import qlora4080
+    import qlora4080.training.run  # noqa: F401
+
+    assert callable(qlora4080.train) and qlora4080.train.__module__ == "qlora4080"
