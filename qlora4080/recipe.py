@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import QloraError
 
@@ -44,6 +44,11 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     """Allow model repositories to run their own Python code."""
 
+    @field_validator("chat_template")
+    @classmethod
+    def _empty_means_none(cls, value: str | None) -> str | None:
+        return value or None
+
 
 class LoraSection(_Section):
     r: int = Field(16, ge=1, le=1024)
@@ -63,6 +68,11 @@ class DataSection(_Section):
     """Optional validation JSONL in the same shape. Relative to the recipe file."""
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or everything."""
+
+    @field_validator("validation")
+    @classmethod
+    def _empty_means_none(cls, value: str | None) -> str | None:
+        return value or None  # `--set data.validation=""` turns validation off
 
 
 class TrainingSection(_Section):
@@ -84,7 +94,7 @@ class TrainingSection(_Section):
     """AdamW weight decay."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping norm."""
-    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "auto"
     """auto: 8-bit AdamW on CUDA when bitsandbytes is present, torch AdamW otherwise."""
     gradient_checkpointing: bool | None = None
     """None = device default (on for CUDA, off on CPU where it only costs time)."""
