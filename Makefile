@@ -19,10 +19,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $@
 
-# Train the bundled demo recipe on this machine, then ask the result a question.
+# Train the bundled demo recipe on this machine, ask the result a question next to the base
+# model, then measure the change on the validation set (JSON validity, usability, perplexity).
 demo: venv
 	$(BIN)/qlora4080 train recipes/smollm2_135m_demo.toml --run-name demo --overwrite
 	$(BIN)/qlora4080 chat checkpoints/demo --compare --prompt "Ines Moreau is a 29-year-old architect from Lyon."
+	$(BIN)/qlora4080 eval checkpoints/demo --baseline --limit 24 --max-new-tokens 48
 
 # The whole suite, including the real-model end-to-end run (marked slow).
 test: venv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from .console import console
@@ -46,14 +48,34 @@ def chat_loop(
         messages = ([{"role": "system", "content": system}] if system else []) + history
         console.print("[bold blue]assistant>[/] ", end="")
         try:
-            answer = generate(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=_write)
+            answer = stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature)
         except KeyboardInterrupt:
             # Ctrl-C stops this answer only; the unanswered question is dropped from the history.
             console.print("\n(answer interrupted)", style="dim")
             history.pop()
             continue
-        console.print()
         history.append({"role": "assistant", "content": answer})
+
+
+def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapter: bool = True, **options: Any) -> str:
+    """Stream an answer: rendered as Markdown while it grows on a terminal, plain text elsewhere."""
+    if not console.is_terminal:
+        answer = generate(chat, messages, on_text=_write, use_adapter=use_adapter, **options)
+        console.print()
+        return answer
+    from rich.live import Live
+    from rich.markdown import Markdown
+
+    text = ""
+    with Live(Markdown(""), console=console, refresh_per_second=10, vertical_overflow="visible") as live:
+        def grow(piece: str) -> None:
+            nonlocal text
+            text += piece
+            live.update(Markdown(text))
+
+        answer = generate(chat, messages, on_text=grow, use_adapter=use_adapter, **options)
+        live.update(Markdown(answer))
+    return answer
 
 
 def _write(text: str) -> None:
@@ -68,9 +90,39 @@ def answer_once(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     if compare and chat.has_adapter:
         console.print("[bold]base model (adapter off):[/]")
-        generate(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=_write, use_adapter=False)
-        console.print()
+        stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, use_adapter=False)
         console.print("[bold]with the trained adapter:[/]")
-    answer = generate(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, on_text=_write)
-    console.print()
-    return answer
+    return stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def read_test_prompts(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A file of test prompts: JSONL ({"prompt"} or {"messages"}) or plain text, one prompt a line."""
+    from .batch_infer import read_prompts
+    from .errors import QloraError
+
+    if path.suffix == ".jsonl":
+        parsed = read_prompts(path)
+        if parsed.rejected:
+            raise QloraError(f"bad test prompt: {parsed.rejected[0]}", where=str(path))
+        return [(p.id, p.messages) for p in parsed.prompts]
+    if not path.is_file():
+        raise QloraError(f"tests file not found: {path}", where="--tests")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [(f"line-{n}", [{"role": "user", "content": line}]) for n, line in enumerate(lines, start=1) if line and not line.startswith("#")]
+
+
+def run_tests(chat: ChatModel, tests: list[tuple[str, list[dict[str, Any]]]], save_to: Path, *, system: str | None = None,
+              max_new_tokens: int = 256, temperature: float = 0.0) -> Path:
+    """Each predefined prompt in turn; answers printed and appended to `save_to` (JSONL)."""
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    with save_to.open("a", encoding="utf-8") as handle:
+        for index, (identifier, messages) in enumerate(tests, start=1):
+            if system and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            console.rule(f"[bold]test {index}/{len(tests)}[/] ({identifier})")
+            console.print("[bold green]you>[/] ", end="")
+            console.print(messages[-1]["content"], markup=False, highlight=False)
+            answer = stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+            handle.write(json.dumps({"id": identifier, "prompt": messages[-1]["content"], "answer": answer}, ensure_ascii=False) + "\n")
+            handle.flush()
+    return save_to

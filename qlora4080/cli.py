@@ -102,25 +102,144 @@ def _dry_run(loaded: Any, recipe: Path, run_name: Optional[str], overwrite: bool
 def chat(
     checkpoint: str = typer.Argument(..., help="checkpoints/<run>, a model directory, or builtin:<name>"),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one prompt and exit."),
+    tests: Optional[Path] = typer.Option(None, "--tests", help="Run predefined prompts (.txt one a line, or .jsonl) and save the answers."),
+    save: Optional[Path] = typer.Option(None, "--save", help="With --tests: where to append answers (default runs/<run>/chat_tests.jsonl)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     compare: bool = typer.Option(False, "--compare", help="With --prompt: also show the base model's answer."),
 ) -> None:
-    """Chat with a trained adapter (streaming), or answer one --prompt."""
-    from .chat import answer_once, chat_loop
+    """Chat with a trained adapter (streaming), answer one --prompt, or run --tests."""
+    from .chat import answer_once, chat_loop, read_test_prompts, run_tests
     from .infer import load_for_chat
 
     if prompt is None and compare:
         raise QloraError("--compare works with --prompt", where="--compare")
+    test_prompts = read_test_prompts(tests) if tests else None  # a bad file fails before the model loads
     model = load_for_chat(checkpoint)
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+    if test_prompts is not None:
+        target = save or Path("runs") / Path(checkpoint).name / "chat_tests.jsonl"
+        run_tests(model, test_prompts, target, system=system, **options)
+        console.print(f"answers saved to {target}")
+        return
     if prompt is not None:
-        answer_once(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature, compare=compare)
+        answer_once(model, prompt, system=system, compare=compare, **options)
         return
     piped = not sys.stdin.isatty()
     if piped:
         console.print("(reading prompts from standard input, one per line)", style="dim")
-    chat_loop(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, echo=piped)
+    chat_loop(model, system=system, echo=piped, **options)
+
+
+@app.command("eval")
+@_friendly
+def evaluate_command(
+    checkpoint: str = typer.Argument(..., help="checkpoints/<run> (or a model directory)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="JSONL of conversations (default: the run's validation file)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also evaluate the base model (adapter off) and show the difference."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and eval.md (default runs/<run>)."),
+) -> None:
+    """Perplexity on assistant tokens, usability and JSON validity of generated answers."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from .data.conversations import read_conversations
+    from .evaluate import evaluate, report_rows, to_eval_records, write_report
+    from .infer import load_for_chat, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(checkpoint)
+    source = data or (Path(meta["validation_file"]) if meta.get("validation_file") else None)
+    if source is None:
+        raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
+    conversations = read_conversations(source)
+    for problem in conversations.rejected[:5]:
+        console.print(f"skipped {problem}", style="yellow")
+    records = to_eval_records(conversations.records, limit)
+    model = load_for_chat(checkpoint)
+    passes = 2 if (baseline and model.has_adapter) else 1
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=len(records) * passes)
+        report = evaluate(model, records, baseline=baseline, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          max_seq_len=meta.get("max_seq_len") or 2048, train_on=meta.get("train_on") or "assistant",
+                          on_batch=lambda n: progress.advance(task, n))
+    header, rows = report_rows(report)
+    table = Table(title=f"Evaluation on {len(records)} records of {source}", title_justify="left")
+    for column in header:
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    folder = out or Path("runs") / Path(checkpoint).name
+    json_path, md_path = write_report(report, folder, str(source))
+    console.print(f"saved {json_path} and {md_path}")
+
+
+@app.command()
+@_friendly
+def generate(
+    checkpoint: str = typer.Argument(..., help="checkpoints/<run>, a merged model directory, or a base model"),
+    input: Path = typer.Option(..., "--input", "-i", help='JSONL: {"prompt": ...} or {"messages": [...]} per line.'),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL of answers; ids already there are skipped (resume)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+) -> None:
+    """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
+    from rich.progress import Progress
+
+    from .batch_infer import done_ids, read_prompts, run_batch
+    from .infer import load_for_chat
+
+    parsed = read_prompts(input)
+    for problem in parsed.rejected:
+        console.print(f"skipped {problem}", style="yellow")
+    finished = done_ids(output)
+    todo = [p for p in parsed.prompts if p.id not in finished]
+    console.print(f"{len(parsed.prompts)} prompts, {len(parsed.prompts) - len(todo)} already answered in {output}, "
+                  f"{len(todo)} to go, {len(parsed.rejected)} bad line(s) skipped")
+    if todo:
+        model = load_for_chat(checkpoint)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("generating", total=len(todo))
+            run_batch(model, todo, output, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      on_batch=lambda n: progress.advance(task, n))
+        console.print(f"answers written to {output}")
+    if parsed.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def export(
+    checkpoint: Path = typer.Argument(..., help="checkpoints/<run>"),
+    merged: Optional[Path] = typer.Option(None, "--merged", help="Folder for the merged 16-bit model (safetensors + tokenizer)."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="Also/instead write GGUF with this quantization, e.g. q4_k_m (needs unsloth on CUDA)."),
+    gguf_dir: Optional[Path] = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty output folder."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
+) -> None:
+    """Merge LoRA into the base and save a standalone model; verify it answers like base + adapter."""
+    from .export import export_gguf, export_merged
+
+    if merged is None and gguf is None:
+        raise QloraError("nothing to export", hint="pass --merged OUT_DIR and/or --gguf QUANT")
+    if merged is not None:
+        result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt)
+        console.print(f"[green]merged model saved to {result.out_dir}[/]")
+        console.print(f"check prompt: {result.prompt}", markup=False)
+        console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
+        console.print(f"  merged (plain transformers): {result.merged_answer}", markup=False)
+        if result.answers_match:
+            console.print("[green]verified: the merged model gives the same greedy answer[/]")
+        else:
+            console.print("[yellow]the answers differ; expected only for adapters trained on a 4-bit base (the merge uses 16-bit weights)[/]")
+    if gguf is not None:
+        target = gguf_dir or Path(f"{merged or checkpoint}-gguf")
+        path = export_gguf(checkpoint, target, gguf, overwrite=overwrite)
+        console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {target} && ollama create NAME -f Modelfile)")
 
 
 @app.command("recipes")

@@ -23,6 +23,12 @@ class ChatModel:
     stop_ids: list[int] = field(default_factory=list)
 
 
+def read_checkpoint_meta(target: str | Path) -> dict[str, Any]:
+    """qlora4080.json of a trained checkpoint; {} for a plain model folder or builtin:<name>."""
+    path = Path(target) / META_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def load_for_chat(target: str | Path) -> ChatModel:
     """A qlora4080 checkpoint directory, a plain model directory, or builtin:<name>."""
     from .backends import hf
@@ -38,7 +44,7 @@ def load_for_chat(target: str | Path) -> ChatModel:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        meta = read_checkpoint_meta(path)
         model_cfg = ModelSection(
             name=meta["base_model"],
             load_in_4bit=meta.get("load_in_4bit", False),

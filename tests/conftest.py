@@ -84,3 +84,14 @@ def write_recipe(folder: Path, model_name: str, **sections: dict) -> Path:
     path = folder / "recipe.toml"
     path.write_text(dumps_toml(data), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny adapter (3 steps) for chat/eval/generate/export tests."""
+    from qlora4080 import load_recipe, train
+
+    work = tmp_path_factory.mktemp("tiny-run")
+    recipe = load_recipe(write_recipe(work, str(tiny_model_dir), training={"max_steps": 3},
+                                      output={"checkpoints_dir": str(work / "checkpoints"), "runs_dir": str(work / "runs")}))
+    return train(recipe, run_name="tiny", live=False).checkpoint_dir

@@ -62,11 +62,28 @@ def test_dry_run_validates_and_loads_nothing():
     assert not Path("checkpoints").exists()
 
 
-def test_recipes_lists_bundled_recipes():
+def test_recipes_lists_bundled_recipes_with_vram_estimates():
     result = run("recipes", "--dir", str(DEMO_RECIPE.parent))
     assert result.returncode == 0, result.stderr
-    assert "smollm2_135m_demo.toml" in result.stdout
-    assert "qwen3_4b_emoji.toml" in result.stdout
+    for name in ("smollm2_135m_demo", "qwen3_4b_emoji", "qwen25_7b_chat", "llama31_8b_chat", "phi35_mini_chat",
+                 "gemma2_9b_chat", "mistral_7b_chat"):
+        assert f"{name}.toml" in result.stdout
+    assert "fits 16 GB" in result.stdout and "GiB" in result.stdout and "invalid" not in result.stdout
+
+
+def test_dry_run_shows_hardware_estimate_and_verdict():
+    qwen = DEMO_RECIPE.parent / "qwen3_4b_emoji.toml"
+    result = run("train", str(qwen), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "Hardware: CPU only" in result.stdout
+    assert "Estimated peak GPU memory vs a 16 GB card" in result.stdout
+    for part in ("weights (4-bit NF4", "LoRA parameters", "optimizer states", "activations (checkpointed)", "logits and loss"):
+        assert part in result.stdout
+    assert "Verdict: fits" in result.stdout
+
+    small = run("train", str(qwen), "--dry-run", "--target-gb", "6", "--set", "model.max_seq_len=4096")
+    assert small.returncode == 0, small.stderr
+    assert "Verdict: does not fit" in small.stdout and "--set model.max_seq_len=" in small.stdout
 
 
 def test_chat_on_a_folder_that_is_not_a_checkpoint(tmp_path):

@@ -96,7 +96,7 @@ def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, 
             hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
         )
     segment = upto[len(prompt):]
-    length = _trained_length(segment, messages[index].get("content"), _special_tokens(tokenizer))
+    length = _trained_length(segment, messages[index].get("content"), special_tokens(tokenizer))
     start, end = len(prompt), len(prompt) + length
     if full[start:end] != segment[:length]:
         raise TemplateError(
@@ -124,7 +124,7 @@ def _trained_length(segment: str, content: Any, specials: tuple[str, ...]) -> in
 _SPECIALS_CACHE: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
 
 
-def _special_tokens(tokenizer: Any) -> tuple[str, ...]:
+def special_tokens(tokenizer: Any) -> tuple[str, ...]:
     """Special tokens of the tokenizer (named ones and added ones marked special)."""
     try:
         return _SPECIALS_CACHE[tokenizer]

@@ -23,7 +23,7 @@ class TrainingView:
     def __init__(self, title: str, hardware: Hardware, live: bool | None = None):
         self.title = title
         self.hardware = hardware
-        self.live_enabled = (console.is_terminal or console.is_jupyter) if live is None else live
+        self.live_enabled = _can_show_live() if live is None else live
         self.metrics: dict[str, Any] = {}
         self.smoothed: float | None = None
         self._ema, self._ema_count = 0.0, 0
@@ -82,6 +82,15 @@ class TrainingView:
         table.add_row("tokens/s", rates, "eval loss", evaluation)
         table.add_row("memory", describe_memory(memory_snapshot(self.hardware)), "", "")
         return Panel(Group(self._progress.get_renderable(), table), title=self.title, border_style="cyan")
+
+
+def _can_show_live() -> bool:
+    """A terminal, or a notebook that can redraw output in place (Rich needs ipywidgets there)."""
+    if console.is_jupyter:
+        from ..hardware import has_module
+
+        return has_module("ipywidgets")
+    return console.is_terminal
 
 
 def format_line(record: dict[str, Any], max_steps: int) -> str:

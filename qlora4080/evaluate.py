@@ -1,0 +1,203 @@
+"""`qlora4080 eval`: perplexity on assistant tokens, usability and JSON validity of generated answers.
+
+Perplexity uses exactly the training masks (render_conversation), so it
+measures what was trained. Generation is greedy and batched with left padding.
+With `baseline`, the same records go through the base model (adapter off) in
+the same run, for a side-by-side table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.render import IGNORE_INDEX, render_conversation, render_prompt, special_tokens
+from .eval_rules import Generated, json_check, usability_failures
+from .infer import ChatModel
+
+
+@dataclass
+class EvalRecord:
+    id: str
+    messages: list[dict[str, Any]]
+    """The whole conversation (for perplexity)."""
+    prompt: list[dict[str, Any]]
+    """Everything before the last assistant turn (for generation)."""
+    reference: str
+    tags: list[str] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+def to_eval_records(records: list[dict[str, Any]], limit: int | None = None) -> list[EvalRecord]:
+    result = []
+    for record in records[:limit] if limit else records:
+        messages = record["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        result.append(EvalRecord(
+            id=str(record.get("id")), messages=messages, prompt=messages[:last],
+            reference=messages[last].get("content") or "", tags=list(record.get("tags") or []), tools=record.get("tools"),
+        ))
+    return result
+
+
+def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: str = "assistant", max_seq_len: int = 2048,
+               batch_size: int = 8, use_adapter: bool = True) -> dict[str, float]:
+    """exp(mean negative log-likelihood) over the trained (assistant) tokens of every record."""
+    import torch
+
+    rows = []
+    for record in records:
+        rendered = render_conversation(record.messages, chat.tokenizer, train_on=train_on, tools=record.tools)
+        rows.append((rendered["input_ids"][:max_seq_len], rendered["labels"][:max_seq_len]))
+    total_nll, total_tokens = 0.0, 0
+    pad = chat.tokenizer.pad_token_id
+    with torch.inference_mode(), _adapter(chat, use_adapter):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=chat.model.device)
+            labels = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for _, l in batch], device=chat.model.device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=chat.model.device)
+            logits = chat.model(input_ids=ids, attention_mask=mask).logits.float()
+            shifted, targets = logits[:, :-1], labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1),
+                                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            total_nll += float(nll)
+            total_tokens += int((targets != IGNORE_INDEX).sum())
+    mean = total_nll / max(total_tokens, 1)
+    return {"perplexity": math.exp(min(mean, 50)), "mean_nll": mean, "tokens": total_tokens}
+
+
+def generate_answers(chat: ChatModel, prompts: list[list[dict[str, Any]]], *, max_new_tokens: int = 256, batch_size: int = 8,
+                     use_adapter: bool = True, tools: list[Any] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+    """Greedy answers for many prompts, batched with left padding (so every row ends where generation starts)."""
+    import torch
+
+    pad = chat.tokenizer.pad_token_id
+    stops = set(chat.stop_ids)
+    results: list[Generated] = []
+    with torch.inference_mode(), _adapter(chat, use_adapter):
+        for start in range(0, len(prompts), batch_size):
+            batch = [render_prompt(p, chat.tokenizer, (tools or [None] * len(prompts))[start + k])
+                     for k, p in enumerate(prompts[start : start + batch_size])]
+            width = max(len(ids) for ids in batch)
+            ids = torch.tensor([[pad] * (width - len(i)) + i for i in batch], device=chat.model.device)
+            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in batch], device=chat.model.device)
+            output = chat.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=list(stops) or None, pad_token_id=pad)
+            for row in output[:, width:].tolist():
+                cut = next((i for i, token in enumerate(row) if token in stops), None)
+                kept = row if cut is None else row[:cut]
+                results.append(Generated(
+                    text=chat.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    raw_text=chat.tokenizer.decode(kept, skip_special_tokens=False),
+                    token_ids=tuple(kept),
+                    stopped=cut is not None,
+                ))
+            if on_batch:
+                on_batch(len(batch))
+    return results
+
+
+def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Usability and JSON metrics for one model's answers, plus a per-record table."""
+    specials = special_tokens(chat.tokenizer)
+    failures: Counter[str] = Counter()
+    usable = json_total = json_valid = keys_total = keys_match = 0
+    rows = []
+    for record, answer in zip(records, answers):
+        reasons = usability_failures(answer, specials)
+        failures.update(reasons)
+        usable += not reasons
+        row: dict[str, Any] = {"id": record.id, "answer": answer.text, "usable": not reasons, "failures": reasons}
+        if "json" in record.tags:
+            valid, same_keys = json_check(answer.text, record.reference)
+            json_total += 1
+            json_valid += valid
+            row["json_valid"] = valid
+            if same_keys is not None:
+                keys_total += 1
+                keys_match += same_keys
+                row["json_same_keys"] = same_keys
+        rows.append(row)
+    metrics: dict[str, Any] = {
+        "records": len(records),
+        "usability_rate": usable / max(len(records), 1),
+        "failures": dict(failures),
+    }
+    if json_total:
+        metrics["json_valid_rate"] = json_valid / json_total
+        metrics["json_records"] = json_total
+    if keys_total:
+        metrics["json_same_keys_rate"] = keys_match / keys_total
+    return metrics, rows
+
+
+def evaluate(chat: ChatModel, records: list[EvalRecord], *, baseline: bool = False, max_new_tokens: int = 256,
+             batch_size: int = 8, max_seq_len: int = 2048, train_on: str = "assistant",
+             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """{"adapter": metrics, "base": metrics (with baseline), "records": per-record answers}."""
+    variants = [("adapter", True)] if chat.has_adapter else [("model", True)]
+    if baseline and chat.has_adapter:
+        variants.insert(0, ("base", False))
+    report: dict[str, Any] = {"records": {}}
+    for name, use_adapter in variants:
+        metrics = perplexity(chat, records, train_on=train_on, max_seq_len=max_seq_len, batch_size=batch_size, use_adapter=use_adapter)
+        answers = generate_answers(chat, [r.prompt for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   use_adapter=use_adapter, tools=[r.tools for r in records], on_batch=on_batch)
+        quality, rows = score(chat, records, answers)
+        report[name] = {**metrics, **quality}
+        report["records"][name] = rows
+    return report
+
+
+METRICS = [
+    ("perplexity", "perplexity (assistant tokens)", "{:.3f}"),
+    ("usability_rate", "usability rate", "{:.1%}"),
+    ("json_valid_rate", "JSON valid (tagged json)", "{:.1%}"),
+    ("json_same_keys_rate", "JSON same keys as reference", "{:.1%}"),
+]
+
+
+def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table (metric, base, adapter, delta)."""
+    columns = [name for name in ("base", "adapter", "model") if name in report]
+    header = ["metric", *columns] + (["delta"] if len(columns) == 2 else [])
+    rows = []
+    for key, label, fmt in METRICS:
+        values = [report[c].get(key) for c in columns]
+        if all(v is None for v in values):
+            continue
+        row = [label, *("-" if v is None else fmt.format(v) for v in values)]
+        if len(columns) == 2 and None not in values:
+            delta = values[1] - values[0]
+            row.append(("+" if delta >= 0 else "") + (fmt.format(delta) if "%" in fmt else f"{delta:.3f}"))
+        rows.append(row)
+    for column in columns:
+        for reason, count in sorted(report[column]["failures"].items()):
+            rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if len(columns) == 2 else []))
+            rows[-1][1 + columns.index(column)] = str(count)
+    return header, rows
+
+
+def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Path, Path]:
+    """eval.json (everything, per-record answers included) and eval.md (the table)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "eval.json", folder / "eval.md"
+    json_path.write_text(json.dumps({"data": source, **report}, indent=2, ensure_ascii=False), encoding="utf-8")
+    header, rows = report_rows(report)
+    lines = [f"# Evaluation\n\nData: `{source}`\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return json_path, md_path
+
+
+def _adapter(chat: ChatModel, use_adapter: bool) -> Any:
+    return chat.model.disable_adapter() if (chat.has_adapter and not use_adapter) else nullcontext()

@@ -1,0 +1,148 @@
+"""`qlora4080 export`: merge the adapter into its base and save a standalone model (and GGUF where the tooling exists).
+
+The base is always reloaded in 16-bit (fp32 on CPU) for merging, never in 4-bit:
+merging into quantized weights would round the LoRA update away. A model
+trained on a 4-bit base therefore exports as the 16-bit base plus the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import QloraError
+from .recipe import ModelSection
+from .training.run import META_FILE
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    prompt: str
+    adapter_answer: str
+    merged_answer: str
+
+    @property
+    def answers_match(self) -> bool:
+        return self.adapter_answer == self.merged_answer
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise QloraError(f"{out_dir} exists and is not empty", where="--merged",
+                             hint="choose an empty or new folder, or pass --overwrite to replace its contents")
+        shutil.rmtree(out_dir)
+
+
+def read_meta(checkpoint: Path) -> dict[str, Any]:
+    from .infer import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(checkpoint)
+    if not meta:
+        raise QloraError(f"{checkpoint} is not a qlora4080 checkpoint (no {META_FILE})", hint="pass checkpoints/<run> as written by `qlora4080 train`")
+    return meta
+
+
+def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, prompt: str | None = None,
+                  max_new_tokens: int = 48) -> ExportResult:
+    """Merge, save, reload with plain transformers, and compare one greedy answer with base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .backends import hf
+    from .backends.loading import compute_dtype_name, prepare_tokenizer
+    from .data.render import end_of_turn_ids
+    from .hardware import detect
+    from .infer import ChatModel, generate
+    from .quiet import quiet_libraries
+
+    meta = read_meta(checkpoint)
+    check_out_dir(out_dir, overwrite)
+    quiet_libraries()
+    hardware = detect()
+    dtype = compute_dtype_name(meta.get("dtype", "auto"), hardware)
+    base_cfg = ModelSection(name=meta["base_model"], load_in_4bit=False, dtype=dtype, trust_remote_code=meta.get("trust_remote_code", False))
+    base, _ = hf.load_model(base_cfg, hardware, for_training=False)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
+    model = PeftModel.from_pretrained(base, checkpoint)
+    model.eval()
+    question = [{"role": "user", "content": prompt or _first_prompt(meta)}]
+    adapter_answer = generate(ChatModel(model, tokenizer, "", True, end_of_turn_ids(tokenizer)), question, max_new_tokens=max_new_tokens)
+
+    merged = model.merge_and_unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)  # with the chat template used in training
+    (out_dir / "qlora4080_export.json").write_text(json.dumps({"merged_from": str(checkpoint.resolve()), "base_model": meta["base_model"],
+                                                               "dtype": dtype}, indent=2), encoding="utf-8")
+    del merged, model, base
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype))
+    if hardware.is_cuda:
+        reloaded = reloaded.to("cuda")
+    plain_tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(out_dir), None)
+    reloaded.eval()
+    merged_answer = generate(ChatModel(reloaded, plain_tokenizer, "", False, end_of_turn_ids(plain_tokenizer)), question,
+                             max_new_tokens=max_new_tokens)
+    return ExportResult(out_dir, question[0]["content"], adapter_answer, merged_answer)
+
+
+def _first_prompt(meta: dict[str, Any]) -> str:
+    """A prompt from the run's validation data (what the adapter was trained for), else a generic one."""
+    path = meta.get("validation_file")
+    if path and Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                messages = json.loads(line)["messages"]
+                return next(m["content"] for m in messages if m["role"] == "user")
+            except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
+                continue
+    return "Say hello in one short sentence."
+
+
+def export_gguf(checkpoint: Path, out_dir: Path, quant: str, *, overwrite: bool = False) -> Path:
+    """GGUF through unsloth's llama.cpp tooling; a clear message where that is not available."""
+    from .hardware import detect, has_module
+
+    read_meta(checkpoint)
+    problem = None
+    if not has_module("unsloth"):
+        problem = "unsloth is not installed"
+    elif not detect().is_cuda:
+        problem = "unsloth's GGUF export needs a CUDA GPU"
+    if problem:
+        raise QloraError(
+            f"GGUF export is not available here: {problem}",
+            hint="on a CUDA machine: pip install 'qlora4080[gpu]' and rerun; or export --merged DIR here and convert DIR with "
+                 "llama.cpp's convert_hf_to_gguf.py",
+        )
+    check_out_dir(out_dir, overwrite)
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(checkpoint), load_in_4bit=False)
+    model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quant)
+    ggufs = sorted(out_dir.glob("*.gguf"))
+    if not ggufs:
+        raise QloraError(f"unsloth finished but wrote no .gguf file into {out_dir}")
+    write_modelfile(out_dir / "Modelfile", ggufs[0].name, tokenizer)
+    return ggufs[0]
+
+
+def write_modelfile(path: Path, gguf_name: str, tokenizer: Any) -> None:
+    """An Ollama Modelfile; ChatML-family templates (SmolLM2, Qwen) are translated, others get their stop tokens."""
+    from .data.render import end_of_turn_ids
+
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer)]
+    lines = [f"FROM ./{gguf_name}"]
+    if "<|im_start|>" in (tokenizer.chat_template or ""):
+        lines.append('TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
+                     '{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""')
+    else:
+        lines.append("# This model's chat template is not ChatML; Ollama uses the template stored in the GGUF file.")
+    lines += [f'PARAMETER stop "{token}"' for token in dict.fromkeys(stops) if token]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
