@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.conversations import Rejected
+from .data.jsonl import read_jsonl
 from .errors import QloraError
 from .infer import ChatModel
 
@@ -36,26 +37,21 @@ def read_prompts(path: Path) -> PromptFile:
     if not path.is_file():
         raise QloraError(f"input file not found: {path}", where="--input")
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                result.rejected.append(Rejected(path, number, f"bad JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            messages = _messages(record)
-            if isinstance(messages, str):
-                result.rejected.append(Rejected(path, number, messages))
-                continue
-            identifier = str(record.get("id", f"line-{number}"))
-            if identifier in seen:
-                result.rejected.append(Rejected(path, number, f"duplicate id {identifier!r}"))
-                continue
-            seen.add(identifier)
-            extra = {k: v for k, v in record.items() if k not in ("messages", "prompt", "system", "id")}
-            result.prompts.append(PromptLine(identifier, messages, extra))
+    for number, record, problem in read_jsonl(path):
+        if problem:
+            result.rejected.append(Rejected(path, number, problem))
+            continue
+        messages = _messages(record)
+        if isinstance(messages, str):
+            result.rejected.append(Rejected(path, number, messages))
+            continue
+        identifier = str(record.get("id", f"line-{number}"))
+        if identifier in seen:
+            result.rejected.append(Rejected(path, number, f"duplicate id {identifier!r}"))
+            continue
+        seen.add(identifier)
+        extra = {k: v for k, v in record.items() if k not in ("messages", "prompt", "system", "id")}
+        result.prompts.append(PromptLine(identifier, messages, extra))
     return result
 
 

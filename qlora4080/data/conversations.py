@@ -6,12 +6,12 @@ Shape of a line: {"id"?, "messages": [{"role", "content", "tool_calls"?,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
+from .jsonl import read_jsonl
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -62,29 +62,20 @@ def validate_messages(messages: Any) -> str | None:
 def read_conversations(path: Path) -> Conversations:
     """All valid conversations of a JSONL file, plus each rejected line with its reason."""
     result = Conversations(path=path)
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise QloraError(f"cannot read {path}: {exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                result.rejected.append(Rejected(path, number, f"bad JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            if not isinstance(record, dict) or "messages" not in record:
-                result.rejected.append(Rejected(path, number, "expected an object with a 'messages' list"))
-                continue
-            reason = validate_messages(record["messages"])
-            if reason:
-                result.rejected.append(Rejected(path, number, reason))
-                continue
-            record.setdefault("id", f"{path.stem}-{number}")
-            result.records.append(record)
-            result.lines.append(number)
+    for number, record, problem in read_jsonl(path):
+        if problem:
+            result.rejected.append(Rejected(path, number, problem))
+            continue
+        if not isinstance(record, dict) or "messages" not in record:
+            result.rejected.append(Rejected(path, number, "expected an object with a 'messages' list"))
+            continue
+        reason = validate_messages(record["messages"])
+        if reason:
+            result.rejected.append(Rejected(path, number, reason))
+            continue
+        record.setdefault("id", f"{path.stem}-{number}")
+        result.records.append(record)
+        result.lines.append(number)
     if not result.records:
         first = f"; first problem: {result.rejected[0]}" if result.rejected else ""
         raise QloraError(
