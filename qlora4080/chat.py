@@ -46,9 +46,8 @@ def chat_loop(
             continue
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        console.print("[bold blue]assistant>[/] ", end="")
         try:
-            answer = stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+            answer = stream_answer(chat, messages, label="[bold blue]assistant>[/]", max_new_tokens=max_new_tokens, temperature=temperature)
         except KeyboardInterrupt:
             # Ctrl-C stops this answer only; the unanswered question is dropped from the history.
             console.print("\n(answer interrupted)", style="dim")
@@ -57,15 +56,24 @@ def chat_loop(
         history.append({"role": "assistant", "content": answer})
 
 
-def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapter: bool = True, **options: Any) -> str:
-    """Stream an answer: rendered as Markdown while it grows on a terminal, plain text elsewhere."""
+def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapter: bool = True, label: str | None = None,
+                  **options: Any) -> str:
+    """Stream an answer: rendered as Markdown while it grows on a terminal, plain text elsewhere.
+
+    `label` (Rich markup) goes before the answer: on its own line above a live
+    Markdown view (which redraws whole lines), on the same line in plain text.
+    """
     if not console.is_terminal:
+        if label:
+            console.print(label + " ", end="")
         answer = generate(chat, messages, on_text=_write, use_adapter=use_adapter, **options)
         console.print()
         return answer
     from rich.live import Live
     from rich.markdown import Markdown
 
+    if label:
+        console.print(label)
     text = ""
     with Live(Markdown(""), console=console, refresh_per_second=10, vertical_overflow="visible") as live:
         def grow(piece: str) -> None:
