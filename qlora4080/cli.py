@@ -25,6 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+data_app = typer.Typer(help="Check and inspect training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
 SET_HELP = "Override a recipe value, e.g. --set training.learning_rate=1e-4 (repeatable)."
 
 
@@ -157,7 +160,7 @@ def evaluate_command(
         raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
     conversations = read_conversations(source)
     for problem in conversations.rejected[:5]:
-        console.print(f"skipped {problem}", style="yellow")
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
     records = to_eval_records(conversations.records, limit)
     model = load_for_chat(checkpoint)
     passes = 2 if (baseline and model.has_adapter) else 1
@@ -195,7 +198,7 @@ def generate(
 
     parsed = read_prompts(input)
     for problem in parsed.rejected:
-        console.print(f"skipped {problem}", style="yellow")
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
     finished = done_ids(output)
     todo = [p for p in parsed.prompts if p.id not in finished]
     console.print(f"{len(parsed.prompts)} prompts, {len(parsed.prompts) - len(todo)} already answered in {output}, "
@@ -240,6 +243,45 @@ def export(
         target = gguf_dir or Path(f"{merged or checkpoint}-gguf")
         path = export_gguf(checkpoint, target, gguf, overwrite=overwrite)
         console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {target} && ollama create NAME -f Modelfile)")
+
+
+@data_app.command("check")
+@_friendly
+def data_check(
+    file: Path = typer.Argument(..., help="JSONL (one record a line) or .json (one array)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji."),
+    column: Optional[list[str]] = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
+    show: int = typer.Option(5, "--show", min=0, help="How many problems to list."),
+) -> None:
+    """Validate a data file: every record must become a trainable conversation. Exit 1 when any is rejected."""
+    from rich.table import Table
+
+    from .data.check import check_file
+
+    columns = {}
+    for item in column or []:
+        if "=" not in item:
+            raise QloraError(f"--column {item!r} must be field=name", where="--column")
+        key, value = item.split("=", 1)
+        columns[key.strip()] = value.strip()
+    result = check_file(file, format, columns)
+    console.print(f"format: {result.format}{' (detected)' if result.detected else ''}")
+    table = Table(title=str(file), title_justify="left")
+    for name in ("records read", "valid", "rejected"):
+        table.add_column(name, justify="right")
+    table.add_row(str(result.read), str(result.valid), str(len(result.rejected)))
+    console.print(table)
+    if result.rejected:
+        reasons = Table(title="rejected, by reason", title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("records", justify="right")
+        for reason, count in result.reasons().most_common():
+            reasons.add_row(reason, str(count))
+        console.print(reasons)
+        for problem in result.rejected[:show]:
+            console.print(str(problem), style="yellow", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("[green]all records are usable[/]")
 
 
 @app.command("recipes")

@@ -23,7 +23,7 @@ class RunLog:
 
     def line(self, message: str, style: str | None = None, echo: bool = True) -> None:
         if echo:
-            console.print(message, style=style, highlight=False)
+            console.print(message, style=style, highlight=False, soft_wrap=True)  # whole lines: file:line stays greppable
         self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         self._handle.flush()
 
