@@ -284,6 +284,37 @@ def data_check(
     console.print("[green]all records are usable[/]")
 
 
+@data_app.command("build")
+@_friendly
+def data_build(
+    recipe: Path = typer.Argument(..., help="A recipe with [[data.sources]]."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a build with the same inputs exists."),
+) -> None:
+    """Normalize, clean, deduplicate, mix and split the recipe's sources; write JSONL + Arrow and a manifest."""
+    from rich.table import Table
+
+    from .data.pipeline import build_data
+    from .quiet import quiet_libraries
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    if not loaded.data.sources:
+        raise QloraError("this recipe has no [[data.sources]]; its train/validation files are used as they are", where=str(recipe))
+    quiet_libraries()
+    build = build_data(loaded, force=force)
+    table = Table(title=f"{'Reused' if build.reused else 'Built'} {build.folder}", title_justify="left")
+    for column in ("source", "format", "read", "rejected", "duplicates", "kept", "in mix", "share"):
+        table.add_column(column, justify="left" if column in ("source", "format") else "right")
+    mixed = sum(p.in_mix for p in build.pools) or 1
+    for p in build.pools:
+        table.add_row(p.name, p.format, str(p.read), str(p.rejected), str(p.duplicates), str(p.kept), str(p.in_mix), f"{p.in_mix / mixed:.1%}")
+    console.print(table)
+    counts = build.manifest["counts"]
+    console.print(f"train {counts['train']}, validation {counts['validation']}, rejected {counts['rejected']} "
+                  f"(see {build.folder / 'rejects.jsonl'})")
+
+
 @app.command("recipes")
 @_friendly
 def list_recipes(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import QloraError
+from .toml_io import dumps_toml, find_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,11 +62,54 @@ class LoraSection(_Section):
     """Module names to adapt, or "all-linear" for every linear projection except the output head."""
 
 
+class SourceSection(_Section):
+    path: str | None = None
+    """Local file: JSONL, JSON array, Parquet or Arrow. Relative to the recipe file."""
+    hub: str | None = None
+    """A dataset id on the Hugging Face hub (needs network)."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    name: str | None = None
+    """Name of this pool in tables and tags; default: the file stem or the hub id."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "columns", "cmath", "mawps", "emoji"] = "auto"
+    """Shape of the records; auto detects messages, sharegpt, prompt_completion and alpaca."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Field-name overrides for the format, e.g. {user = "question", assistant = "answer"}."""
+    weight: float = Field(1.0, ge=0)
+    """Relative share in the mix (normalized over sources; all zero means equal)."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags added to every record of this source (e.g. "json" turns on JSON validity in eval)."""
+    max_answer_chars: int | None = Field(None, ge=1)
+    """Cut assistant answers longer than this many characters."""
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceSection":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("each [[data.sources]] needs exactly one of path = \"...\" or hub = \"org/name\"")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).stem if self.path else str(self.hub).rsplit("/", 1)[-1])
+
+
 class DataSection(_Section):
-    train: str
+    train: str | None = None
     """JSONL file, one conversation a line: {"messages": [{"role", "content"}, ...]}. Relative to the recipe file."""
     validation: str | None = None
     """Optional validation JSONL in the same shape. Relative to the recipe file."""
+    sources: list[SourceSection] = Field(default_factory=list)
+    """Instead of train/validation: sources that are normalized, cleaned, deduplicated, mixed and split."""
+    mix: Literal["interleave", "resample"] = "interleave"
+    """interleave: weighted random order, each record at most once; resample: exact shares, with replacement when short."""
+    total: int | None = Field(None, ge=1)
+    """resample: size of the mix (default 0.9 x the records available)."""
+    valid_ratio: float = Field(0.05, ge=0.0, lt=0.5)
+    """Share of the mix held out for validation when building from sources."""
+    valid_min: int = Field(100, ge=0)
+    """Floor on the validation size (never more than half the data)."""
+    build_dir: str = "data_builds"
+    """Where builds are written (relative to the working directory); a build is reused while its inputs are unchanged."""
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or everything."""
 
@@ -73,6 +117,14 @@ class DataSection(_Section):
     @classmethod
     def _empty_means_none(cls, value: str | None) -> str | None:
         return value or None  # `--set data.validation=""` turns validation off
+
+    @model_validator(mode="after")
+    def _train_or_sources(self) -> "DataSection":
+        if self.sources and (self.train or self.validation):
+            raise ValueError("use either train/validation files or [[data.sources]], not both")
+        if not self.sources and not self.train:
+            raise ValueError("[data] needs train = \"file.jsonl\" or at least one [[data.sources]]")
+        return self
 
 
 class TrainingSection(_Section):
@@ -157,6 +209,9 @@ class Recipe(_Section):
         for key in ("train", "validation"):
             if key in data["data"]:
                 data["data"][key] = str(self.resolve_path(data["data"][key]))
+        for source in data["data"].get("sources", []):
+            if "path" in source:
+                source["path"] = str(self.resolve_path(source["path"]))
         if "chat_template" in data["model"]:
             data["model"]["chat_template"] = str(self.resolve_path(data["model"]["chat_template"]))
         return dumps_toml(data)
@@ -262,6 +317,9 @@ def _explain(error: dict[str, Any], path: Path, text: str, override_keys: set[tu
         name = f"[{section}]" if len(loc) == 1 else f"'{key}' in [{section}]"
         return QloraError(f"missing required {name}{more}", where=where, hint=_field_doc(section, key))
     field = ".".join(loc)
+    if error["type"] == "value_error" and isinstance(error.get("input"), dict):
+        # a rule across several keys of one table: its own sentence says what is wrong
+        return QloraError(str(error["msg"]).removeprefix("Value error, ") + more, where=where, hint=_field_doc(section, key))
     return QloraError(
         f"{field} = {error.get('input')!r}: {error['msg']}{more}",
         where=where,
@@ -275,23 +333,6 @@ def _field_doc(section: str, key: str) -> str | None:
         return None
     doc = model.model_fields[key].description
     return f"{section}.{key}: {doc}" if doc else None
-
-
-def find_line(text: str, section: str, key: str = "") -> int | None:
-    """1-based line of `key = ...` inside `[section]` (or of the section header)."""
-    current = ""
-    header_line = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
-        if header:
-            current = header.group(1)
-            if current == section:
-                header_line = number
-            continue
-        if current == section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
-            return number
-    return header_line
 
 
 def _check_files(recipe: Recipe, path: Path) -> None:
@@ -309,6 +350,12 @@ def _check_files(recipe: Recipe, path: Path) -> None:
                 where=f"{path}:{line}" if line else str(path),
                 hint="paths in [data] are relative to the recipe file's folder",
             )
+    for index, source in enumerate(recipe.data.sources):
+        if source.path and not recipe.resolve_path(source.path).exists():
+            raise QloraError(
+                f"data.sources[{index}] path not found: {recipe.resolve_path(source.path)}",
+                where=str(path), hint="source paths are relative to the recipe file's folder",
+            )
     if recipe.model.chat_template and not recipe.resolve_path(recipe.model.chat_template).is_file():
         raise QloraError(
             f"model.chat_template file not found: {recipe.resolve_path(recipe.model.chat_template)}",
@@ -324,27 +371,3 @@ def _check_files(recipe: Recipe, path: Path) -> None:
                 where=f"{path}:{find_line(text, 'model', 'name')}",
                 hint="known: " + ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS),
             )
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for the recipe's shape: tables of scalars and lists."""
-    lines: list[str] = []
-    for section, values in data.items():
-        if not isinstance(values, dict):
-            continue
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

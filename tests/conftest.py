@@ -81,6 +81,7 @@ def write_recipe(folder: Path, model_name: str, **sections: dict) -> Path:
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
+        data[name] = {k: v for k, v in data[name].items() if v is not None}  # None removes a key
     path = folder / "recipe.toml"
     path.write_text(dumps_toml(data), encoding="utf-8")
     return path

@@ -92,7 +92,7 @@ def test_out_of_range_value(tmp_path):
 def test_missing_required_key(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD.replace('train = "train.jsonl"', 'validation = "train.jsonl"')))
-    assert "missing required 'train' in [data]" in info.value.message
+    assert info.value.message == '[data] needs train = "file.jsonl" or at least one [[data.sources]]'
 
 
 def test_invalid_toml_reports_line(tmp_path):

@@ -215,13 +215,25 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:
     from ..data.conversations import read_conversations
     from ..data.dataset import tokenize_conversations
 
+    files = {key: recipe.resolve_path(getattr(recipe.data, key)) if getattr(recipe.data, key) else None
+             for key in ("train", "validation")}
+    if recipe.data.sources:
+        from ..data.pipeline import build_data
+
+        build = build_data(recipe)
+        log.line(f"data build {build.folder} ({'reused: inputs unchanged' if build.reused else 'built'})")
+        for pool in build.pools:
+            log.line(f"  source {pool.name} ({pool.format}): read {pool.read}, rejected {pool.rejected}, "
+                     f"duplicates {pool.duplicates}, kept {pool.kept}, in the mix {pool.in_mix}")
+        files = {"train": build.train_file, "validation": build.validation_file}
+        if not build.validation_file.read_text(encoding="utf-8").strip():
+            files["validation"] = None
     splits = []
     for key in ("train", "validation"):
-        value = getattr(recipe.data, key)
-        if value is None:
+        if files[key] is None:
             splits.append(None)
             continue
-        source = read_conversations(recipe.resolve_path(value))
+        source = read_conversations(files[key])
         split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on)
         problems = source.rejected + split.dropped
         for problem in problems[:10]:
@@ -299,7 +311,7 @@ def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, 
         "train_on": recipe.data.train_on,
         "trust_remote_code": recipe.model.trust_remote_code,
         "recipe_path": str(recipe.source_path) if recipe.source_path else None,
-        "validation_file": str(recipe.resolve_path(recipe.data.validation)) if recipe.data.validation else None,
+        "validation_file": _validation_file(recipe),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": {
             "qlora4080": __version__,
@@ -312,6 +324,15 @@ def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, 
         "summary": summary,
     }
     (dirs.checkpoint / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def _validation_file(recipe: Recipe) -> str | None:
+    """The file eval uses by default: the recipe's validation file, or the validation split of its data build."""
+    if recipe.data.sources:
+        from ..data.pipeline import build_data
+
+        return str(build_data(recipe).validation_file.resolve())  # reused, not rebuilt: the manifest matches
+    return str(recipe.resolve_path(recipe.data.validation)) if recipe.data.validation else None
 
 
 def _short(value: Any) -> str:

@@ -1,0 +1,275 @@
+"""Sources -> normalize -> clean -> tag -> dedup per pool -> save pools -> mix -> dedup again -> split -> export.
+
+A build lives in <build_dir>/<key>/, where the key hashes everything that
+decides its content (each source's settings and file bytes, mix, sizes, seed),
+so the same recipe and seed give byte-identical outputs and `train` reuses a
+build whose manifest matches instead of rebuilding.
+
+Mixing: weights are relative (normalized to 1; all zero means equal).
+- interleave: pools are drawn at random in proportion to their weights, each
+  record at most once, until the first weighted pool runs out (so the mix
+  follows the weights without repeating anything);
+- resample: exact per-pool counts of `total` (default 0.9 x all records),
+  sampling with replacement only when a pool is smaller than its share.
+The second dedup removes the same conversation arriving from two pools; the
+repeats resample made on purpose stay. The split keeps every copy of a
+conversation on one side, so validation never contains a training record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import QloraError
+from ..recipe import Recipe, SourceSection
+from .conversations import Rejected, validate_messages
+from .formats import FormatError, detect_format, to_messages
+
+BUILD_FORMAT = 1
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class PoolStats:
+    name: str
+    format: str = ""
+    read: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    kept: int = 0
+    in_mix: int = 0
+
+
+@dataclass
+class Build:
+    folder: Path
+    train_file: Path
+    validation_file: Path
+    pools: list[PoolStats] = field(default_factory=list)
+    reused: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def conversation_key(messages: list[dict[str, Any]]) -> str:
+    """Stable hash of roles, contents and tool calls: the dedup key."""
+    canonical = [[m.get("role"), m.get("content"), m.get("tool_calls")] for m in messages]
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Strip control characters; drop turns left empty (an assistant turn with tool calls is kept)."""
+    cleaned = []
+    for message in messages:
+        message = dict(message)
+        if isinstance(message.get("content"), str):
+            message["content"] = CONTROL_CHARS.sub("", message["content"]).strip()
+        if not message.get("content") and not message.get("tool_calls"):
+            continue
+        cleaned.append(message)
+    return cleaned
+
+
+def build_key(recipe: Recipe) -> str:
+    data = recipe.data
+    parts: list[Any] = [BUILD_FORMAT, data.mix, data.total, data.valid_ratio, data.valid_min, recipe.training.seed]
+    for source in data.sources:
+        parts.append(source.model_dump(mode="json"))
+        if source.path:
+            parts.append(_file_digest(recipe.resolve_path(source.path)))
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolStats], None] | None = None) -> Build:
+    """Run the pipeline for the recipe's [[data.sources]], or reuse the matching earlier build."""
+    from datasets import Dataset
+
+    data = recipe.data
+    folder = Path(data.build_dir) / f"{recipe.stem}-{build_key(recipe)}"
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file() and not force:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        pools = [PoolStats(**p) for p in manifest["pools"]]
+        return Build(folder, folder / "train.jsonl", folder / "validation.jsonl", pools, reused=True, manifest=manifest)
+
+    rng = random.Random(recipe.training.seed)
+    pools: list[list[dict[str, Any]]] = []
+    stats: list[PoolStats] = []
+    rejects: list[Rejected] = []
+    for source in data.sources:
+        pool, pool_stats, pool_rejects = _load_pool(recipe, source)
+        pools.append(pool)
+        stats.append(pool_stats)
+        rejects += pool_rejects
+        if on_pool:
+            on_pool(pool_stats)
+    folder.mkdir(parents=True, exist_ok=True)
+    for pool, pool_stats in zip(pools, stats):
+        if pool:
+            Dataset.from_list(pool).save_to_disk(str(folder / "pools" / pool_stats.name))
+
+    weights = [s.weight for s in data.sources]
+    mixed = interleave(pools, weights, rng) if data.mix == "interleave" else resample(pools, weights, rng, data.total)
+    mixed = dedup_across_pools(mixed)
+    for pool_stats in stats:
+        pool_stats.in_mix = sum(1 for r in mixed if r["source"] == pool_stats.name)
+    if not mixed:
+        raise QloraError("the data build is empty: every record of every source was rejected or duplicated",
+                         hint=f"see {folder / 'rejects.jsonl'} and run `qlora4080 data check FILE` on each source")
+    train, validation = split(mixed, data.valid_ratio, data.valid_min, rng)
+
+    files = {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
+    for name, rows in (("train", train), ("validation", validation)):
+        _write_jsonl(files[name], rows)
+        Dataset.from_list(rows).save_to_disk(str(folder / name))
+    _write_jsonl(folder / "rejects.jsonl", [{"file": str(r.path), "line": r.line, "reason": r.reason} for r in rejects])
+    manifest = {
+        "format": BUILD_FORMAT, "key": build_key(recipe), "seed": recipe.training.seed, "mix": data.mix,
+        "sources": [s.model_dump(mode="json", exclude_none=True) for s in data.sources],
+        "pools": [asdict(s) for s in stats],
+        "counts": {"train": len(train), "validation": len(validation), "rejected": len(rejects)},
+        "sha256": {name: _file_digest(path) for name, path in files.items()},
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    return Build(folder, files["train"], files["validation"], stats, manifest=manifest)
+
+
+def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[dict[str, Any]], PoolStats, list[Rejected]]:
+    rows, origin = _read_source(recipe, source)
+    stats = PoolStats(name=source.label)
+    fmt = source.format
+    if fmt == "auto":
+        fmt = detect_format([row for _, row, problem in rows if problem is None]) or "messages"
+    stats.format = fmt
+    pool, rejects, seen = [], [], set()
+    for number, row, problem in rows:
+        stats.read += 1
+        messages = None
+        if problem is None:
+            try:
+                messages = clean(to_messages(row, fmt, source.columns, source.max_answer_chars))
+                problem = validate_messages(messages)
+            except FormatError as exc:
+                problem = str(exc)
+        if problem:
+            stats.rejected += 1
+            rejects.append(Rejected(origin, number, problem))
+            continue
+        key = conversation_key(messages)
+        if key in seen:
+            stats.duplicates += 1
+            continue
+        seen.add(key)
+        extra_tags = row.get("tags") if isinstance(row.get("tags"), list) else []
+        record = {"id": f"{stats.name}-{number}", "messages": messages, "source": stats.name,
+                  "tags": sorted(set(source.tags) | set(map(str, extra_tags)))}
+        if row.get("tools"):
+            record["tools"] = row["tools"]
+        pool.append(record)
+    stats.kept = len(pool)
+    if rows and not pool:
+        first = rejects[0] if rejects else "all duplicates"
+        raise QloraError(f"source '{stats.name}' has no usable record; first problem: {first}",
+                         hint="check the format and columns of this source with `qlora4080 data check`")
+    return pool, stats, rejects
+
+
+def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[tuple[int, Any, str | None]], Path]:
+    if source.hub:
+        return _read_hub(source), Path(f"hub:{source.hub}")
+    path = recipe.resolve_path(source.path or "")
+    if path.suffix in (".parquet", ".arrow") or path.is_dir():
+        from datasets import Dataset, load_from_disk
+
+        table = load_from_disk(str(path)) if path.is_dir() else (
+            Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else Dataset.from_file(str(path)))
+        return [(index, row, None) for index, row in enumerate(table, start=1)], path
+    from .check import read_records
+
+    return list(read_records(path)), path
+
+
+def _read_hub(source: SourceSection) -> list[tuple[int, Any, str | None]]:
+    from datasets import load_dataset
+
+    try:
+        table = load_dataset(source.hub, split=source.split)
+    except Exception as exc:  # offline, missing, gated: one message
+        raise QloraError(
+            f"could not load hub dataset '{source.hub}' (split {source.split}): {type(exc).__name__}: {str(exc)[:200]}",
+            hint="hub datasets need network; download it once and point the source at a local file: path = \"data/file.jsonl\"",
+        ) from exc
+    return [(index, row, None) for index, row in enumerate(table, start=1)]
+
+
+def _normalized(weights: list[float]) -> list[float]:
+    total = sum(weights)
+    return [1 / len(weights)] * len(weights) if total == 0 else [w / total for w in weights]
+
+
+def interleave(pools: list[list[dict[str, Any]]], weights: list[float], rng: random.Random) -> list[dict[str, Any]]:
+    order = [rng.sample(pool, len(pool)) for pool in pools]
+    probs = _normalized(weights)
+    active = [i for i, p in enumerate(probs) if p > 0 and order[i]]
+    mixed, taken = [], [0] * len(pools)
+    while active:
+        index = rng.choices(active, weights=[probs[i] for i in active])[0]
+        mixed.append(order[index][taken[index]])
+        taken[index] += 1
+        if taken[index] == len(order[index]):
+            break  # the first weighted pool ran out: stop before the shares drift
+    return mixed
+
+
+def resample(pools: list[list[dict[str, Any]]], weights: list[float], rng: random.Random, total: int | None) -> list[dict[str, Any]]:
+    size = total or int(0.9 * sum(len(p) for p in pools))
+    mixed = []
+    for pool, share in zip(pools, _normalized(weights)):
+        count = round(size * share)
+        if not pool or count == 0:
+            continue
+        if count <= len(pool):
+            mixed += rng.sample(pool, count)
+        else:
+            mixed += rng.sample(pool, len(pool)) + rng.choices(pool, k=count - len(pool))
+    rng.shuffle(mixed)
+    return mixed
+
+
+def dedup_across_pools(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    owner: dict[str, str] = {}
+    kept = []
+    for record in records:
+        key = conversation_key(record["messages"])
+        if owner.setdefault(key, record["id"]) == record["id"]:
+            kept.append(record)
+    return kept
+
+
+def split(records: list[dict[str, Any]], ratio: float, floor: int, rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ids = sorted({r["id"] for r in records})
+    rng.shuffle(ids)
+    wanted = min(max(floor, round(ratio * len(ids))), len(ids) // 2)
+    held = set(ids[:wanted])
+    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of every file in a folder (an Arrow dataset saved to disk)."""
+    digest = hashlib.sha256()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(member.relative_to(path) if path.is_dir() else member.name).encode())
+        with member.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,132 @@
+"""The data pipeline: counts, rejects, dedup, mixing, split, reproducible builds and their reuse by train."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_DATA, write_recipe
+from qlora4080.data.pipeline import build_data, conversation_key, dedup_across_pools, interleave, resample, split
+from qlora4080.errors import QloraError
+from qlora4080.recipe import load_recipe
+from qlora4080.toml_io import dumps_toml
+
+
+def _pool(name: str, n: int) -> list[dict]:
+    return [{"id": f"{name}-{i}", "source": name, "messages": [{"role": "user", "content": f"{name} q{i}"},
+                                                              {"role": "assistant", "content": f"{name} a{i}"}]} for i in range(n)]
+
+
+def _recipe(tmp_path: Path, sources: list[dict], **data) -> Path:
+    recipe = {"model": {"name": "builtin:smollm2-135m-instruct"},
+              "data": {"sources": sources, "build_dir": str(tmp_path / "builds"), "valid_min": 2, **data},
+              "training": {"seed": 7}}
+    path = tmp_path / "mix.toml"
+    path.write_text(dumps_toml(recipe))
+    return path
+
+
+@pytest.fixture()
+def sources(tmp_path):
+    alpaca = tmp_path / "alpaca.jsonl"
+    rows = [{"instruction": f"Say {i}", "output": f"{i}"} for i in range(30)]
+    rows.insert(3, {"instruction": "Say 1", "output": "1"})            # duplicate of row 1
+    rows.insert(5, {"instruction": "no answer"})                        # rejected
+    rows.insert(7, {"instruction": "bell\x07 ring", "output": "ding"})   # control char cleaned
+    alpaca.write_text("\n".join(json.dumps(r) for r in rows) + "\n{bad json\n")
+    return [{"path": str(DEMO_DATA / "train.jsonl"), "name": "cards", "weight": 1.0, "tags": ["json"]},
+            {"path": str(alpaca), "format": "alpaca", "weight": 1.0}]
+
+
+def test_build_counts_rejects_and_outputs(tmp_path, sources):
+    build = build_data(load_recipe(_recipe(tmp_path, sources, mix="resample", total=200)))
+    cards, alpaca = build.pools
+    assert (cards.name, cards.format, cards.read, cards.kept) == ("cards", "messages", 320, 320)
+    assert (alpaca.format, alpaca.read, alpaca.rejected, alpaca.duplicates, alpaca.kept) == ("alpaca", 34, 2, 1, 31)
+    rejects = [json.loads(line) for line in (build.folder / "rejects.jsonl").read_text().splitlines()]
+    assert [(Path(r["file"]).name, r["line"]) for r in rejects] == [("alpaca.jsonl", 6), ("alpaca.jsonl", 34)]
+    train = [json.loads(line) for line in build.train_file.read_text().splitlines()]
+    validation = [json.loads(line) for line in build.validation_file.read_text().splitlines()]
+    assert len(train) + len(validation) == 200 and len(validation) == 10
+    alpaca_texts = [m["content"] for r in train + validation if r["source"] == "alpaca" for m in r["messages"]]
+    assert "bell ring" in alpaca_texts  # resample took every alpaca record; the BEL character was stripped
+    assert not any("\x07" in text for text in alpaca_texts)
+    assert all("json" in r["tags"] for r in train if r["source"] == "cards")
+    manifest = json.loads((build.folder / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": len(train), "validation": 10, "rejected": 2}
+    for name in ("train", "validation", "pools/cards", "pools/alpaca"):
+        assert (build.folder / name / "dataset_info.json").is_file()
+
+
+def test_same_recipe_and_seed_give_byte_identical_builds_and_are_reused(tmp_path, sources):
+    first = build_data(load_recipe(_recipe(tmp_path, sources)))
+    again = build_data(load_recipe(_recipe(tmp_path, sources)))
+    assert again.reused and again.folder == first.folder
+    forced = build_data(load_recipe(_recipe(tmp_path, sources)), force=True)
+    assert not forced.reused
+    assert forced.manifest["sha256"] == first.manifest["sha256"]
+    changed = build_data(load_recipe(_recipe(tmp_path, sources), ["training.seed=8"]))
+    assert changed.folder != first.folder and changed.manifest["sha256"] != first.manifest["sha256"]
+
+
+def test_interleave_follows_weights_without_repeats():
+    mixed = interleave([_pool("a", 300), _pool("b", 300)], [3, 1], random.Random(0))
+    counts = Counter(r["source"] for r in mixed)
+    assert counts["a"] == 300  # stopped when the heavier pool ran out
+    assert 0.70 < counts["a"] / len(mixed) < 0.80
+    assert len({r["id"] for r in mixed}) == len(mixed)
+
+
+def test_resample_gives_exact_counts_with_replacement_when_short():
+    mixed = resample([_pool("a", 200), _pool("b", 20)], [1, 1], random.Random(0), total=100)
+    counts = Counter(r["source"] for r in mixed)
+    assert counts == {"a": 50, "b": 50}
+    assert len({r["id"] for r in mixed if r["source"] == "a"}) == 50
+    assert len({r["id"] for r in mixed if r["source"] == "b"}) == 20  # every b record, then repeats
+    assert Counter(r["source"] for r in resample([_pool("a", 50), _pool("b", 50)], [0, 0], random.Random(0), None)) == {"a": 45, "b": 45}
+
+
+def test_dedup_across_pools_keeps_intended_repeats():
+    a, b = _pool("a", 3), _pool("a", 3)
+    for record in b:
+        record["id"] = record["id"].replace("a-", "b-")  # same conversations, another pool
+    repeats = [a[0], a[0]]
+    kept = dedup_across_pools(a + b + repeats)
+    assert [r["id"] for r in kept] == ["a-0", "a-1", "a-2", "a-0", "a-0"]
+    assert conversation_key(a[0]["messages"]) == conversation_key(b[0]["messages"])
+
+
+def test_split_floor_cap_and_no_leak():
+    records = _pool("a", 40)
+    records += [records[0], records[0]]  # resampled copies
+    train, validation = split(records, ratio=0.05, floor=100, rng=random.Random(1))
+    assert len({r["id"] for r in validation}) == 20  # floor 100 capped at half of 40 unique
+    assert not {r["id"] for r in train} & {r["id"] for r in validation}
+
+
+def test_hub_source_without_network_names_the_dataset(tmp_path):
+    with pytest.raises(QloraError, match="could not load hub dataset 'someone/some-set'") as info:
+        build_data(load_recipe(_recipe(tmp_path, [{"hub": "someone/some-set"}])))
+    assert "local file" in info.value.hint
+
+
+def test_source_needs_exactly_one_location(tmp_path):
+    with pytest.raises(QloraError, match="exactly one of path"):
+        load_recipe(_recipe(tmp_path, [{"name": "nothing"}]))
+
+
+def test_train_uses_the_build_and_eval_defaults_to_its_validation(tmp_path, tiny_model_dir, sources):
+    from qlora4080 import train
+
+    path = write_recipe(tmp_path, str(tiny_model_dir), training={"max_steps": 2},
+                        data={"train": None, "validation": None, "sources": sources,
+                              "build_dir": str(tmp_path / "builds"), "valid_min": 4})
+    result = train(load_recipe(path), run_name="from-sources", live=False)
+    log = (result.run_dir / "train.log").read_text()
+    assert "source cards (messages): read 320" in log and "source alpaca (alpaca): read 34, rejected 2, duplicates 1" in log
+    meta = json.loads((result.checkpoint_dir / "qlora4080.json").read_text())
+    assert meta["validation_file"].endswith("validation.jsonl") and "builds" in meta["validation_file"]
