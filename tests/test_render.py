@@ -137,3 +137,47 @@ def test_end_of_turn_ids_for_generation(smol_tokenizer, family):
     tokenizer = _tokenizer_for(smol_tokenizer, family)
     eot = FAMILIES[family][2]
     assert tokenizer.convert_tokens_to_ids(eot) in end_of_turn_ids(tokenizer)
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+    {"role": "tool", "content": "SECRET-TOOL-RESULT 3C"},
+    {"role": "assistant", "content": "It is 3 degrees in Oslo."},
+]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "qwen3-instruct-2507"])
+def test_tool_calls_are_trained_and_tool_results_are_not(smol_tokenizer, family):
+    tokenizer = _tokenizer_for(smol_tokenizer, family)
+    rendered = render_conversation(TOOL_CONVERSATION, tokenizer, tools=TOOLS)
+    trained = _trained_text(tokenizer, rendered)
+    assert "get_weather" in trained and '"Oslo"' in trained          # the call the model must learn to make
+    assert trained.endswith("It is 3 degrees in Oslo.<|im_end|>")
+    assert trained.count("<|im_end|>") == 2                          # both assistant turns end and are learned
+    assert "SECRET-TOOL-RESULT" not in trained and "Weather in Oslo?" not in trained
+    assert "get_weather" in tokenizer.decode(rendered["input_ids"])   # the tools schema is in the prompt
+
+
+def test_reasoning_content_is_trained_on_the_last_turn_of_a_thinking_template(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = (TRL_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+    messages = [{"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "reasoning_content": "Two plus two is four."}]
+    trained = _trained_text(tokenizer, render_conversation(messages, tokenizer))
+    assert "Two plus two is four." in trained and trained.endswith("4<|im_end|>")
+
+
+def test_template_that_drops_earlier_reasoning_is_refused_for_every_turn_but_works_for_the_last(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = (TRL_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+    messages = [{"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "reasoning_content": "Two plus two."},
+                {"role": "user", "content": "3+3?"},
+                {"role": "assistant", "content": "6", "reasoning_content": "Three plus three."}]
+    with pytest.raises(TemplateError):
+        render_conversation(messages, tokenizer)
+    trained = _trained_text(tokenizer, render_conversation(messages, tokenizer, train_on="last_assistant"))
+    assert "Three plus three." in trained and trained.endswith("6<|im_end|>") and "Two plus two." not in trained
