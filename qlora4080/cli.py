@@ -315,6 +315,39 @@ def data_build(
                   f"(see {build.folder / 'rejects.jsonl'})")
 
 
+@data_app.command("preview")
+@_friendly
+def data_preview(
+    recipe: Path = typer.Argument(..., help="A recipe: its tokenizer, chat template and training data are used."),
+    n: int = typer.Option(3, "-n", min=1, help="How many conversations to show."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+) -> None:
+    """Show rendered training samples with the trained (loss) tokens highlighted. Loads the tokenizer only."""
+    from .backends.loading import load_tokenizer, model_source
+    from .data.conversations import read_conversations
+    from .data.preview import preview_rows, render_row
+    from .quiet import quiet_libraries
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    quiet_libraries()
+    if loaded.data.sources:
+        from .data.pipeline import build_data
+
+        path = build_data(loaded).train_file
+    else:
+        path = loaded.resolve_path(loaded.data.train)
+    template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
+    tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
+    records = read_conversations(path).records[:n]
+    rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)
+    for row in rows:
+        console.print(render_row(row))
+    tokens, trained = sum(r["tokens"] for r in rows), sum(r["trained"] for r in rows)
+    console.print(f"{len(rows)} samples from {path}: {tokens} tokens, {trained} trained "
+                  f"({100 * trained / max(tokens, 1):.0f}%); highlighted text carries the loss (train_on = {loaded.data.train_on})")
+
+
 @app.command("recipes")
 @_friendly
 def list_recipes(

@@ -21,9 +21,9 @@ class TokenizedSplit:
 
 
 def tokenize_conversations(
-    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn
+    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start"
 ) -> TokenizedSplit:
-    """Render and mask every conversation; keep the first max_seq_len tokens.
+    """Render and mask every conversation; longer ones keep their first max_seq_len tokens or are dropped.
 
     A conversation whose trained tokens all fall past max_seq_len would only
     add compute, so it is dropped and reported rather than trained silently.
@@ -43,11 +43,14 @@ def tokenize_conversations(
             continue
         ids, labels = rendered["input_ids"], rendered["labels"]
         if len(ids) > max_seq_len:
-            truncated += 1
+            if truncation == "drop":
+                dropped.append(Rejected(source.path, line, f"{len(ids)} tokens, longer than max_seq_len={max_seq_len} (truncation = drop)"))
+                continue
             ids, labels = ids[:max_seq_len], labels[:max_seq_len]
         if all(label == IGNORE_INDEX for label in labels):
             dropped.append(Rejected(source.path, line, f"no trained token within max_seq_len={max_seq_len}"))
             continue
+        truncated += len(rendered["input_ids"]) > max_seq_len  # kept, but cut
         rows["input_ids"].append(ids)
         rows["labels"].append(labels)
         tokens += len(ids)

@@ -234,7 +234,7 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:
             splits.append(None)
             continue
         source = read_conversations(files[key])
-        split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on)
+        split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on, recipe.data.truncation)
         problems = source.rejected + split.dropped
         for problem in problems[:10]:
             log.line(f"skipped {problem}", style="yellow")
