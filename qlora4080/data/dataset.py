@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import QloraError
 from .conversations import Conversations, Rejected
-from .render import IGNORE_INDEX, TemplateError, TrainOn, render_conversation
+from .render import IGNORE_INDEX, TemplateError, TrainOn, plan_pieces, tokenize_plans
 
 
 @dataclass
@@ -33,14 +33,16 @@ def tokenize_conversations(
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped: list[Rejected] = []
     truncated = tokens = trained = 0
+    plans, planned = [], []
     for line, record in zip(source.lines, source.records):
         try:
-            rendered = render_conversation(record["messages"], tokenizer, train_on=train_on, tools=record.get("tools"))
+            plans.append(plan_pieces(record["messages"], tokenizer, train_on, record.get("tools")))
+            planned.append(line)
         except TemplateError:
             raise
         except QloraError as exc:
             dropped.append(Rejected(source.path, line, exc.message))
-            continue
+    for line, rendered in zip(planned, tokenize_plans(plans, tokenizer)):
         ids, labels = rendered["input_ids"], rendered["labels"]
         if len(ids) > max_seq_len:
             if truncation == "drop":
@@ -55,6 +57,7 @@ def tokenize_conversations(
         rows["labels"].append(labels)
         tokens += len(ids)
         trained += sum(label != IGNORE_INDEX for label in labels)
+    dropped.sort(key=lambda problem: problem.line)
     if not rows["input_ids"]:
         raise QloraError(
             f"every conversation in {source.path} was dropped; first: {dropped[0] if dropped else '?'}",

@@ -46,6 +46,41 @@ def render_conversation(
     Returns {"input_ids": [...], "labels": [...]} of equal length; labels are
     IGNORE_INDEX (-100) on every token that must not carry loss.
     """
+    return render_conversations([messages], tokenizer, train_on, [tools])[0]
+
+
+def render_conversations(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    tokenizer: Any,
+    train_on: TrainOn = "assistant",
+    tools: Sequence[list[dict[str, Any]] | None] | None = None,
+) -> list[dict[str, list[int]]]:
+    """render_conversation for many conversations, with one tokenizer call for all of them (much faster)."""
+    plans = [plan_pieces(messages, tokenizer, train_on, (tools or [None] * len(conversations))[index])
+             for index, messages in enumerate(conversations)]
+    return tokenize_plans(plans, tokenizer)
+
+
+def tokenize_plans(plans: Sequence[tuple[list[str], list[bool]]], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """Tokenize the pieces of many planned conversations in one call; build ids and labels together."""
+    all_pieces = [piece for pieces, _ in plans for piece in pieces]
+    encoded = iter(_tokenize_pieces(tokenizer, all_pieces))
+    results = []
+    for pieces, trained in plans:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for is_trained in trained:
+            ids = next(encoded)
+            input_ids += ids
+            labels += ids if is_trained else [IGNORE_INDEX] * len(ids)
+        results.append({"input_ids": input_ids, "labels": labels})
+    return results
+
+
+def plan_pieces(
+    messages: Sequence[Mapping[str, Any]], tokenizer: Any, train_on: TrainOn = "assistant", tools: Any = None
+) -> tuple[list[str], list[bool]]:
+    """The rendered conversation cut into text pieces, each marked trained or not (no tokenization yet)."""
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
     messages = [dict(m) for m in messages]
@@ -55,11 +90,15 @@ def render_conversation(
 
     full = _render(tokenizer, messages, tools, add_generation_prompt=False)
     if train_on == "all":
-        ids = _tokenize_pieces(tokenizer, [full])[0]
-        return {"input_ids": ids, "labels": list(ids)}
-
+        return [full], [True]
+    _require_generation_prompt(tokenizer, messages, tools)
     chosen = assistant_turns if train_on == "assistant" else assistant_turns[-1:]
-    spans = [_assistant_span(tokenizer, messages, tools, i, full) for i in chosen]
+    try:
+        # Prefixes through the compiled template (no per-call copying); every span is still checked against
+        # the exact full render, and any disagreement is settled by the exact path below.
+        spans = [_assistant_span(tokenizer, messages, tools, i, full, _render_fast) for i in chosen]
+    except TemplateError:
+        spans = [_assistant_span(tokenizer, messages, tools, i, full, _render) for i in chosen]
 
     pieces: list[str] = []
     trained: list[bool] = []
@@ -70,29 +109,25 @@ def render_conversation(
         position = end
     pieces.append(full[position:])
     trained.append(False)
-
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for ids, is_trained in zip(_tokenize_pieces(tokenizer, pieces), trained):
-        input_ids += ids
-        labels += ids if is_trained else [IGNORE_INDEX] * len(ids)
-    return {"input_ids": input_ids, "labels": labels}
+    return pieces, trained
 
 
-def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, index: int, full: str) -> tuple[int, int]:
+def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, index: int, full: str,
+                    render: Any) -> tuple[int, int]:
     """Character span [start, end) of assistant turn `index`'s trained text inside `full`."""
-    before = messages[:index]
-    prompt = _render(tokenizer, before, tools, add_generation_prompt=True)
-    if prompt == _render(tokenizer, before, tools, add_generation_prompt=False):
-        raise TemplateError(
-            "the chat template ignores add_generation_prompt, so the assistant header cannot be told apart from the answer",
-            hint="set [model] chat_template to a template that writes the assistant header when add_generation_prompt is true",
-        )
-    upto = _render(tokenizer, messages[: index + 1], tools, add_generation_prompt=False)
-    if not upto.startswith(prompt) or not full.startswith(prompt):
+    prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
+    if not full.startswith(prompt):
         raise TemplateError(
             f"the chat template renders the conversation differently when it is cut before message {index} "
             "(it rewrites earlier turns or the assistant header), so trained tokens cannot be located reliably",
+            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
+        )
+    is_last = index == len(messages) - 1
+    # Rendered as the final message, turn `index` is what the model will produce at inference.
+    upto = full if is_last else render(tokenizer, messages[: index + 1], tools, add_generation_prompt=False)
+    if not upto.startswith(prompt):
+        raise TemplateError(
+            f"the chat template renders the conversation differently when it is cut after message {index}",
             hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
         )
     segment = upto[len(prompt):]
@@ -104,6 +139,26 @@ def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, 
             hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
         )
     return start, end
+
+
+_GENERATION_PROMPT_OK: "weakref.WeakKeyDictionary[Any, dict[str, bool]]" = weakref.WeakKeyDictionary()
+
+
+def _require_generation_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> None:
+    """The template must write an assistant header for add_generation_prompt; checked once per template."""
+    template = str(tokenizer.chat_template)
+    try:
+        known = _GENERATION_PROMPT_OK.setdefault(tokenizer, {})
+    except TypeError:
+        known = {}
+    if template not in known:
+        probe = messages[: next(i for i, m in enumerate(messages) if m.get("role") == "assistant")]
+        known[template] = _render(tokenizer, probe, tools, True) != _render(tokenizer, probe, tools, False)
+    if not known[template]:
+        raise TemplateError(
+            "the chat template ignores add_generation_prompt, so the assistant header cannot be told apart from the answer",
+            hint="set [model] chat_template to a template that writes the assistant header when add_generation_prompt is true",
+        )
 
 
 def _trained_length(segment: str, content: Any, specials: tuple[str, ...]) -> int:
@@ -155,6 +210,20 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_gene
     except Exception as exc:  # jinja raise_exception(...) and friends
         raise TemplateError(f"the chat template refused the conversation: {exc}") from exc
     return text
+
+
+def _render_fast(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
+    """The compiled template rendered directly, as apply_chat_template would but without copying the messages."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # a transformers without it: the exact path only
+        return _render(tokenizer, messages, tools, add_generation_prompt)
+    try:
+        compiled = _compile_jinja_template(tokenizer.chat_template)
+        return compiled.render(messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
+                               **tokenizer.special_tokens_map)
+    except Exception as exc:  # let the exact path decide what the template really does
+        raise TemplateError(f"fast render failed: {exc}") from exc
 
 
 def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
