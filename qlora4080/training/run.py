@@ -99,7 +99,7 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
             model, tokenizer = engine.load_model(recipe.model, hardware, template_path=template_path)
 
     with stages.stage("Preparing data (chat template, assistant-only labels)"):
-        train_split, eval_split = _prepare_data(recipe, tokenizer, log)
+        train_split, eval_split, validation_file = _prepare_data(recipe, tokenizer, log)
 
     with stages.stage(f"Attaching LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}"):
         if backend == "unsloth":
@@ -173,7 +173,7 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
         model.save_pretrained(dirs.checkpoint)
         tokenizer.save_pretrained(dirs.checkpoint)  # includes the exact chat template used in training
     summary = _summary(dirs, output, metrics.history, train_split, eval_metrics, stages.timings, started, hardware, trainer)
-    _write_meta(dirs, recipe, backend, summary)
+    _write_meta(dirs, recipe, backend, summary, validation_file)
     (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(summary, log)
     return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=model, tokenizer=tokenizer)
@@ -211,7 +211,8 @@ def _resume_command(recipe: Recipe, dirs: RunDirs) -> str:
     return f"qlora4080 train {shlex.quote(str(shown))} --resume --run-name {dirs.name}"
 
 
-def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:
+def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any, Path | None]:
+    """Tokenized train and validation splits, and the validation file they came from (for eval later)."""
     from ..data.conversations import read_conversations
     from ..data.dataset import tokenize_conversations
 
@@ -246,7 +247,7 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any]:
             f"{split.tokens:,} tokens, {split.trained_tokens:,} trained ({100 * split.trained_tokens / max(split.tokens, 1):.1f}%)"
         )
         splits.append(split)
-    return splits[0], splits[1]
+    return splits[0], splits[1], files["validation"].resolve() if files["validation"] else None
 
 
 def _count_parameters(model: Any) -> tuple[int, int]:
@@ -294,7 +295,7 @@ def _print_summary(summary: dict[str, Any], log: Any) -> None:
     log.line("summary: " + json.dumps(summary), echo=False)
 
 
-def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, Any]) -> None:
+def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> None:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
     import peft
     import torch
@@ -311,7 +312,7 @@ def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, 
         "train_on": recipe.data.train_on,
         "trust_remote_code": recipe.model.trust_remote_code,
         "recipe_path": str(recipe.source_path) if recipe.source_path else None,
-        "validation_file": _validation_file(recipe),
+        "validation_file": str(validation_file) if validation_file else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": {
             "qlora4080": __version__,
@@ -324,15 +325,6 @@ def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, 
         "summary": summary,
     }
     (dirs.checkpoint / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-
-def _validation_file(recipe: Recipe) -> str | None:
-    """The file eval uses by default: the recipe's validation file, or the validation split of its data build."""
-    if recipe.data.sources:
-        from ..data.pipeline import build_data
-
-        return str(build_data(recipe).validation_file.resolve())  # reused, not rebuilt: the manifest matches
-    return str(recipe.resolve_path(recipe.data.validation)) if recipe.data.validation else None
 
 
 def _short(value: Any) -> str:
