@@ -112,6 +112,8 @@ class DataSection(_Section):
     """Where builds are written (relative to the working directory); a build is reused while its inputs are unchanged."""
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn, only the last one, or everything."""
+    packing: bool = False
+    """Pack short conversations into max_seq_len sequences (no attention across them; see data/packing.py)."""
     truncation: Literal["keep_start", "drop"] = "keep_start"
     """A conversation longer than max_seq_len: keep its first max_seq_len tokens, or drop it (reported either way)."""
 

@@ -81,7 +81,13 @@ def block_causal_mask(seq_lengths: Sequence[Sequence[int]], width: int, dtype: A
 
 
 class PackedCollator:
-    """Pads packed rows into a batch with position ids and the block-diagonal mask (or position ids only)."""
+    """Pads packed rows into a batch: position ids restarting per sample, and the block-diagonal mask.
+
+    Rows need input_ids, labels and seq_lengths (position ids are derived from
+    the lengths, so they survive trainers that drop unknown columns). The batch
+    also carries `packed_tokens`, the number of real (non-pad) tokens, which the
+    trainer takes out before the forward pass.
+    """
 
     def __init__(self, pad_token_id: int, dtype: Any = None, with_mask: bool = True):
         self.pad_token_id = pad_token_id
@@ -92,10 +98,12 @@ class PackedCollator:
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
+        positions = [[p for length in f["seq_lengths"] for p in range(length)] for f in features]
         batch = {
             "input_ids": torch.tensor([f["input_ids"] + [self.pad_token_id] * (width - len(f["input_ids"])) for f in features]),
             "labels": torch.tensor([f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features]),
-            "position_ids": torch.tensor([f["position_ids"] + list(range(width - len(f["position_ids"]))) for f in features]),
+            "position_ids": torch.tensor([p + list(range(width - len(p))) for p in positions]),
+            "packed_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features)),
         }
         if self.with_mask:
             batch["attention_mask"] = block_causal_mask([f["seq_lengths"] for f in features], width, self.dtype or torch.float32)

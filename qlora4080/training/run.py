@@ -79,6 +79,11 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
         quiet_libraries()
         hardware = detect()
         backend, why = choose_backend(recipe.model.backend, hardware)
+        if recipe.data.packing and backend == "unsloth":
+            from ..errors import QloraError
+
+            raise QloraError("data.packing = true is not supported with the unsloth backend yet",
+                             hint="--set model.backend=hf (packs with a block-diagonal mask), or --set data.packing=false")
         log.line(f"run {dirs.name}{' (resumed from ' + str(checkpoint) + ')' if checkpoint else ''}: recipe {recipe.source_path}")
         log.line(f"backend: {backend} ({why})")
         print_preflight(run_preflight(recipe, hardware, backend, target_gb), hardware)
@@ -115,6 +120,7 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
     from .panel import TrainingView
     from .trainer import counting_trainer_class
 
+    collator = _pack(recipe, hardware, tokenizer, train_split, eval_split, log) if recipe.data.packing else None
     config = build_sft_config(recipe, hardware, dirs.checkpoint, has_eval=eval_split is not None, backend=backend)
     view = TrainingView(f"qlora4080 · {dirs.name}", hardware, live=live)
     metrics = MetricsCallback(log, dirs.logs / "metrics.jsonl", view, hardware)
@@ -126,6 +132,7 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
         eval_dataset=eval_split.dataset if eval_split else None,
         processing_class=tokenizer,
         callbacks=[metrics, guard, *_tensorboard(dirs), *extra_callbacks],
+        **({"data_collator": collator} if collator is not None else {}),
     )
     metrics.trainer = trainer
     from transformers.trainer_callback import PrinterCallback
@@ -177,6 +184,27 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
     (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(summary, log)
     return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=model, tokenizer=tokenizer)
+
+
+def _pack(recipe: Recipe, hardware: Any, tokenizer: Any, train_split: Any, eval_split: Any, log: Any) -> Any:
+    """Replace each split's rows by packed rows; the collator that batches them (block-diagonal mask)."""
+    import torch
+    from datasets import Dataset
+
+    from ..backends.loading import compute_dtype_name
+    from ..data.packing import PackedCollator, pack_rows
+
+    for name, split in (("train", train_split), ("validation", eval_split)):
+        if split is None:
+            continue
+        rows = split.dataset.to_list()
+        packed = pack_rows(rows, recipe.model.max_seq_len)
+        split.dataset = Dataset.from_list(packed)
+        fill = sum(len(r["input_ids"]) for r in packed) / (len(packed) * recipe.model.max_seq_len)
+        log.line(f"{name}: packed {len(rows)} conversations into {len(packed)} sequences of up to "
+                 f"{recipe.model.max_seq_len} tokens ({fill:.0%} full)")
+    dtype = getattr(torch, compute_dtype_name(recipe.model.dtype, hardware))
+    return PackedCollator(tokenizer.pad_token_id, dtype=dtype)
 
 
 def _snapshot_recipe(recipe: Recipe, dirs: RunDirs, log: Any) -> None:

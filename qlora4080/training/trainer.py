@@ -14,7 +14,9 @@ def counting_trainer_class() -> type:
         trained_tokens_seen: int = 0
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            if "attention_mask" in inputs:
+            if "packed_tokens" in inputs:  # packed batch: the 4-D mask says nothing about token counts
+                self.tokens_seen += int(inputs["packed_tokens"])
+            elif "attention_mask" in inputs:
                 self.tokens_seen += int(inputs["attention_mask"].sum())
             elif "input_ids" in inputs:
                 self.tokens_seen += int(inputs["input_ids"].numel())
@@ -22,5 +24,15 @@ def counting_trainer_class() -> type:
                 # the model shifts labels by one, so the first position never counts
                 self.trained_tokens_seen += int((inputs["labels"][:, 1:] != -100).sum())
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            packed_tokens = inputs.pop("packed_tokens", None)
+            counted_before = getattr(self, "_total_train_tokens", None)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if packed_tokens is not None and counted_before is not None and self.model.training:
+                # TRL sums attention_mask for its num_tokens metric; with a 4-D float mask that sum is meaningless
+                self._total_train_tokens = counted_before + int(packed_tokens)
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
 
     return CountingSFTTrainer
