@@ -45,7 +45,7 @@ def chat_loop(
             console.print(f"unknown command {text.split()[0]}. {HELP}", style="yellow")
             continue
         history.append({"role": "user", "content": text})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
+        messages = with_system(system, history)
         try:
             answer = stream_answer(chat, messages, label="[bold blue]assistant>[/]", max_new_tokens=max_new_tokens, temperature=temperature)
         except KeyboardInterrupt:
@@ -54,6 +54,13 @@ def chat_loop(
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})
+
+
+def with_system(system: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with `system` as its system prompt, unless it has one already."""
+    if not system or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
 
 
 def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapter: bool = True, label: str | None = None,
@@ -95,7 +102,7 @@ def answer_once(
     chat: ChatModel, prompt: str, *, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, compare: bool = False
 ) -> str:
     """`chat --prompt`: one answer, streamed; with `compare`, the base model's answer first."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = with_system(system, [{"role": "user", "content": prompt}])
     if compare and chat.has_adapter:
         console.print("[bold]base model (adapter off):[/]")
         stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, use_adapter=False)
@@ -125,8 +132,7 @@ def run_tests(chat: ChatModel, tests: list[tuple[str, list[dict[str, Any]]]], sa
     save_to.parent.mkdir(parents=True, exist_ok=True)
     with save_to.open("a", encoding="utf-8") as handle:
         for index, (identifier, messages) in enumerate(tests, start=1):
-            if system and messages[0]["role"] != "system":
-                messages = [{"role": "system", "content": system}, *messages]
+            messages = with_system(system, messages)
             console.rule(f"[bold]test {index}/{len(tests)}[/] ({identifier})")
             console.print("[bold green]you>[/] ", end="")
             console.print(messages[-1]["content"], markup=False, highlight=False)

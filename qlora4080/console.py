@@ -17,10 +17,6 @@ def stage(message: str) -> None:
     console.print(f"[bold cyan]>>[/] {message}")
 
 
-def note(message: str) -> None:
-    console.print(f"   {message}", style="dim")
-
-
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..console import console
+from ..console import console, stage
 from ..recipe import Recipe
 from .rundirs import RunDirs, create_run_dirs, find_resume_point, plan_run_dirs
 
@@ -139,8 +139,8 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
 
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else f"{recipe.training.epochs:g} epoch(s) of"
-    console.print(
-        f"[bold cyan]>>[/] Training: {train_split.conversations} conversations, batch {recipe.training.batch_size} x "
+    stage(
+        f"Training: {train_split.conversations} conversations, batch {recipe.training.batch_size} x "
         f"grad-accum {recipe.training.grad_accum}, {steps} steps, lr {recipe.training.learning_rate}"
     )
     t0 = time.monotonic()

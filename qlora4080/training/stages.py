@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..console import console
+from ..console import stage as announce
 
 
 class Stages:
@@ -17,7 +17,7 @@ class Stages:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        console.print(f"[bold cyan]>>[/] {name}")
+        announce(name)
         started = time.monotonic()
         yield
         took = time.monotonic() - started
