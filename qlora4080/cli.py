@@ -361,24 +361,39 @@ def list_recipes(
 
     from .preflight import run_preflight
 
-    table = Table(title="Recipes (estimated peak VRAM on a CUDA card, hf backend)")
-    for column in ("recipe", "model", "seq", "batch x accum", "4-bit", "est. VRAM", "fits 16 GB", "about"):
-        table.add_column(column)
-    for path in find_recipes(folder):
+    paths = find_recipes(folder)
+    folders = sorted({_display(p.parent) for p in paths})
+    table = Table(title=f"Recipes in {', '.join(folders)}: estimated peak VRAM on a CUDA card (hf backend)",
+                  title_justify="left", caption="batch = batch size x gradient accumulation; fits = within a 16 GB card",
+                  caption_justify="left")
+    # Names and numbers never wrap: a narrow terminal (or CI's 80 columns) folds the model id instead,
+    # and the one-line descriptions go below the table where they can wrap freely.
+    table.add_column("recipe", no_wrap=True)
+    table.add_column("model", overflow="fold", min_width=12)
+    for column in ("seq", "batch", "4-bit", "GiB", "fits"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("seq", "GiB") else "left")
+    about: list[tuple[str, str]] = []
+    for path in paths:
+        shown = path.name
         try:
             loaded = load_recipe(path)
         except QloraError as error:
-            table.add_row(_display(path), f"[red]invalid: {error.message}[/]", "", "", "", "", "", "")
+            table.add_row(shown, "[red]invalid[/]", "", "", "", "", "")
+            about.append((shown, f"[red]{error.message}[/]"))
             continue
         t = loaded.training
         report = run_preflight(loaded, None, offline=True)
-        vram = f"{report.estimate.total_gib:.1f} GiB" if report.estimate else "?"
+        vram = f"{report.estimate.total_gib:.1f}" if report.estimate else "?"
         fits = "?" if report.fits is None else ("[green]yes[/]" if report.fits else "[red]no[/]")
         table.add_row(
-            _display(path), loaded.model.name, str(loaded.model.max_seq_len), f"{t.batch_size} x {t.grad_accum}",
-            "yes" if loaded.model.load_in_4bit else "no", vram, fits, recipe_summary(path),
+            shown, loaded.model.name, str(loaded.model.max_seq_len), f"{t.batch_size} x {t.grad_accum}",
+            "yes" if loaded.model.load_in_4bit else "no", vram, fits,
         )
+        about.append((shown, recipe_summary(path)))
     console.print(table)
+    for shown, text in about:
+        if text:
+            console.print(f"[bold]{shown}[/]: {text}")
 
 
 def _display(path: Path) -> str:

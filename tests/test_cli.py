@@ -12,9 +12,9 @@ import pytest
 from conftest import CLI, DEMO_RECIPE, write_recipe
 
 
-def run(*args: str, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run(*args: str, stdin: str | None = None, timeout: int = 600, columns: int = 200) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "COLUMNS": "200"})
+                          env={**__import__("os").environ, "COLUMNS": str(columns)})
 
 
 def test_help_is_instant_and_lists_commands():
@@ -62,13 +62,19 @@ def test_dry_run_validates_and_loads_nothing():
     assert not Path("checkpoints").exists()
 
 
-def test_recipes_lists_bundled_recipes_with_vram_estimates():
-    result = run("recipes", "--dir", str(DEMO_RECIPE.parent))
+@pytest.mark.parametrize("columns", [80, 200])
+def test_recipes_lists_bundled_recipes_with_vram_estimates(columns):
+    # 80 columns is what a pipe or CI log gets: names must stay whole there too.
+    result = run("recipes", "--dir", str(DEMO_RECIPE.parent), columns=columns)
     assert result.returncode == 0, result.stderr
     for name in ("smollm2_135m_demo", "qwen3_4b_emoji", "qwen25_7b_chat", "llama31_8b_chat", "phi35_mini_chat",
                  "gemma2_9b_chat", "mistral_7b_chat"):
         assert f"{name}.toml" in result.stdout
-    assert "fits 16 GB" in result.stdout and "GiB" in result.stdout and "invalid" not in result.stdout
+        assert f"{name}.toml: " in result.stdout  # its one-line description below the table
+    assert "within a 16 GB card" in result.stdout and "GiB" in result.stdout and "invalid" not in result.stdout
+    assert "…" not in result.stdout
+    demo_row = next(line for line in result.stdout.splitlines() if line.startswith("│ smollm2_135m_demo.toml"))
+    assert "256" in demo_row and "4 x 1" in demo_row and "yes" in demo_row
 
 
 def test_dry_run_shows_hardware_estimate_and_verdict():
