@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import QloraError
 from .conversations import Conversations, Rejected
-from .render import IGNORE_INDEX, TemplateError, TrainOn, plan_pieces, tokenize_plans
+from .render import IGNORE_INDEX, TrainOn, render_many
 
 
 @dataclass
@@ -33,16 +33,12 @@ def tokenize_conversations(
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped: list[Rejected] = []
     truncated = tokens = trained = 0
-    plans, planned = [], []
-    for line, record in zip(source.lines, source.records):
-        try:
-            plans.append(plan_pieces(record["messages"], tokenizer, train_on, record.get("tools")))
-            planned.append(line)
-        except TemplateError:
-            raise
-        except QloraError as exc:
-            dropped.append(Rejected(source.path, line, exc.message))
-    for line, rendered in zip(planned, tokenize_plans(plans, tokenizer)):
+    rendered_all = render_many([r["messages"] for r in source.records], tokenizer, train_on,
+                               [r.get("tools") for r in source.records])
+    for line, rendered in zip(source.lines, rendered_all):
+        if isinstance(rendered, QloraError):
+            dropped.append(Rejected(source.path, line, rendered.message))
+            continue
         ids, labels = rendered["input_ids"], rendered["labels"]
         if len(ids) > max_seq_len:
             if truncation == "drop":

@@ -21,7 +21,7 @@ tokenized, then the answer's tokens follow.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import QloraError
@@ -54,11 +54,54 @@ def render_conversations(
     tokenizer: Any,
     train_on: TrainOn = "assistant",
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
+    fast: bool = True,
 ) -> list[dict[str, list[int]]]:
-    """render_conversation for many conversations, with one tokenizer call for all of them (much faster)."""
-    plans = [plan_pieces(messages, tokenizer, train_on, (tools or [None] * len(conversations))[index])
-             for index, messages in enumerate(conversations)]
-    return tokenize_plans(plans, tokenizer)
+    """render_conversation for many conversations at once (much faster); the first bad one raises."""
+    results = render_many(conversations, tokenizer, train_on, tools, fast)
+    for result in results:
+        if isinstance(result, QloraError):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def render_many(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    tokenizer: Any,
+    train_on: TrainOn = "assistant",
+    tools: Sequence[list[dict[str, Any]] | None] | None = None,
+    fast: bool = True,
+) -> list[dict[str, list[int]] | QloraError]:
+    """ids + labels for every conversation, or the QloraError that rejects that one (e.g. no assistant turn).
+
+    With `fast`, batches take the one-render path (fast_masks.py), which is
+    checked against this module's exact method and falls back to it; without,
+    every conversation is rendered prefix by prefix. A template that cannot be
+    split consistently raises TemplateError.
+    """
+    from .fast_masks import render_batch  # it builds on this module
+
+    if train_on not in TRAIN_ON_CHOICES:
+        raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
+    record_tools = list(tools) if tools is not None else [None] * len(conversations)
+
+    def exact(indices: Iterable[int]) -> list[dict[str, list[int]] | QloraError]:
+        indices = list(indices)
+        outcome: dict[int, dict[str, list[int]] | QloraError] = {}
+        plans: list[tuple[int, tuple[list[str], list[bool]]]] = []
+        for index in indices:
+            try:
+                plans.append((index, plan_pieces(conversations[index], tokenizer, train_on, record_tools[index])))
+            except TemplateError:
+                raise
+            except QloraError as exc:
+                outcome[index] = exc
+        for (index, _), rendered in zip(plans, tokenize_plans([plan for _, plan in plans], tokenizer)):
+            outcome[index] = rendered
+        return [outcome[index] for index in indices]
+
+    if not fast:
+        return exact(range(len(conversations)))
+    return render_batch(conversations, tokenizer, train_on, record_tools, exact)
 
 
 def tokenize_plans(plans: Sequence[tuple[list[str], list[bool]]], tokenizer: Any) -> list[dict[str, list[int]]]:
