@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from .console import console, print_error
+from .console import console, print_error, warn
 from .errors import QloraError
 
 app = typer.Typer(
@@ -290,6 +290,8 @@ def data_build(
     recipe: Path = typer.Argument(..., help="A recipe with [[data.sources]]."),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
     force: bool = typer.Option(False, "--force", help="Rebuild even if a build with the same inputs exists."),
+    tokens: bool = typer.Option(True, "--tokens/--no-tokens",
+                                help="Also tokenize the build with the recipe's tokenizer: per-source drops and token counts."),
 ) -> None:
     """Normalize, clean, deduplicate, mix and split the recipe's sources; write JSONL + Arrow and a manifest."""
     from rich.table import Table
@@ -303,7 +305,9 @@ def data_build(
         raise QloraError("this recipe has no [[data.sources]]; its train/validation files are used as they are", where=str(recipe))
     quiet_libraries()
     build = build_data(loaded, force=force)
-    table = Table(title=f"{'Reused' if build.reused else 'Built'} {build.folder}", title_justify="left")
+    # Headings go above the tables, not in them: a table's title wraps to the table's (narrow) width.
+    console.print(f"[bold]{'Reused' if build.reused else 'Built'}[/] {build.folder}")
+    table = Table()
     for column in ("source", "format", "read", "rejected", "duplicates", "kept", "in mix", "share"):
         table.add_column(column, justify="left" if column in ("source", "format") else "right")
     mixed = sum(p.in_mix for p in build.pools) or 1
@@ -313,6 +317,39 @@ def data_build(
     counts = build.manifest["counts"]
     console.print(f"train {counts['train']}, validation {counts['validation']}, rejected {counts['rejected']} "
                   f"(see {build.folder / 'rejects.jsonl'})")
+    if tokens:
+        _print_token_table(loaded, build)
+
+
+def _print_token_table(loaded: Any, build: Any) -> None:
+    """Render + mask the build as training will: records dropped at tokenization, per source."""
+    from rich.table import Table
+
+    from .backends.loading import load_tokenizer, model_source
+    from .data.dataset import tokens_by_source
+
+    template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
+    try:
+        tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
+    except QloraError as error:
+        warn(f"token counts skipped: {error.message.splitlines()[0]} (they are reported again when training starts)")
+        return
+    by_source, dropped = tokens_by_source([build.train_file, build.validation_file], tokenizer,
+                                          loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation)
+    console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
+                  f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
+    table = Table()
+    for column in ("source", "kept", "dropped", "truncated", "tokens", "trained"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, tally in by_source.items():
+        share = f" ({100 * tally.trained_tokens / max(tally.tokens, 1):.0f}%)"
+        table.add_row(name, str(tally.kept), f"[red]{tally.dropped}[/]" if tally.dropped else "0", str(tally.truncated),
+                      f"{tally.tokens:,}", f"{tally.trained_tokens:,}{share}")
+    console.print(table)
+    for problem in dropped[:5]:
+        console.print(f"dropped {problem}", style="yellow", markup=False, soft_wrap=True)  # file:line stays whole
+    if len(dropped) > 5:
+        console.print(f"... and {len(dropped) - 5} more dropped at tokenization")
 
 
 @data_app.command("preview")

@@ -130,3 +130,34 @@ def test_train_uses_the_build_and_eval_defaults_to_its_validation(tmp_path, tiny
     assert "source cards (messages): read 320" in log and "source alpaca (alpaca): read 34, rejected 2, duplicates 1" in log
     meta = json.loads((result.checkpoint_dir / "qlora4080.json").read_text())
     assert meta["validation_file"].endswith("validation.jsonl") and "builds" in meta["validation_file"]
+
+
+def test_build_table_counts_records_dropped_at_tokenization_per_source(tmp_path, smol_tokenizer):
+    import os
+    import subprocess
+
+    from conftest import CLI
+    from qlora4080.data.dataset import tokens_by_source
+
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps(r) + "\n" for r in _pool("short", 12)))
+    long = tmp_path / "long.jsonl"
+    rows = _pool("long", 12)
+    for row in rows[:5]:  # five answers far past max_seq_len: nothing of them would be trained
+        row["messages"][0]["content"] = "word " * 200
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe_path = _recipe(tmp_path, [{"path": str(short)}, {"path": str(long)}], valid_min=2, mix="resample", total=24)
+    recipe = load_recipe(recipe_path, ["model.max_seq_len=64"])
+    build = build_data(recipe)
+    by_source, dropped = tokens_by_source([build.train_file, build.validation_file], smol_tokenizer, 64, "assistant")
+    assert by_source["long"].dropped == 5 and by_source["long"].kept == 7
+    assert by_source["short"].dropped == 0 and by_source["short"].kept == 12
+    assert len(dropped) == 5 and all("no trained token within max_seq_len=64" in p.reason for p in dropped)
+
+    result = subprocess.run([*CLI, "data", "build", str(recipe_path), "--set", "model.max_seq_len=64"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Tokenized for builtin:smollm2-135m-instruct (max_seq_len 64" in result.stdout
+    long_row = [line for line in result.stdout.splitlines() if line.startswith("│ long ")][-1]  # the token table
+    assert [cell.strip() for cell in long_row.strip("│").split("│")][:4] == ["long", "7", "5", "0"]
+    assert "dropped" in result.stdout and "no trained token within max_seq_len=64" in result.stdout

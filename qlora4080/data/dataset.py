@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
@@ -18,10 +19,23 @@ class TokenizedSplit:
     trained_tokens: int
     truncated: int = 0
     dropped: list[Rejected] = field(default_factory=list)
+    by_source: dict[str, "SourceTokens"] = field(default_factory=dict)
+
+
+@dataclass
+class SourceTokens:
+    """Per data source (the `source` tag a data build writes): what tokenization did to its records."""
+
+    kept: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
 
 
 def tokenize_conversations(
-    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start"
+    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start",
+    allow_empty: bool = False,
 ) -> TokenizedSplit:
     """Render and mask every conversation; longer ones keep their first max_seq_len tokens or are dropped.
 
@@ -35,26 +49,37 @@ def tokenize_conversations(
     truncated = tokens = trained = 0
     rendered_all = render_many([r["messages"] for r in source.records], tokenizer, train_on,
                                [r.get("tools") for r in source.records])
-    for line, rendered in zip(source.lines, rendered_all):
+    by_source: dict[str, SourceTokens] = {}
+    for line, record, rendered in zip(source.lines, source.records, rendered_all):
+        tally = by_source.setdefault(str(record.get("source") or source.path.name), SourceTokens())
         if isinstance(rendered, QloraError):
             dropped.append(Rejected(source.path, line, rendered.message))
+            tally.dropped += 1
             continue
         ids, labels = rendered["input_ids"], rendered["labels"]
         if len(ids) > max_seq_len:
             if truncation == "drop":
                 dropped.append(Rejected(source.path, line, f"{len(ids)} tokens, longer than max_seq_len={max_seq_len} (truncation = drop)"))
+                tally.dropped += 1
                 continue
             ids, labels = ids[:max_seq_len], labels[:max_seq_len]
         if all(label == IGNORE_INDEX for label in labels):
             dropped.append(Rejected(source.path, line, f"no trained token within max_seq_len={max_seq_len}"))
+            tally.dropped += 1
             continue
-        truncated += len(rendered["input_ids"]) > max_seq_len  # kept, but cut
+        cut = len(rendered["input_ids"]) > max_seq_len  # kept, but cut
+        learned = sum(label != IGNORE_INDEX for label in labels)
+        truncated += cut
         rows["input_ids"].append(ids)
         rows["labels"].append(labels)
         tokens += len(ids)
-        trained += sum(label != IGNORE_INDEX for label in labels)
+        trained += learned
+        tally.kept += 1
+        tally.truncated += cut
+        tally.tokens += len(ids)
+        tally.trained_tokens += learned
     dropped.sort(key=lambda problem: problem.line)
-    if not rows["input_ids"]:
+    if not rows["input_ids"] and not allow_empty:
         raise QloraError(
             f"every conversation in {source.path} was dropped; first: {dropped[0] if dropped else '?'}",
             hint="raise [model] max_seq_len or check the data",
@@ -66,4 +91,26 @@ def tokenize_conversations(
         trained_tokens=trained,
         truncated=truncated,
         dropped=dropped,
+        by_source=by_source,
     )
+
+
+
+def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_on: TrainOn,
+                     truncation: str = "keep_start") -> tuple[dict[str, SourceTokens], list[Rejected]]:
+    """What tokenization does to each source of a data build (train and validation together), and its drops."""
+    from .conversations import read_conversations
+
+    merged: dict[str, SourceTokens] = {}
+    dropped: list[Rejected] = []
+    for path in files:
+        source = read_conversations(path)
+        if not source.records:
+            continue
+        split = tokenize_conversations(source, tokenizer, max_seq_len, train_on, truncation, allow_empty=True)
+        dropped += split.dropped
+        for name, tally in split.by_source.items():
+            total = merged.setdefault(name, SourceTokens())
+            for key in ("kept", "dropped", "truncated", "tokens", "trained_tokens"):
+                setattr(total, key, getattr(total, key) + getattr(tally, key))
+    return merged, dropped

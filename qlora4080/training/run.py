@@ -274,6 +274,9 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any, P
             f"{len(split.dropped)} dropped, {split.truncated} truncated to {recipe.model.max_seq_len}); "
             f"{split.tokens:,} tokens, {split.trained_tokens:,} trained ({100 * split.trained_tokens / max(split.tokens, 1):.1f}%)"
         )
+        if recipe.data.sources and split.dropped:
+            log.line("  dropped at tokenization, by source: "
+                     + ", ".join(f"{name} {tally.dropped}" for name, tally in split.by_source.items()))
         splits.append(split)
     return splits[0], splits[1], files["validation"].resolve() if files["validation"] else None
 
