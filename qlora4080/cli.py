@@ -316,7 +316,7 @@ def data_build(
     console.print(table)
     counts = build.manifest["counts"]
     console.print(f"train {counts['train']}, validation {counts['validation']}, rejected {counts['rejected']} "
-                  f"(see {build.folder / 'rejects.jsonl'})")
+                  f"(see {build.folder / 'rejects.jsonl'})", soft_wrap=True)
     if tokens:
         _print_token_table(loaded, build)
 
@@ -329,10 +329,11 @@ def _print_token_table(loaded: Any, build: Any) -> None:
     from .data.dataset import tokens_by_source
 
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
-    try:
-        tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
-    except QloraError as error:
-        warn(f"token counts skipped: {error.message.splitlines()[0]} (they are reported again when training starts)")
+    try:  # only what is already on this machine: a build must not wait on the hub
+        tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template, local_only=True)
+    except QloraError:
+        warn(f"token counts skipped: the tokenizer of {loaded.model.name} is not on this machine yet "
+             "(training downloads it and reports the same counts in train.log; run data build again afterwards)")
         return
     by_source, dropped = tokens_by_source([build.train_file, build.validation_file], tokenizer,
                                           loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation)

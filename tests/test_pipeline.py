@@ -161,3 +161,21 @@ def test_build_table_counts_records_dropped_at_tokenization_per_source(tmp_path,
     long_row = [line for line in result.stdout.splitlines() if line.startswith("│ long ")][-1]  # the token table
     assert [cell.strip() for cell in long_row.strip("│").split("│")][:4] == ["long", "7", "5", "0"]
     assert "dropped" in result.stdout and "no trained token within max_seq_len=64" in result.stdout
+
+
+def test_headline_recipe_builds_offline_from_its_three_normalized_sources(tmp_path):
+    from conftest import REPO
+
+    recipe = load_recipe(REPO / "recipes" / "qwen3_4b_emoji.toml", [f"data.build_dir={tmp_path / 'builds'}"])
+    build = build_data(recipe)
+    assert [(p.name, p.format, p.rejected) for p in build.pools] == [("emoji", "emoji", 0), ("cmath", "cmath", 0), ("mawps", "mawps", 0)]
+    assert [p.in_mix for p in build.pools] == [80, 160, 160]  # resample: weights 0.5 : 1 : 1 of total 400
+    records = [json.loads(line) for f in (build.train_file, build.validation_file) for line in f.read_text().splitlines()]
+    by_source = {name: [r for r in records if r["source"] == name] for name in ("emoji", "cmath", "mawps")}
+    assert all("math" in r["tags"] for r in by_source["cmath"] + by_source["mawps"])
+    mawps_user = [r["messages"][0]["content"] for r in by_source["mawps"]]
+    assert not any("N_0" in text or "N_1" in text for text in mawps_user)  # placeholders filled from Numbers
+    assert all(r["messages"][1]["content"].lstrip("-").isdigit() for r in by_source["mawps"] + by_source["cmath"])
+    emoji_answers = {r["messages"][1]["content"] for r in by_source["emoji"]}
+    assert any("🎯" in a and "专心" not in a for a in emoji_answers)  # answer_zh empty -> answer_en
+    assert any("一次只做一件事" in a for a in emoji_answers)

@@ -31,11 +31,14 @@ def compute_dtype_name(requested: str, hardware: Hardware) -> str:
     return "bfloat16" if hardware.bf16_supported else "float16"
 
 
-def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | None = None) -> Any:
+def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | None = None,
+                   local_only: bool = False) -> Any:
+    """The model's tokenizer with the recipe's chat template; `local_only` never reaches for the hub."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code,
+                                                  local_files_only=local_only)
     except OSError as exc:
         raise QloraError(f"could not load the tokenizer of '{model_cfg.name}': {exc}", where="[model] name") from exc
     return prepare_tokenizer(tokenizer, template_path)
