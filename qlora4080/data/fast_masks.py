@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import QloraError
-from .render import IGNORE_INDEX, TemplateError, TrainOn, _render, _render_fast, special_tokens
+from .render import IGNORE_INDEX, TemplateError, TrainOn, _render, compiled_renderer, special_tokens
 
 VERIFY_EVERY = 64
+MIN_BATCH = 16
 PROBE = 64  # a template whose first PROBE conversations mostly miss the fast path stops trying it
 Rendered = dict[str, list[int]]
 
@@ -111,6 +112,8 @@ def render_batch(
     their results (or errors); it raises TemplateError when the template cannot
     be split consistently, which then stops the batch as it would without this path.
     """
+    if len(conversations) < MIN_BATCH:  # the verification sample would be most of it: render exactly
+        return exact(range(len(conversations)))
     facts = template_facts(tokenizer)
     if facts is None or facts.disabled:
         return exact(range(len(conversations)))
@@ -132,11 +135,15 @@ def _offset(exact: Any, offset: int) -> Any:
 
 def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], tokenizer: Any, train_on: TrainOn,
                           tools: Sequence[Any], exact: Any, facts: TemplateFacts) -> list[Rendered | QloraError]:
+    try:
+        render = compiled_renderer(tokenizer)
+    except TemplateError:
+        return exact(range(len(conversations)))
     texts: list[str | None] = []
     for messages, record_tools in zip(conversations, tools):
         try:
             plain = messages if all(type(m) is dict for m in messages) else [dict(m) for m in messages]
-            texts.append(_render_fast(tokenizer, plain, record_tools, add_generation_prompt=False))
+            texts.append(render(plain, record_tools, False))
         except QloraError:
             texts.append(None)
     encoded = _encode(tokenizer, [t or "" for t in texts])

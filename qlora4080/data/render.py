@@ -21,7 +21,7 @@ tokenized, then the answer's tokens follow.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import QloraError
@@ -257,16 +257,32 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_gene
 
 def _render_fast(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
     """The compiled template rendered directly, as apply_chat_template would but without copying the messages."""
+    return compiled_renderer(tokenizer)(messages, tools, add_generation_prompt)
+
+
+def compiled_renderer(tokenizer: Any) -> Callable[[list[dict[str, Any]], Any, bool], str]:
+    """render(messages, tools, add_generation_prompt) through the compiled template, set up once for many calls.
+
+    Failures raise TemplateError so that callers can leave the decision to the exact path.
+    """
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
     except ImportError:  # a transformers without it: the exact path only
-        return _render(tokenizer, messages, tools, add_generation_prompt)
+        return lambda messages, tools, add_generation_prompt: _render(tokenizer, messages, tools, add_generation_prompt)
     try:
         compiled = _compile_jinja_template(tokenizer.chat_template)
-        return compiled.render(messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
-                               **tokenizer.special_tokens_map)
-    except Exception as exc:  # let the exact path decide what the template really does
+    except Exception as exc:
         raise TemplateError(f"fast render failed: {exc}") from exc
+    specials = dict(tokenizer.special_tokens_map)
+
+    def render(messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
+        try:
+            return compiled.render(messages=messages, tools=tools, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **specials)
+        except Exception as exc:  # let the exact path decide what the template really does
+            raise TemplateError(f"fast render failed: {exc}") from exc
+
+    return render
 
 
 def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
