@@ -123,10 +123,13 @@ def resolve(model_name: str) -> Architecture:
     found = lookup(model_name)
     if found is not None:
         return found
+    from .hub import cache_only_unless_reachable
+
     try:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(model_name, "config.json")
+        with cache_only_unless_reachable():  # a cached config.json still works offline
+            path = hf_hub_download(model_name, "config.json")
     except Exception as exc:  # offline, gated, missing: all mean "no numbers"
         raise QloraError(
             f"no architecture numbers for '{model_name}' (not in the built-in table, and its config.json could not be fetched: {type(exc).__name__})",

@@ -8,6 +8,7 @@ from typing import Any
 from ..console import warn
 from ..errors import QloraError
 from ..hardware import Hardware, has_module
+from ..hub import cache_only_unless_reachable, hub_host
 from ..recipe import LoraSection, ModelSection
 from .loading import compute_dtype_name, load_tokenizer, model_source
 
@@ -42,10 +43,11 @@ def load_model(
             quantized = True
     if hardware.is_cuda:
         kwargs["device_map"] = {"": 0}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        raise _load_error(model_cfg.name, exc) from exc
+    with cache_only_unless_reachable() as online:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise _load_error(model_cfg.name, exc, online) from exc
     tokenizer = load_tokenizer(source, model_cfg, template_path)
     if for_training:
         model.config.use_cache = False
@@ -81,11 +83,12 @@ def attach_lora(model: Any, lora: LoraSection, seed: int) -> Any:
         ) from exc
 
 
-def _load_error(name: str, exc: Exception) -> QloraError:
+def _load_error(name: str, exc: Exception, online: bool = True) -> QloraError:
     if Path(name).expanduser().exists():
         return QloraError(f"could not load the model in {name}: {exc}", where="[model] name")
+    reason = exc if online else f"{hub_host()} cannot be reached from this machine and the model is not in the local cache"
     return QloraError(
-        f"could not load model '{name}': {exc}",
+        f"could not load model '{name}': {reason}",
         where="[model] name",
         hint="hub models need network access the first time; without it, point model.name at a local "
         "directory with config.json + weights, or use builtin:smollm2-135m-instruct",

@@ -36,11 +36,17 @@ def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | N
     """The model's tokenizer with the recipe's chat template; `local_only` never reaches for the hub."""
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code,
-                                                  local_files_only=local_only)
-    except OSError as exc:
-        raise QloraError(f"could not load the tokenizer of '{model_cfg.name}': {exc}", where="[model] name") from exc
+    from ..hub import cache_only_unless_reachable, hub_host
+
+    with cache_only_unless_reachable() as online:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code,
+                                                      local_files_only=local_only or not online)
+        except OSError as exc:
+            reason = str(exc) if online or Path(source).exists() else (
+                f"{hub_host()} cannot be reached from this machine and it is not in the local cache")
+            raise QloraError(f"could not load the tokenizer of '{model_cfg.name}': {reason}", where="[model] name",
+                             hint="connect this machine once to download it, or set [model] name to a local folder") from exc
     return prepare_tokenizer(tokenizer, template_path)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hardware import Hardware
+from ..hub import cache_only_unless_reachable
 from ..recipe import LoraSection, ModelSection
 from .loading import compute_dtype_name, model_source, prepare_tokenizer
 
@@ -20,13 +21,14 @@ def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Pa
     from unsloth import FastLanguageModel
 
     dtype = getattr(torch, compute_dtype_name(model_cfg.dtype, hardware))
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_source(model_cfg.name),
-        max_seq_length=model_cfg.max_seq_len,
-        dtype=dtype,
-        load_in_4bit=model_cfg.load_in_4bit,
-        trust_remote_code=model_cfg.trust_remote_code,
-    )
+    with cache_only_unless_reachable():  # without network: the local cache at once, not a minute of retries
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=model_source(model_cfg.name),
+            max_seq_length=model_cfg.max_seq_len,
+            dtype=dtype,
+            load_in_4bit=model_cfg.load_in_4bit,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
     # Some unsloth versions return a processor for multimodal families; the text tokenizer is inside.
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     return model, prepare_tokenizer(tokenizer, template_path)

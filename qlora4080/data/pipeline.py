@@ -198,13 +198,18 @@ def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[tuple[int,
 def _read_hub(source: SourceSection) -> list[tuple[int, Any, str | None]]:
     from datasets import load_dataset
 
-    try:
-        table = load_dataset(source.hub, split=source.split)
-    except Exception as exc:  # offline, missing, gated: one message
-        raise QloraError(
-            f"could not load hub dataset '{source.hub}' (split {source.split}): {type(exc).__name__}: {str(exc)[:200]}",
-            hint="hub datasets need network; download it once and point the source at a local file: path = \"data/file.jsonl\"",
-        ) from exc
+    from ..hub import cache_only_unless_reachable, hub_host
+
+    with cache_only_unless_reachable() as online:
+        try:
+            table = load_dataset(source.hub, split=source.split)
+        except Exception as exc:  # offline, missing, gated: one message
+            reason = (f"{hub_host()} cannot be reached from this machine and the dataset is not in the local cache"
+                      if not online else f"{type(exc).__name__}: {str(exc)[:200]}")
+            raise QloraError(
+                f"could not load hub dataset '{source.hub}' (split {source.split}): {reason}",
+                hint="hub datasets need network; download it once and point the source at a local file: path = \"data/file.jsonl\"",
+            ) from exc
     return [(index, row, None) for index, row in enumerate(table, start=1)]
 
 
