@@ -44,7 +44,15 @@ def chat_loop(
         if text.startswith("/"):
             console.print(f"unknown command {text.split()[0]}. {HELP}", style="yellow")
             continue
-        history.append({"role": "user", "content": text})
+        fitted, dropped = fit_history(chat, system, [*history, {"role": "user", "content": text}], max_new_tokens)
+        if not fitted:  # the conversation so far stays as it was
+            console.print(f"(that message alone does not fit the model's {chat.context}-token context with room for "
+                          f"a {max_new_tokens}-token answer; not sent)", style="yellow")
+            continue
+        history = fitted
+        if dropped:
+            console.print(f"(the {dropped} oldest messages were dropped to fit the model's {chat.context}-token context)",
+                          style="dim")
         messages = with_system(system, history)
         try:
             answer = stream_answer(chat, messages, label="[bold blue]assistant>[/]", max_new_tokens=max_new_tokens, temperature=temperature)
@@ -54,6 +62,28 @@ def chat_loop(
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})
+
+
+def fit_history(chat: ChatModel, system: str | None, history: list[dict[str, Any]],
+                max_new_tokens: int) -> tuple[list[dict[str, Any]], int]:
+    """Drop the oldest exchanges until the prompt plus an answer fit the model's context.
+
+    Returns the history that fits and how many messages were dropped; the
+    history is empty when the newest message alone does not fit. The system
+    prompt is always kept.
+    """
+    if not chat.context:
+        return history, 0
+    from .data.render import render_prompt
+
+    kept = list(history)
+    while kept:
+        if len(render_prompt(with_system(system, kept), chat.tokenizer)) + max_new_tokens <= chat.context:
+            break
+        # Cut at the next user turn, so the kept history still starts with a question.
+        cut = next((i for i in range(1, len(kept)) if kept[i]["role"] == "user"), len(kept))
+        kept = kept[cut:]
+    return kept, len(history) - len(kept)
 
 
 def with_system(system: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,13 @@ class ChatModel:
     description: str
     has_adapter: bool
     stop_ids: list[int] = field(default_factory=list)
+    context: int = 0  # tokens the model can attend to (prompt + answer); 0 = unknown
+
+
+def model_context(model: Any) -> int:
+    """The model's context length from its config (0 when it does not say)."""
+    config = getattr(model, "config", None)
+    return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 
 def read_checkpoint_meta(target: str | Path) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def load_for_chat(target: str | Path) -> ChatModel:
             hint="pass checkpoints/<run> as written by `qlora4080 train`",
         )
     model.eval()
-    return ChatModel(model, tokenizer, description, has_adapter, end_of_turn_ids(tokenizer))
+    return ChatModel(model, tokenizer, description, has_adapter, end_of_turn_ids(tokenizer), model_context(model))
 
 
 def generate(

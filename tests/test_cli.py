@@ -120,6 +120,14 @@ def test_train_then_scripted_chat_repl_on_tiny_model(tmp_path, tiny_model_dir):
     assert ended.returncode == 0, ended.stderr  # Ctrl-D / end of input leaves cleanly
     assert ended.stdout.count("assistant>") == 1
 
+    # The tiny model's context is 512 tokens: a long chat drops its oldest exchanges, a huge line is refused.
+    long_lines = "".join(f"Message {i}: " + "a few more words here " * 25 + "\n" for i in range(6))
+    long_chat = run("chat", "checkpoints/cli-tiny", "--max-new-tokens", "2", stdin=long_lines + "word " * 600 + "\n")
+    assert long_chat.returncode == 0, long_chat.stderr
+    assert long_chat.stdout.count("assistant>") == 6
+    assert "oldest messages were dropped to fit the model's 512-token context" in long_chat.stdout
+    assert "that message alone does not fit the model's 512-token context" in long_chat.stdout
+
 
 @pytest.mark.slow
 def test_demo_recipe_end_to_end_with_real_smollm2():
