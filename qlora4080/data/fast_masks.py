@@ -3,9 +3,10 @@
 The exact method (render.py) renders every prompt prefix of a conversation,
 about 2k+1 renders for k assistant turns, and tokenizes each piece on its own.
 This path reaches the same input_ids and labels with one render and one fast
-whole-text tokenizer call per conversation:
+whole-text tokenization per conversation:
 
-1. render the whole conversation once through the compiled template;
+1. render the whole conversation once through the compiled template (chunks
+   are tokenized on a second thread while the next chunk renders);
 2. find each assistant turn in that text: its trained part starts right after
    the last generation-prompt text G (e.g. `<|im_start|>assistant\\n`, learned
    once per template) before its content, and ends with the first special token
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from .render import IGNORE_INDEX, TemplateError, TrainOn, _render, compiled_rend
 
 VERIFY_EVERY = 64
 MIN_BATCH = 16
+CHUNK = 256  # conversations rendered while the previous chunk is tokenized
 PROBE = 64  # a template whose first PROBE conversations mostly miss the fast path stops trying it
 Rendered = dict[str, list[int]]
 
@@ -140,13 +143,21 @@ def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], 
     except TemplateError:
         return exact(range(len(conversations)))
     texts: list[str | None] = []
-    for messages, record_tools in zip(conversations, tools):
-        try:
-            plain = messages if all(type(m) is dict for m in messages) else [dict(m) for m in messages]
-            texts.append(render(plain, record_tools, False))
-        except QloraError:
-            texts.append(None)
-    encoded = _encode(tokenizer, [t or "" for t in texts])
+    # Rendering is Python, tokenizing is Rust without the GIL: tokenize each chunk on a second thread
+    # while the next one renders. Only that thread touches the tokenizer until all chunks are done.
+    with ThreadPoolExecutor(max_workers=1) as tokenizing:
+        pending = []
+        for begin in range(0, len(conversations), CHUNK):
+            chunk: list[str | None] = []
+            for messages, record_tools in zip(conversations[begin:begin + CHUNK], tools[begin:begin + CHUNK]):
+                try:
+                    plain = messages if all(type(m) is dict for m in messages) else [dict(m) for m in messages]
+                    chunk.append(render(plain, record_tools, False))
+                except QloraError:
+                    chunk.append(None)
+            texts += chunk
+            pending.append(tokenizing.submit(_encode, tokenizer, [t or "" for t in chunk]))
+        encoded = [encoding for future in pending for encoding in future.result()]
 
     results: list[Rendered | QloraError | None] = [None] * len(conversations)
     located: list[tuple[int, list[int], list[tuple[int, int]]]] = []
