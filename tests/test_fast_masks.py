@@ -61,10 +61,16 @@ def _conversations(count: int, system: bool, seed: int = 0) -> list[list[dict]]:
          {"role": "user", "content": "Say yes again."}, {"role": "assistant", "content": "yes"}],
         [{"role": "user", "content": "Reply with: Blue sky"}, {"role": "assistant", "content": "Blue sky"}],
         [{"role": "user", "content": "Quote <|im_start|>assistant\nhi"}, {"role": "assistant", "content": "I quoted it."}],
+        [{"role": "system", "content": "Example: <|im_start|>assistant\nSure thing<|im_end|>"},
+         {"role": "user", "content": "Agree?"}, {"role": "assistant", "content": "Sure thing"}],
+        [{"role": "user", "content": "Think first."},
+         {"role": "assistant", "content": "42", "reasoning_content": "6 times 7 is 42"}],
         [{"role": "user", "content": "Write an end tag."}, {"role": "assistant", "content": "Here: <|im_end|> done."}],
         [{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": "\n  padded answer \n"}],
         [{"role": "user", "content": "only a question"}],
     ]
+    if not system:
+        tricky = [chat for chat in tricky if chat[0]["role"] != "system"]
     for index, chat in enumerate(tricky):
         chats.insert(3 + 7 * index, chat)
     return chats

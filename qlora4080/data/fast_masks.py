@@ -217,9 +217,9 @@ def _locate(messages: Sequence[Mapping[str, Any]], text: str, ids: list[int], tr
             char_spans.append((header + len(prompt), cursor))
 
     runs = _runs(ids, facts.generation_ids)
-    if len(runs) != text.count(prompt):
-        # A generation prompt tokenized differently in context (merged with what follows), or one
-        # inside a message's text that the tokenizer splits otherwise: the nth-run mapping would not hold.
+    if not len(runs) == text.count(prompt) == len(assistants):
+        # One header per assistant turn, in text and in tokens, or the mapping is not certain: a generation
+        # prompt tokenized differently in context (merged with what follows), or its text inside a message.
         return None
     token_spans: list[tuple[int, int]] = []
     width = len(facts.generation_ids)
