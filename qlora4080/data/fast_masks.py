@@ -146,7 +146,7 @@ def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], 
     # Rendering is Python, tokenizing is Rust without the GIL: tokenize each chunk on a second thread
     # while the next one renders. Only that thread touches the tokenizer until all chunks are done.
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
-        pending = []
+        futures = []
         for begin in range(0, len(conversations), CHUNK):
             chunk: list[str | None] = []
             for messages, record_tools in zip(conversations[begin:begin + CHUNK], tools[begin:begin + CHUNK]):
@@ -156,8 +156,8 @@ def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], 
                 except QloraError:
                     chunk.append(None)
             texts += chunk
-            pending.append(tokenizing.submit(_encode, tokenizer, [t or "" for t in chunk]))
-        encoded = [encoding for future in pending for encoding in future.result()]
+            futures.append(tokenizing.submit(_encode, tokenizer, [t or "" for t in chunk]))
+        encoded = [encoding for future in futures for encoding in future.result()]
 
     results: list[Rendered | QloraError | None] = [None] * len(conversations)
     located: list[tuple[int, list[int], list[tuple[int, int]]]] = []
