@@ -32,6 +32,13 @@ class SourceTokens:
     tokens: int = 0
     trained_tokens: int = 0
 
+    def add(self, other: "SourceTokens") -> None:
+        self.kept += other.kept
+        self.dropped += other.dropped
+        self.truncated += other.truncated
+        self.tokens += other.tokens
+        self.trained_tokens += other.trained_tokens
+
 
 def tokenize_conversations(
     source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start",
@@ -46,7 +53,6 @@ def tokenize_conversations(
 
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped: list[Rejected] = []
-    truncated = tokens = trained = 0
     rendered_all = render_many([r["messages"] for r in source.records], tokenizer, train_on,
                                [r.get("tools") for r in source.records])
     by_source: dict[str, SourceTokens] = {}
@@ -67,33 +73,30 @@ def tokenize_conversations(
             dropped.append(Rejected(source.path, line, f"no trained token within max_seq_len={max_seq_len}"))
             tally.dropped += 1
             continue
-        cut = len(rendered["input_ids"]) > max_seq_len  # kept, but cut
-        learned = sum(label != IGNORE_INDEX for label in labels)
-        truncated += cut
         rows["input_ids"].append(ids)
         rows["labels"].append(labels)
-        tokens += len(ids)
-        trained += learned
         tally.kept += 1
-        tally.truncated += cut
+        tally.truncated += len(rendered["input_ids"]) > max_seq_len  # kept, but cut
         tally.tokens += len(ids)
-        tally.trained_tokens += learned
+        tally.trained_tokens += sum(label != IGNORE_INDEX for label in labels)
     dropped.sort(key=lambda problem: problem.line)
     if not rows["input_ids"] and not allow_empty:
         raise QloraError(
             f"every conversation in {source.path} was dropped; first: {dropped[0] if dropped else '?'}",
             hint="raise [model] max_seq_len or check the data",
         )
+    total = SourceTokens()
+    for tally in by_source.values():
+        total.add(tally)
     return TokenizedSplit(
         dataset=Dataset.from_dict(rows),
-        conversations=len(rows["input_ids"]),
-        tokens=tokens,
-        trained_tokens=trained,
-        truncated=truncated,
+        conversations=total.kept,
+        tokens=total.tokens,
+        trained_tokens=total.trained_tokens,
+        truncated=total.truncated,
         dropped=dropped,
         by_source=by_source,
     )
-
 
 
 def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_on: TrainOn,
@@ -110,7 +113,5 @@ def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_
         split = tokenize_conversations(source, tokenizer, max_seq_len, train_on, truncation, allow_empty=True)
         dropped += split.dropped
         for name, tally in split.by_source.items():
-            total = merged.setdefault(name, SourceTokens())
-            for key in ("kept", "dropped", "truncated", "tokens", "trained_tokens"):
-                setattr(total, key, getattr(total, key) + getattr(tally, key))
+            merged.setdefault(name, SourceTokens()).add(tally)
     return merged, dropped
