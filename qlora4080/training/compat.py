@@ -1,0 +1,57 @@
+"""Where the locked trl/transformers name things differently from their neighbours, decided once.
+
+Every mapping onto an SFTConfig field whose name moved between releases goes
+through here, so the rest of the code speaks one vocabulary. The lock pins one
+release; these helpers still read the installed class, so a deliberate bump of
+the lock fails loudly in the contract tests instead of at a user's first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+from typing import Any
+
+
+@cache
+def sft_config_fields() -> frozenset[str]:
+    """Field names of the installed trl's SFTConfig (TrainingArguments' included)."""
+    from trl import SFTConfig
+
+    return frozenset(field.name for field in dataclasses.fields(SFTConfig))
+
+
+def checkpointing_options(enabled: bool) -> dict[str, Any]:
+    """SFTConfig keywords that turn activation (gradient) checkpointing on or off.
+
+    trl <= 1.15 (the release unsloth 2026.10 accepts) names it
+    `gradient_checkpointing`, as transformers' TrainingArguments do; trl 1.16
+    renamed it `activation_checkpointing`. Non-reentrant checkpointing is what
+    peft adapters on a frozen base need (the reentrant kind drops their grads).
+    """
+    fields = sft_config_fields()
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    kwargs_name = f"{name}_kwargs"
+    options: dict[str, Any] = {name: enabled}
+    if kwargs_name in fields:
+        options[kwargs_name] = {"use_reentrant": False} if enabled else None
+    return options
+
+
+def fused_loss_usable(model: Any) -> bool:
+    """Whether trl's fused LM-head loss (a Triton kernel) can run for this model.
+
+    trl 1.15's SFTTrainer computes every loss through that kernel. Triton ships
+    with the CUDA builds of torch only, and its kernels need a GPU, so on a CPU
+    (and wherever triton is missing) the trainer takes transformers' own causal
+    LM loss instead: the same masked mean over trained tokens, with full logits.
+    """
+    from importlib.util import find_spec
+
+    if find_spec("triton") is None:
+        return False
+    try:
+        device = next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return False
+    return device.type in ("cuda", "xpu")
