@@ -26,6 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
+STACK_LOCK = ROOT / "requirements" / "stack.txt"
+# The packages whose versions decide how training behaves. stack.txt pins only these, for
+# runtimes that bring their own numpy, pandas and friends (Colab) and should keep them.
+STACK = {"transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "huggingface-hub",
+         "unsloth", "unsloth-zoo", "bitsandbytes", "torchao", "cut-cross-entropy", "diffusers"}
 # The torch the resolution assumes. Any release unsloth accepts (<2.15) would do.
 RESOLVE_WITH_TORCH = "torch==2.13.0"
 # Built against one torch release each: they come with the machine's torch, never from the lock.
@@ -74,10 +79,16 @@ def main() -> None:
         "# torch, torchvision, triton, xformers and CUDA libraries are left out on purpose: they follow",
         "# the torch the machine has (see requirements/torch_pin.py).",
     ]
-    lines += [f"{name}=={version}" for name, version in sorted(pins.items(), key=lambda kv: canonical(kv[0]))
+    pinned = [(name, version) for name, version in sorted(pins.items(), key=lambda kv: canonical(kv[0]))
               if not is_torch_bound(name)]
+    lines += [f"{name}=={version}" for name, version in pinned]
     LOCK.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {LOCK.relative_to(ROOT)}: {len(lines) - 5} packages")
+    stack = [
+        "# The training stack only: the lines of lock.txt that decide how training behaves.",
+        "# For runtimes that bring their own numpy, pandas, ... (Colab). Written by requirements/lock.py.",
+    ] + [f"{name}=={version}" for name, version in pinned if canonical(name) in STACK]
+    STACK_LOCK.write_text("\n".join(stack) + "\n", encoding="utf-8")
+    print(f"wrote {LOCK.relative_to(ROOT)}: {len(pinned)} packages; {STACK_LOCK.relative_to(ROOT)}: {len(stack) - 2}")
 
 
 if __name__ == "__main__":

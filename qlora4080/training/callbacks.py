@@ -9,26 +9,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..console import console
 from ..hardware import Hardware, describe_memory, memory_snapshot
 from .panel import TrainingView, format_line
-
-
-class RunLog:
-    """Plain lines to runs/<run>/train.log (and to the console unless the live panel owns it)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._handle = path.open("a", encoding="utf-8")
-
-    def line(self, message: str, style: str | None = None, echo: bool = True) -> None:
-        if echo:
-            console.print(message, style=style, highlight=False, soft_wrap=True)  # whole lines: file:line stays greppable
-        self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
+from .runlog import RunLog
 
 
 class MetricsCallback(TrainerCallback):

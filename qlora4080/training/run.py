@@ -55,7 +55,7 @@ def train(
         dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
         create_run_dirs(dirs, overwrite)
     dirs.logs.mkdir(parents=True, exist_ok=True)
-    from .callbacks import RunLog
+    from .runlog import RunLog
 
     log = RunLog(dirs.logs / "train.log")
     try:
@@ -76,9 +76,11 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
         from ..preflight import print_preflight, run_preflight
         from ..quiet import quiet_libraries
 
-        quiet_libraries()
         hardware = detect()
+        # First: on the unsloth path this imports unsloth, which must patch transformers/trl/peft
+        # before anything else imports them (quiet_libraries does).
         backend, why = choose_backend(recipe.model.backend, hardware)
+        quiet_libraries()
         if recipe.data.packing and backend == "unsloth":
             from ..errors import QloraError
 

@@ -1,0 +1,30 @@
+"""train.log: plain, timestamped lines a run writes from its first second.
+
+Kept apart from the trainer callbacks because those import transformers, and a
+run must not import transformers before it knows whether unsloth (which has to
+be imported first, to patch it) is the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..console import console
+
+
+class RunLog:
+    """Plain lines to runs/<run>/train.log (and to the console unless the live panel owns it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = path.open("a", encoding="utf-8")
+
+    def line(self, message: str, style: str | None = None, echo: bool = True) -> None:
+        if echo:
+            console.print(message, style=style, highlight=False, soft_wrap=True)  # whole lines: file:line stays greppable
+        self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
