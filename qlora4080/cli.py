@@ -440,3 +440,31 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+@app.command()
+@_friendly
+def doctor(
+    recipe: Optional[Path] = typer.Argument(None, help="Also judge what this recipe needs (its backend, 4-bit)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (rows, ok, backend) instead of the table."),
+) -> None:
+    """Can this machine train? Python, torch and CUDA, package versions against the lock, unsloth, bitsandbytes, disk, hub.
+
+    Exit 1 when something training needs is broken (or the recipe cannot run here).
+    """
+    from .doctor import print_report, run_doctor
+    from .recipe import load_recipe
+
+    if set_ and recipe is None:
+        raise QloraError("--set needs a recipe to change", where="--set", hint="qlora4080 doctor RECIPE --set section.key=value")
+    loaded = load_recipe(recipe, set_) if recipe is not None else None
+    report = run_doctor(loaded)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
