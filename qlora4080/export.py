@@ -30,11 +30,22 @@ class ExportResult:
         return self.adapter_answer == self.merged_answer
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, option: str = "--merged") -> None:
+    """Make sure writing to `out_dir` can only ever replace an earlier export, never the checkpoint itself."""
+    if source is not None:
+        out, src = out_dir.resolve(), source.resolve()
+        if out == src or out in src.parents or src in out.parents:
+            raise QloraError(f"{out_dir} is the checkpoint being exported, or inside it (or holds it)", where=option,
+                             hint="export to a separate folder, e.g. exports/<run>")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise QloraError(f"{out_dir} is a file, not a folder", where=option, hint="pass a new or empty folder")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise QloraError(f"{out_dir} exists and is not empty", where="--merged",
+            raise QloraError(f"{out_dir} exists and is not empty", where=option,
                              hint="choose an empty or new folder, or pass --overwrite to replace its contents")
+        if not (out_dir / "config.json").is_file() and not any(out_dir.glob("*.gguf")):
+            raise QloraError(f"{out_dir} does not look like an earlier export (no config.json or .gguf), so "
+                             "--overwrite leaves it alone", where=option, hint="choose another folder")
         shutil.rmtree(out_dir)
 
 
@@ -62,7 +73,7 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     from .quiet import quiet_libraries
 
     meta = read_meta(checkpoint)
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, source=checkpoint)
     quiet_libraries()
     hardware = detect()
     dtype = compute_dtype_name(meta.get("dtype", "auto"), hardware)
@@ -121,7 +132,7 @@ def export_gguf(checkpoint: Path, out_dir: Path, quant: str, *, overwrite: bool 
             hint="on a CUDA machine: pip install 'qlora4080[gpu]' and rerun; or export --merged DIR here and convert DIR with "
                  "llama.cpp's convert_hf_to_gguf.py",
         )
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, source=checkpoint, option="--gguf-dir")
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(checkpoint), load_in_4bit=False)

@@ -176,11 +176,24 @@ class OutputSection(_Section):
 
     @model_validator(mode="after")
     def _safe_run_name(self) -> "OutputSection":
-        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name):
-            raise ValueError(
-                f"run_name {self.run_name!r} must start with a letter or digit and hold only letters, digits, '.', '_' or '-'"
-            )
+        if self.run_name is not None and (problem := run_name_problem(self.run_name)):
+            raise ValueError(problem)
         return self
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run folder (it becomes checkpoints/<name>), or None.
+
+    A plain name only: no separators, no '.' or '..', nothing absolute, so a run
+    can never point at (and --overwrite never remove) a folder outside its own.
+    """
+    if RUN_NAME.fullmatch(name):
+        return None
+    return (f"run name {name!r} must be a plain name: start with a letter or digit, then letters, digits, "
+            "'.', '_' or '-' (at most 100 characters; no '/', no '..')")
 
 
 class Recipe(_Section):
@@ -191,6 +204,8 @@ class Recipe(_Section):
     output: OutputSection = OutputSection()
 
     source_path: Path | None = Field(None, exclude=True)
+    overrides: list[str] = Field(default_factory=list, exclude=True)
+    """The --set overrides this recipe was loaded with (a resume command repeats them)."""
     """The TOML file this recipe came from (relative data paths resolve against its folder)."""
 
     def resolve_path(self, relative: str) -> Path:
@@ -249,6 +264,8 @@ def load_recipe(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     override_keys = _apply_overrides(raw, overrides or [])
     recipe = _validate(raw, path, text, override_keys)
     recipe.source_path = path.resolve()
+    if isinstance(overrides, list):
+        recipe.overrides = list(overrides)
     _check_files(recipe, path)
     return recipe
 

@@ -26,14 +26,14 @@ class MetricsCallback(TrainerCallback):
         self._last = (time.monotonic(), 0, 0)
         self.history: list[dict[str, Any]] = []
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+    def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.monotonic(), self._tokens()[0], self._tokens()[1])
         self.view.start(state.max_steps, state.global_step)
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         self.view.advance(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
         record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}

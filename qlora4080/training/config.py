@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backends.loading import compute_dtype_name
 from ..hardware import Hardware, has_module
 from ..recipe import Recipe
-from ..backends.loading import compute_dtype_name
 from .compat import checkpointing_options
 
 

@@ -14,7 +14,16 @@ from typing import Any
 from .. import __version__
 from ..console import console, stage
 from ..recipe import Recipe
-from .rundirs import RunDirs, create_run_dirs, find_resume_point, plan_run_dirs
+from .resume_check import check_resume
+from .rundirs import (
+    RunDirs,
+    create_run_dirs,
+    find_resume_point,
+    latest_checkpoint,
+    plan_run_dirs,
+    recipe_inputs,
+)
+from .saving import save_adapter
 
 META_FILE = "qlora4080.json"
 RECIPE_SNAPSHOT = "recipe.toml"
@@ -48,20 +57,30 @@ def train(
     checkpoint; `callbacks` are extra transformers TrainerCallbacks; `live`
     forces the Rich panel on or off (default: on when output is a terminal).
     """
-    # Before anything heavy: a name clash or a missing checkpoint fails fast.
-    if resume or resume_from is not None:
+    # Before anything heavy: a bad name, a name clash, a changed recipe or a missing checkpoint fails fast.
+    from ..runlock import holding
+    from .runlog import RunLog
+
+    resuming = resume or resume_from is not None
+    if resuming:
         dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
     else:
         dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
-        create_run_dirs(dirs, overwrite)
-    dirs.logs.mkdir(parents=True, exist_ok=True)
-    from .runlog import RunLog
-
-    log = RunLog(dirs.logs / "train.log")
-    try:
-        return _train(recipe, dirs, checkpoint, log, target_gb, callbacks or [], live)
-    finally:
-        log.close()
+    with holding(dirs.checkpoint, f"run '{dirs.name}'"):
+        if resuming:
+            resume_notes = check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
+        else:
+            plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
+            create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
+            resume_notes = []
+        dirs.logs.mkdir(parents=True, exist_ok=True)
+        log = RunLog(dirs.logs / "train.log")
+        try:
+            for note in resume_notes:
+                log.line(note, style="yellow")
+            return _train(recipe, dirs, checkpoint, log, target_gb, callbacks or [], live)
+        finally:
+            log.close()
 
 
 def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, target_gb: float | None,
@@ -71,19 +90,25 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
     started = time.monotonic()
     stages = Stages(log)
     with stages.stage("Environment"):
-        from ..backends import choose_backend
+        from ..doctor import plan_training
+        from ..errors import QloraError
         from ..hardware import detect
         from ..preflight import print_preflight, run_preflight
         from ..quiet import quiet_libraries
 
         hardware = detect()
-        # First: on the unsloth path this imports unsloth, which must patch transformers/trl/peft
-        # before anything else imports them (quiet_libraries does).
-        backend, why = choose_backend(recipe.model.backend, hardware)
+        # First, doctor's checks for this recipe: a broken stack is named before minutes of loading. On the
+        # unsloth path this imports unsloth, which must patch transformers/trl/peft before anything else
+        # imports them (quiet_libraries does).
+        plan = plan_training(recipe.model.backend, recipe.model.load_in_4bit, hardware)
+        if plan.blockers or plan.backend is None:
+            first, *more = plan.blockers or [None]
+            raise QloraError(f"this machine cannot train the recipe: {plan.reason}"
+                             + "".join(f"; also {problem.message}" for problem in more), where="[model] backend",
+                             hint=(first.hint if first else "run qlora4080 doctor RECIPE for the details"))
+        backend, why = plan.backend, plan.reason  # plan.warnings: the backend says those itself when it loads
         quiet_libraries()
         if recipe.data.packing and backend == "unsloth":
-            from ..errors import QloraError
-
             raise QloraError("data.packing = true is not supported with the unsloth backend yet",
                              hint="--set model.backend=hf (packs with a block-diagonal mask), or --set data.packing=false")
         log.line(f"run {dirs.name}{' (resumed from ' + str(checkpoint) + ')' if checkpoint else ''}: recipe {recipe.source_path}")
@@ -162,8 +187,7 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
     stages.timings["Training"] = round(time.monotonic() - t0, 2)
 
     if guard.requested:
-        model.save_pretrained(dirs.checkpoint)
-        tokenizer.save_pretrained(dirs.checkpoint)
+        save_adapter(model, tokenizer, dirs.checkpoint, last_good=latest_checkpoint(dirs.checkpoint))
         command = _resume_command(recipe, dirs)
         log.line(f"interrupted at step {trainer.state.global_step}; resume with: {command}", echo=False)
         raise TrainingInterrupted(
@@ -178,11 +202,11 @@ def _train(recipe: Recipe, dirs: RunDirs, checkpoint: Path | None, log: Any, tar
             if "eval_loss" in eval_metrics:
                 eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
 
-    with stages.stage(f"Saving adapter to {dirs.checkpoint}"):
-        model.save_pretrained(dirs.checkpoint)
-        tokenizer.save_pretrained(dirs.checkpoint)  # includes the exact chat template used in training
     summary = _summary(dirs, output, metrics.history, train_split, eval_metrics, stages.timings, started, hardware, trainer)
-    _write_meta(dirs, recipe, backend, summary, validation_file)
+    with stages.stage(f"Saving adapter to {dirs.checkpoint}"):
+        # the tokenizer carries the exact chat template used in training; the metadata tells chat/eval/export how
+        save_adapter(model, tokenizer, dirs.checkpoint, {META_FILE: _meta_json(recipe, backend, summary, validation_file)},
+                     last_good=latest_checkpoint(dirs.checkpoint))
     (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(summary, log)
     return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=model, tokenizer=tokenizer)
@@ -210,15 +234,11 @@ def _pack(recipe: Recipe, hardware: Any, tokenizer: Any, train_split: Any, eval_
 
 
 def _snapshot_recipe(recipe: Recipe, dirs: RunDirs, log: Any) -> None:
-    """Save the resolved recipe next to the adapter; on resume, say if it changed since."""
-    path = dirs.checkpoint / RECIPE_SNAPSHOT
-    text = recipe.to_toml()
-    if path.is_file() and path.read_text(encoding="utf-8") != text:
-        before = set(path.read_text(encoding="utf-8").splitlines())
-        changed = [line for line in text.splitlines() if line not in before and "=" in line]
-        log.line(f"note: the recipe differs from the run's snapshot ({'; '.join(changed) or 'formatting'}); using the current one", style="yellow")
+    """Save the resolved recipe next to the adapter (on resume, check_resume has made sure only safe keys moved)."""
     dirs.checkpoint.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    staged = dirs.checkpoint / f".{RECIPE_SNAPSHOT}.tmp"
+    staged.write_text(recipe.to_toml(), encoding="utf-8")
+    staged.replace(dirs.checkpoint / RECIPE_SNAPSHOT)
 
 
 def _tensorboard(dirs: RunDirs) -> list[Any]:
@@ -238,7 +258,8 @@ def _resume_command(recipe: Recipe, dirs: RunDirs) -> str:
         shown = source.relative_to(Path.cwd()) if source else "RECIPE"
     except ValueError:
         shown = source
-    return f"qlora4080 train {shlex.quote(str(shown))} --resume --run-name {dirs.name}"
+    overrides = "".join(f" --set {shlex.quote(item)}" for item in recipe.overrides)
+    return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}"
 
 
 def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any, Path | None]:
@@ -328,7 +349,7 @@ def _print_summary(summary: dict[str, Any], log: Any) -> None:
     log.line("summary: " + json.dumps(summary), echo=False)
 
 
-def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> None:
+def _meta_json(recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> str:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
     import peft
     import torch
@@ -357,7 +378,7 @@ def _write_meta(dirs: RunDirs, recipe: Recipe, backend: str, summary: dict[str, 
         },
         "summary": summary,
     }
-    (dirs.checkpoint / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return json.dumps(meta, indent=2)
 
 
 def _short(value: Any) -> str:

@@ -1,0 +1,59 @@
+"""One process at a time per run (or data build): an OS file lock next to the folder it guards.
+
+Two `train` runs on the same run name once both "succeeded", interleaving their
+metrics and mixing one run's recipe with the other's adapter. The lock is an
+flock on `<folder>.lock`: the kernel releases it when the holder exits or dies,
+so a crashed run never leaves a stale lock behind. The file says who holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import QloraError
+
+
+def lock_path_for(folder: Path) -> Path:
+    """`checkpoints/run` -> `checkpoints/.run.lock` (beside it, so removing the folder keeps the lock)."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def holding(folder: Path, what: str) -> Iterator[None]:
+    """Hold the lock of `folder` for the duration of the block, or fail at once naming the holder."""
+    import fcntl
+
+    path = lock_path_for(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise QloraError(f"{what} is in use by another qlora4080 process ({_describe(handle.read())})",
+                             where=str(folder),
+                             hint="wait for it to finish, stop it, or choose another --run-name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the flock
+
+
+def _describe(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

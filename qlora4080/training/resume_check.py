@@ -1,0 +1,65 @@
+"""A resumed run continues the run it names: its recipe snapshot decides, not today's recipe file.
+
+Resuming with a different LoRA shape once died in a 500-line traceback and
+rewrote the snapshot to disagree with the adapter; resuming with another
+max_steps silently bent the schedule. Now every difference from the snapshot
+is either safe (how often to log, save or evaluate: applied and recorded) or
+refused, all of them listed, before anything loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ..errors import QloraError
+from ..recipe import Recipe
+
+# Changing these on resume leaves the adapter, the data order and the schedule as they were.
+SAFE_ON_RESUME = frozenset({
+    "training.logging_steps", "training.save_steps", "training.save_total_limit", "training.eval_steps",
+})
+# Where outputs go and what the run is called: they locate the run rather than shape it.
+IGNORED_ON_RESUME = ("output.",)
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """key -> (value in the run's snapshot, value now), for every key that differs."""
+    before = flatten(tomllib.loads(snapshot_text))
+    now = flatten(tomllib.loads(recipe.to_toml()))
+    return {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key) and not key.startswith(IGNORED_ON_RESUME)}
+
+
+def check_resume(recipe: Recipe, snapshot: Path, run_name: str) -> list[str]:
+    """The safe changes, as lines for the log; QloraError listing every change that is not safe."""
+    if not snapshot.is_file():
+        return [f"note: run '{run_name}' has no recipe snapshot ({snapshot.name}); resuming with the recipe as given"]
+    changed = differences(snapshot.read_text(encoding="utf-8"), recipe)
+    refused = {key: values for key, values in changed.items() if key not in SAFE_ON_RESUME}
+    if refused:
+        lines = "; ".join(f"{key}: run has {_show(old)}, now {_show(new)}" for key, (old, new) in refused.items())
+        raise QloraError(
+            f"cannot resume run '{run_name}' with a different recipe: {lines}",
+            where=str(snapshot),
+            hint="resume with the same recipe and --set values the run started with (the command printed when it "
+                 "stopped), or start a new run without --resume. Only logging_steps, save_steps, "
+                 "save_total_limit and eval_steps may change on resume",
+        )
+    return [f"resume: {key} changed from {_show(old)} to {_show(new)}" for key, (old, new) in changed.items()]
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else repr(value)

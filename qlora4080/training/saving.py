@@ -1,0 +1,66 @@
+"""Saving the adapter so that a failed write never costs the run.
+
+The final save used to write straight into checkpoints/<run>/: a full or
+read-only disk at that moment lost hours of training when no periodic
+checkpoint was due. Now the adapter, tokenizer and metadata are written to a
+staging folder beside their destination and moved into place file by file
+(os.replace is atomic on one filesystem). When that fails, the in-memory
+adapter is written to a rescue folder under the system temp directory, and the
+error says where it went and where the last good state is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import QloraError
+
+
+def write_model_files(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str]) -> None:
+    """Adapter + tokenizer (with its chat template) + small text files, into `folder`."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for name, text in extra_files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def save_adapter(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str] | None = None,
+                 *, last_good: Path | None = None) -> None:
+    """Write the adapter into `folder` all or nothing; on failure, rescue it and raise QloraError."""
+    extra_files = extra_files or {}
+    staging = folder / f".saving-{os.getpid()}"
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        write_model_files(model, tokenizer, staging, extra_files)
+        for item in sorted(staging.iterdir()):
+            target = folder / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _save_failed(error, model, tokenizer, folder, extra_files, last_good) from None
+
+
+def _save_failed(error: OSError, model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str],
+                 last_good: Path | None) -> QloraError:
+    reason = f"{error.strerror} ({error.filename})" if error.strerror else str(error)
+    rescue = Path(tempfile.gettempdir()) / f"qlora4080-rescue-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        rescue.mkdir(parents=True)
+        write_model_files(model, tokenizer, rescue, extra_files)
+        saved = f"the trained adapter was saved instead to {rescue} (copy it into {folder} once there is room)"
+    except OSError as rescue_error:
+        saved = f"saving a rescue copy to {rescue} failed too ({rescue_error.strerror or rescue_error})"
+    kept = f"; the last good checkpoint is {last_good}" if last_good else ""
+    return QloraError(f"could not save the adapter to {folder}: {reason}; {saved}{kept}",
+                      hint="free disk space or fix the folder's permissions; nothing already in the folder was removed",
+                      exit_code=4)
