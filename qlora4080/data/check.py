@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import QloraError
-from .conversations import Rejected, validate_messages
+from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
-from .jsonl import read_jsonl
+from .jsonl import BAD_JSON, BAD_UTF8, read_records
+from .validate import validate_messages
+
+__all__ = ["CheckResult", "check_file", "read_records"]
 
 
 @dataclass
@@ -25,23 +25,9 @@ class CheckResult:
     rejected: list[Rejected] = field(default_factory=list)
 
     def reasons(self) -> Counter[str]:
-        return Counter(r.reason.split(":")[0] if r.reason.startswith("bad JSON") else r.reason for r in self.rejected)
-
-
-def read_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(line or row number, record, problem) from JSONL, or from a .json file holding one array."""
-    if not path.is_file():
-        raise QloraError(f"file not found: {path}")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise QloraError(f"not valid JSON: {exc.msg} at line {exc.lineno}", where=str(path)) from exc
-        if not isinstance(rows, list):
-            raise QloraError("a .json data file must hold one array of records", where=str(path))
-        yield from ((index, row, None) for index, row in enumerate(rows, start=1))
-        return
-    yield from read_jsonl(path)
+        """Rejections counted by reason; a bad line's column and byte are left out so such lines group together."""
+        return Counter(next((kind for kind in (BAD_JSON, BAD_UTF8) if r.reason.startswith(kind)), r.reason)
+                       for r in self.rejected)
 
 
 def check_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> CheckResult:

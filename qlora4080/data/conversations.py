@@ -12,8 +12,9 @@ from typing import Any
 
 from ..errors import QloraError
 from .jsonl import read_jsonl
+from .validate import ROLES, validate_messages
 
-ROLES = ("system", "user", "assistant", "tool")
+__all__ = ["ROLES", "Conversations", "Rejected", "read_conversations", "validate_messages"]
 
 
 @dataclass
@@ -33,30 +34,6 @@ class Conversations:
     lines: list[int] = field(default_factory=list)
     """The file line of each record, for messages about it later."""
     rejected: list[Rejected] = field(default_factory=list)
-
-
-def validate_messages(messages: Any) -> str | None:
-    """Why this message list cannot be trained on, or None when it can. Names the message index."""
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"message {index} is not an object"
-        role = message.get("role")
-        if role not in ROLES:
-            return f"message {index} has role {role!r}; expected one of {', '.join(ROLES)}"
-        content = message.get("content")
-        if content is None and not (role == "assistant" and message.get("tool_calls")):
-            return f"message {index} ({role}) has no 'content'"
-        if content is not None and not isinstance(content, str):
-            return f"message {index} ({role}) 'content' must be a string"
-    assistants = [m for m in messages if m["role"] == "assistant"]
-    if not assistants:
-        return "no assistant turn, so nothing would be trained"
-    for index, message in enumerate(messages):
-        if message["role"] == "assistant" and not (message.get("content") or "").strip() and not message.get("tool_calls"):
-            return f"message {index} (assistant) is empty"
-    return None
 
 
 def read_conversations(path: Path) -> Conversations:

@@ -19,7 +19,7 @@ class TokenizedSplit:
     trained_tokens: int
     truncated: int = 0
     dropped: list[Rejected] = field(default_factory=list)
-    by_source: dict[str, "SourceTokens"] = field(default_factory=dict)
+    by_source: dict[str, SourceTokens] = field(default_factory=dict)
 
 
 @dataclass
@@ -32,7 +32,7 @@ class SourceTokens:
     tokens: int = 0
     trained_tokens: int = 0
 
-    def add(self, other: "SourceTokens") -> None:
+    def add(self, other: SourceTokens) -> None:
         self.kept += other.kept
         self.dropped += other.dropped
         self.truncated += other.truncated
@@ -48,6 +48,9 @@ def tokenize_conversations(
 
     A conversation whose trained tokens all fall past max_seq_len would only
     add compute, so it is dropped and reported rather than trained silently.
+    So is one the chat template refuses (or whose turns are out of order): it
+    is dropped with its file:line and the reason, and the rest go on. Only when
+    nothing is left does this stop (unless allow_empty).
     """
     from datasets import Dataset
 
@@ -81,9 +84,11 @@ def tokenize_conversations(
         tally.trained_tokens += sum(label != IGNORE_INDEX for label in labels)
     dropped.sort(key=lambda problem: problem.line)
     if not rows["input_ids"] and not allow_empty:
+        by_length = dropped and all("max_seq_len" in problem.reason for problem in dropped)
         raise QloraError(
-            f"every conversation in {source.path} was dropped; first: {dropped[0] if dropped else '?'}",
-            hint="raise [model] max_seq_len or check the data",
+            f"every conversation in {source.path} was dropped ({len(dropped)}); first: {dropped[0] if dropped else '?'}",
+            hint="raise [model] max_seq_len" if by_length else
+            "fix those records, or set [model] chat_template to a template that accepts them",
         )
     total = SourceTokens()
     for tally in by_source.values():

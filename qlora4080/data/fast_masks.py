@@ -32,13 +32,21 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import QloraError
-from .render import IGNORE_INDEX, TemplateError, TrainOn, _render, compiled_renderer, special_tokens
+from .render import (
+    IGNORE_INDEX,
+    TemplateError,
+    TrainOn,
+    _render,
+    compiled_renderer,
+    special_tokens,
+)
+from .validate import structure_problem
 
 VERIFY_EVERY = 64
 MIN_BATCH = 16
@@ -60,7 +68,7 @@ class TemplateFacts:
     fast: int = 0  # ... and those it rendered (the rest took the exact path)
 
 
-_FACTS: "weakref.WeakKeyDictionary[Any, dict[str, TemplateFacts | None]]" = weakref.WeakKeyDictionary()
+_FACTS: weakref.WeakKeyDictionary[Any, dict[str, TemplateFacts | None]] = weakref.WeakKeyDictionary()
 
 
 def template_facts(tokenizer: Any) -> TemplateFacts | None:
@@ -153,7 +161,7 @@ def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], 
                 try:
                     plain = messages if all(type(m) is dict for m in messages) else [dict(m) for m in messages]
                     chunk.append(render(plain, record_tools, False))
-                except QloraError:
+                except QloraError:  # e.g. the template raised on this one: the exact path decides (and names why)
                     chunk.append(None)
             texts += chunk
             futures.append(tokenizing.submit(_encode, tokenizer, [t or "" for t in chunk]))
@@ -162,8 +170,9 @@ def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], 
     results: list[Rendered | QloraError | None] = [None] * len(conversations)
     located: list[tuple[int, list[int], list[tuple[int, int]]]] = []
     for index, (messages, text) in enumerate(zip(conversations, texts)):
-        if not any(m.get("role") == "assistant" for m in messages):
-            results[index] = QloraError("the conversation has no assistant turn, so nothing would be trained")
+        problem = structure_problem(messages)
+        if problem:  # the same rejection the exact path gives
+            results[index] = QloraError(problem)
             continue
         if text is None:
             continue
@@ -301,4 +310,4 @@ def _differs(fast: Rendered | QloraError, reference: Rendered | QloraError) -> b
     return fast["input_ids"] != reference["input_ids"] or fast["labels"] != reference["labels"]
 
 
-__all__ = ["render_batch", "template_facts", "TemplateError", "VERIFY_EVERY"]
+__all__ = ["VERIFY_EVERY", "TemplateError", "render_batch", "template_facts"]

@@ -5,10 +5,12 @@ decides its content (each source's settings and file bytes, mix, sizes, seed),
 so the same recipe and seed give byte-identical outputs and `train` reuses a
 build whose manifest matches instead of rebuilding.
 
-Mixing: weights are relative (normalized to 1; all zero means equal).
-- interleave: pools are drawn at random in proportion to their weights, each
-  record at most once, until the first weighted pool runs out (so the mix
-  follows the weights without repeating anything);
+Mixing: weights are relative (normalized to 1; all zero means equal); a pool
+of weight 0 next to weighted ones stays out of the mix (its `in_mix` is 0).
+- interleave: pools are drawn at random in proportion to their weights; a pool
+  that runs out is no longer drawn and the others go on by their relative
+  weights until every pool is used up, so each kept record is in the mix
+  exactly once (nothing repeated, nothing left out);
 - resample: exact per-pool counts of `total` (default 0.9 x all records),
   sampling with replacement only when a pool is smaller than its share.
 The second dedup removes the same conversation arriving from two pools; the
@@ -21,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,11 +30,12 @@ from typing import Any
 
 from ..errors import QloraError
 from ..recipe import Recipe, SourceSection
-from .conversations import Rejected, validate_messages
+from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
+from .jsonl import read_records
+from .validate import CONTROL_CHARS, validate_messages
 
-BUILD_FORMAT = 1
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+BUILD_FORMAT = 2  # 2: interleave uses every record; assistant-first conversations are rejected
 
 
 @dataclass
@@ -91,6 +93,7 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
     from datasets import Dataset
 
     data = recipe.data
+    _require_distinct_names(data.sources)
     folder = Path(data.build_dir) / f"{recipe.stem}-{build_key(recipe)}"
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and not force:
@@ -138,6 +141,17 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
     }
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return Build(folder, files["train"], files["validation"], stats, manifest=manifest)
+
+
+def _require_distinct_names(sources: list[SourceSection]) -> None:
+    """Pools are told apart by name (record ids, the `source` tag, per-source counts), so two may not share one."""
+    seen: dict[str, int] = {}
+    for number, source in enumerate(sources, start=1):
+        if source.label in seen:
+            raise QloraError(
+                f"[[data.sources]] {seen[source.label]} and {number} are both named '{source.label}'",
+                where="[[data.sources]]", hint=f'give one of them its own name = "..." (e.g. name = "{source.label}-{number}")')
+        seen[source.label] = number
 
 
 def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[dict[str, Any]], PoolStats, list[Rejected]]:
@@ -190,8 +204,6 @@ def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[tuple[int,
         table = load_from_disk(str(path)) if path.is_dir() else (
             Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else Dataset.from_file(str(path)))
         return [(index, row, None) for index, row in enumerate(table, start=1)], path
-    from .check import read_records
-
     return list(read_records(path)), path
 
 
@@ -219,16 +231,27 @@ def _normalized(weights: list[float]) -> list[float]:
 
 
 def interleave(pools: list[list[dict[str, Any]]], weights: list[float], rng: random.Random) -> list[dict[str, Any]]:
+    """Every record of every weighted pool exactly once, in an order drawn by weight.
+
+    Each next record comes from a pool chosen at random in proportion to the
+    weights of the pools that still have records, so while all pools last the
+    mix follows the weights, and when one runs out the rest go on by their
+    relative weights (stopping at the first empty pool would drop most of a
+    big pool next to a small one).
+    """
     order = [rng.sample(pool, len(pool)) for pool in pools]
     probs = _normalized(weights)
     active = [i for i, p in enumerate(probs) if p > 0 and order[i]]
-    mixed, taken = [], [0] * len(pools)
-    while active:
+    mixed: list[dict[str, Any]] = []
+    taken = [0] * len(pools)
+    while len(active) > 1:
         index = rng.choices(active, weights=[probs[i] for i in active])[0]
         mixed.append(order[index][taken[index]])
         taken[index] += 1
         if taken[index] == len(order[index]):
-            break  # the first weighted pool ran out: stop before the shares drift
+            active.remove(index)
+    for index in active:  # the last pool left: the rest of it, in its shuffled order
+        mixed += order[index][taken[index]:]
     return mixed
 
 

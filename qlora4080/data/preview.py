@@ -5,7 +5,8 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any
 
-from .render import IGNORE_INDEX, render_conversation
+from ..errors import QloraError
+from .render import IGNORE_INDEX, render_many
 
 
 def segments(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[str, bool]]:
@@ -20,9 +21,14 @@ def segments(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[st
 
 
 def preview_rows(records: list[dict[str, Any]], tokenizer: Any, max_seq_len: int, train_on: str) -> list[dict[str, Any]]:
-    rows = []
-    for record in records:
-        rendered = render_conversation(record["messages"], tokenizer, train_on=train_on, tools=record.get("tools"))
+    """One row per record; a record training would drop (the template refuses it) is a row that says why."""
+    rows: list[dict[str, Any]] = []
+    results = render_many([r["messages"] for r in records], tokenizer, train_on, [r.get("tools") for r in records])
+    for record, rendered in zip(records, results):
+        if isinstance(rendered, QloraError):
+            rows.append({"id": record.get("id"), "tokens": 0, "trained": 0, "cut": 0, "skipped": rendered.message,
+                         "segments": [(f"training skips this record: {rendered.message}", False)]})
+            continue
         ids, labels = rendered["input_ids"][:max_seq_len], rendered["labels"][:max_seq_len]
         rows.append({
             "id": record.get("id"),
@@ -42,6 +48,8 @@ def render_row(row: dict[str, Any]) -> Any:
     text = Text()
     for piece, trained in row["segments"]:
         text.append(piece, style="bold green on grey15" if trained else "dim")
+    if row.get("skipped"):
+        return Panel(text, title=f"{row['id']}: skipped", title_align="left", border_style="yellow")
     cut = f", {row['cut']} cut by max_seq_len" if row["cut"] else ""
     title = f"{row['id']}: {row['tokens']} tokens, {row['trained']} trained ({100 * row['trained'] / max(row['tokens'], 1):.0f}%){cut}"
     return Panel(text, title=title, title_align="left", border_style="cyan")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import QloraError
+from .validate import structure_problem
 
 IGNORE_INDEX = -100
 TrainOn = Literal["assistant", "last_assistant", "all"]
@@ -32,7 +33,15 @@ TRAIN_ON_CHOICES: tuple[str, ...] = ("assistant", "last_assistant", "all")
 
 
 class TemplateError(QloraError):
-    """The chat template cannot be split into prompt and answer consistently."""
+    """The chat template cannot be split into prompt and answer consistently: the template's fault, so it stops the run."""
+
+
+class TemplateRefusal(QloraError):
+    """The chat template raised on one conversation (jinja `raise_exception`, a role it does not support).
+
+    Unlike TemplateError this is about the record, not the template: the record
+    is dropped with this reason and the others go on.
+    """
 
 
 def render_conversation(
@@ -71,12 +80,14 @@ def render_many(
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
     fast: bool = True,
 ) -> list[dict[str, list[int]] | QloraError]:
-    """ids + labels for every conversation, or the QloraError that rejects that one (e.g. no assistant turn).
+    """ids + labels for every conversation, or the QloraError that rejects that one.
 
+    A conversation is rejected on its own when its turns are out of order
+    (validate.structure_problem) or the template refuses it (TemplateRefusal).
     With `fast`, batches take the one-render path (fast_masks.py), which is
     checked against this module's exact method and falls back to it; without,
     every conversation is rendered prefix by prefix. A template that cannot be
-    split consistently raises TemplateError.
+    split consistently raises TemplateError, for all of them.
     """
     from .fast_masks import render_batch  # it builds on this module
 
@@ -93,7 +104,7 @@ def render_many(
                 plans.append((index, plan_pieces(conversations[index], tokenizer, train_on, record_tools[index])))
             except TemplateError:
                 raise
-            except QloraError as exc:
+            except QloraError as exc:  # this conversation only (TemplateRefusal, turn order)
                 outcome[index] = exc
         for (index, _), rendered in zip(plans, tokenize_plans([plan for _, plan in plans], tokenizer)):
             outcome[index] = rendered
@@ -127,9 +138,10 @@ def plan_pieces(
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
     messages = [dict(m) for m in messages]
+    problem = structure_problem(messages)
+    if problem:
+        raise QloraError(problem)
     assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    if not assistant_turns:
-        raise QloraError("the conversation has no assistant turn, so nothing would be trained")
 
     full = _render(tokenizer, messages, tools, add_generation_prompt=False)
     if train_on == "all":
@@ -184,7 +196,7 @@ def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, 
     return start, end
 
 
-_GENERATION_PROMPT_OK: "weakref.WeakKeyDictionary[Any, dict[str, bool]]" = weakref.WeakKeyDictionary()
+_GENERATION_PROMPT_OK: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 def _require_generation_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> None:
@@ -219,7 +231,7 @@ def _trained_length(segment: str, content: Any, specials: tuple[str, ...]) -> in
     return len(segment.rstrip())
 
 
-_SPECIALS_CACHE: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+_SPECIALS_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def special_tokens(tokenizer: Any) -> tuple[str, ...]:
@@ -241,8 +253,8 @@ def special_tokens(tokenizer: Any) -> tuple[str, ...]:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise QloraError(
+    if not getattr(tokenizer, "chat_template", None):  # no conversation could render: stop, not drop each one
+        raise TemplateError(
             "the tokenizer has no chat template",
             hint="use an instruct/chat model, or set [model] chat_template to a .jinja file",
         )
@@ -250,8 +262,8 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_gene
         text = tokenizer.apply_chat_template(
             messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
-    except Exception as exc:  # jinja raise_exception(...) and friends
-        raise TemplateError(f"the chat template refused the conversation: {exc}") from exc
+    except Exception as exc:  # jinja raise_exception(...) and friends: about this conversation, not the template
+        raise TemplateRefusal(f"the chat template refused the conversation: {exc}") from exc
     return text
 
 
