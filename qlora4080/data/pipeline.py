@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import QloraError
 from ..recipe import Recipe, SourceSection
+from ..runlock import holding
 from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
 from .jsonl import read_records
@@ -90,17 +91,30 @@ def build_key(recipe: Recipe) -> str:
 
 def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolStats], None] | None = None) -> Build:
     """Run the pipeline for the recipe's [[data.sources]], or reuse the matching earlier build."""
-    from datasets import Dataset
 
     data = recipe.data
     _require_distinct_names(data.sources)
     folder = Path(data.build_dir) / f"{recipe.stem}-{build_key(recipe)}"
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and not force:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        pools = [PoolStats(**p) for p in manifest["pools"]]
-        return Build(folder, folder / "train.jsonl", folder / "validation.jsonl", pools, reused=True, manifest=manifest)
+        return _reuse(folder, manifest_path)
+    # One builder per build folder: a second process fails at once instead of writing the same files.
+    with holding(folder, f"data build {folder.name}"):
+        if manifest_path.is_file() and not force:  # another process finished this build while we waited to start
+            return _reuse(folder, manifest_path)
+        return _build(recipe, folder, manifest_path, on_pool)
 
+
+def _reuse(folder: Path, manifest_path: Path) -> Build:
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    pools = [PoolStats(**p) for p in manifest["pools"]]
+    return Build(folder, folder / "train.jsonl", folder / "validation.jsonl", pools, reused=True, manifest=manifest)
+
+
+def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[[PoolStats], None] | None) -> Build:
+    from datasets import Dataset
+
+    data = recipe.data
     rng = random.Random(recipe.training.seed)
     pools: list[list[dict[str, Any]]] = []
     stats: list[PoolStats] = []

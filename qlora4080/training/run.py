@@ -286,7 +286,8 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any, P
             splits.append(None)
             continue
         source = read_conversations(files[key])
-        split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on, recipe.data.truncation)
+        split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on,
+                                       recipe.data.truncation, allow_empty=key == "validation")
         problems = source.rejected + split.dropped
         for problem in problems[:10]:
             log.line(f"skipped {problem}", style="yellow")
@@ -297,6 +298,12 @@ def _prepare_data(recipe: Recipe, tokenizer: Any, log: Any) -> tuple[Any, Any, P
             f"{len(split.dropped)} dropped, {split.truncated} truncated to {recipe.model.max_seq_len}); "
             f"{split.tokens:,} tokens, {split.trained_tokens:,} trained ({100 * split.trained_tokens / max(split.tokens, 1):.1f}%)"
         )
+        if key == "validation" and split.conversations == 0:
+            # every validation record was dropped: train anyway, without periodic evaluation
+            log.line("warning: no validation record survived tokenization, so this run has no evaluation", style="yellow")
+            splits.append(None)
+            files["validation"] = None
+            continue
         if recipe.data.sources and split.dropped:
             log.line("  dropped at tokenization, by source: "
                      + ", ".join(f"{name} {tally.dropped}" for name, tally in split.by_source.items()))
