@@ -24,7 +24,7 @@ from qlora4080.data.pipeline import build_data
 from qlora4080.data.render import render_many
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe
-from qlora4080.training.run import _prepare_data
+from qlora4080.training.data_setup import prepare_data
 
 ASSISTANT_FIRST = ("first non-system message (message 0) is from the assistant; "
                    "a conversation must start with a user turn")
@@ -75,7 +75,7 @@ def test_assistant_first_is_rejected_by_data_check_and_skipped_by_training_prepa
 
     log = _Log()
     recipe = load_recipe(write_recipe(tmp_path, MODEL, data={"train": str(path), "validation": None}))
-    train, validation, _ = _prepare_data(recipe, smol_tokenizer, log)
+    train, validation, _ = prepare_data(recipe, smol_tokenizer, log)
     assert validation is None and train.conversations == 4
     assert f"skipped {path}:3: {ASSISTANT_FIRST}" in log.lines
 
@@ -102,7 +102,7 @@ def test_cleaning_that_empties_the_user_turn_is_rejected_and_the_rest_trains(tmp
     recipe = load_recipe(write_recipe(tmp_path, MODEL, data={
         "train": None, "validation": None, "sources": [{"path": str(path), "name": "src"}],
         "build_dir": str(tmp_path / "builds"), "valid_min": 2}))
-    train, validation, _ = _prepare_data(recipe, smol_tokenizer, log)
+    train, validation, _ = prepare_data(recipe, smol_tokenizer, log)
     assert train.conversations + validation.conversations == 8
     assert any(line.startswith("  source src (messages): read 10, rejected 2,") for line in log.lines)
     build = next(p for p in (tmp_path / "builds").iterdir())

@@ -14,7 +14,7 @@ from qlora4080.errors import QloraError
 from qlora4080.export import check_out_dir
 from qlora4080.runlock import holding
 from qlora4080.training.resume_check import check_resume
-from qlora4080.training.run import RECIPE_SNAPSHOT, _resume_command
+from qlora4080.training.run import RECIPE_SNAPSHOT, resume_command
 from qlora4080.training.rundirs import RUN_MARKER
 from qlora4080.training.saving import save_adapter
 
@@ -106,7 +106,7 @@ def test_resume_applies_and_records_safe_changes(tmp_path: Path, tiny_model_dir:
 def test_printed_resume_command_repeats_the_overrides(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe_path = write_recipe(tmp_path, str(tiny_model_dir))
     recipe = load_recipe(recipe_path, ["training.max_steps=7", "output.runs_dir=my runs"])
-    command = _resume_command(recipe, type("Dirs", (), {"name": "r"})())
+    command = resume_command(recipe, type("Dirs", (), {"name": "r"})())
     assert "--set training.max_steps=7" in command and "--set 'output.runs_dir=my runs'" in command
     assert command.endswith("--resume --run-name r")
 

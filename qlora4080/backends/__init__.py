@@ -1,9 +1,40 @@
-"""Model loading backends. Chosen by a plain `if`: unsloth (GPU fast path) or hf (transformers + peft)."""
+"""Model loading backends: unsloth (GPU fast path) or hf (transformers + peft), behind one interface.
+
+Each backend module provides the functions of `Backend`; the training run asks
+`load_backend(name)` for one and never branches on which it got.
+"""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
 from ..errors import QloraError
 from ..hardware import Hardware, has_module
+
+if TYPE_CHECKING:
+    from ..recipe import LoraSection, ModelSection
+
+BACKEND_MODULES = {"hf": "hf", "unsloth": "unsloth"}
+
+
+class Backend(Protocol):
+    """What a training run needs from a backend (a module with these functions)."""
+
+    def load_model(self, model_cfg: ModelSection, hardware: Hardware, *,
+                   template_path: Path | None = None) -> tuple[Any, Any]:
+        """The base model (4-bit where asked and possible) and its tokenizer with the run's chat template."""
+
+    def attach_lora(self, model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool) -> Any:
+        """A fresh LoRA adapter on the base, initialised from `seed`; only adapter weights train."""
+
+
+def load_backend(name: str) -> Backend:
+    """The backend module for "hf" or "unsloth" (imported here, so unsloth's import stays late and explicit)."""
+    if name not in BACKEND_MODULES:
+        raise QloraError(f"unknown backend {name!r}", where="[model] backend", hint="use auto, unsloth or hf")
+    return cast(Backend, importlib.import_module(f".{BACKEND_MODULES[name]}", __package__))
 
 
 def choose_backend(requested: str, hardware: Hardware) -> tuple[str, str]:
@@ -18,7 +49,7 @@ def choose_backend(requested: str, hardware: Hardware) -> tuple[str, str]:
             )
         reason = _unsloth_problem()
         if reason:
-            raise QloraError(f"backend = unsloth, but {reason}", hint="pip install 'qlora4080[gpu]', or --set model.backend=hf")
+            raise QloraError(f"backend = unsloth, but {reason}", hint="make venv GPU=1 (see qlora4080 doctor), or --set model.backend=hf")
         return "unsloth", "backend = unsloth in the recipe"
     if not hardware.is_cuda:
         return "hf", "no CUDA GPU, so transformers + peft on CPU (fp32)"

@@ -59,8 +59,11 @@ def load_model(
     return model, tokenizer
 
 
-def attach_lora(model: Any, lora: LoraSection, seed: int) -> Any:
-    """Wrap the base in a fresh LoRA adapter; only adapter weights train."""
+def attach_lora(model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = False) -> Any:
+    """Wrap the base in a fresh LoRA adapter; only adapter weights train.
+
+    Checkpointing on this backend is the trainer's job (training/config.py turns it on), so the flag is unused here.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 

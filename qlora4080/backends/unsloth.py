@@ -13,7 +13,6 @@ from .loading import compute_dtype_name, model_source, prepare_tokenizer
 # unsloth takes explicit names; these are the linear projections of the
 # Llama/Qwen/Mistral/Gemma/Phi-3 families it supports.
 ALL_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-UNSLOTH_RANDOM_STATE = 3407
 
 
 def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Path | None = None) -> tuple[Any, Any]:
@@ -34,7 +33,8 @@ def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Pa
     return model, prepare_tokenizer(tokenizer, template_path)
 
 
-def attach_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = True) -> Any:
+def attach_lora(model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = True) -> Any:
+    """unsloth's LoRA, with its own (offloaded) gradient checkpointing; `seed` initialises the adapter."""
     from unsloth import FastLanguageModel
 
     targets = ALL_LINEAR_NAMES if lora.target_modules == "all-linear" else list(lora.target_modules)
@@ -46,5 +46,5 @@ def attach_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = Tr
         target_modules=targets,
         bias="none",
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
-        random_state=UNSLOTH_RANDOM_STATE,
+        random_state=seed,
     )

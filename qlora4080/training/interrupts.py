@@ -25,11 +25,11 @@ class InterruptGuard(TrainerCallback):
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> "InterruptGuard":
+    def __enter__(self) -> InterruptGuard:
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -38,7 +38,7 @@ class InterruptGuard(TrainerCallback):
         self.requested = True
         console.print("\n[yellow]Ctrl-C: finishing this step, then saving a checkpoint. Press Ctrl-C again to quit at once.[/]")
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+    def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

@@ -1,0 +1,232 @@
+"""One training run, stage by stage: environment, model, data, LoRA, trainer, fit, evaluate, save.
+
+Each stage is a short method that leaves its result on the run, so a second
+training method (preference tuning) can reuse every stage but `build_trainer`.
+No stage branches on the backend: the backend module does what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..checkpoint import META_FILE
+from ..console import stage
+from ..errors import QloraError
+from ..recipe import Recipe
+from .rundirs import RunDirs, latest_checkpoint
+from .runlog import RunLog
+from .saving import save_adapter
+from .stages import Stages
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..hardware import Hardware
+    from .callbacks import MetricsCallback
+    from .interrupts import InterruptGuard
+    from .panel import TrainingView
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    checkpoint_dir: Path
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+    """The trained model (base + adapter), still in memory, for chatting or evaluating right away."""
+    tokenizer: Any = field(default=None, repr=False)
+
+
+@dataclass
+class TrainingRun:
+    recipe: Recipe
+    dirs: RunDirs
+    log: RunLog
+    checkpoint: Path | None
+    """The trainer checkpoint to resume from, if any."""
+    stages: Stages = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+    hardware: Hardware = field(init=False)
+    backend_name: str = field(init=False)
+    backend: Backend = field(init=False)
+    model: Any = None
+    tokenizer: Any = None
+    train_split: Any = None
+    eval_split: Any = None
+    validation_file: Path | None = None
+    trainer: Any = None
+    view: TrainingView | None = None
+    metrics: MetricsCallback | None = None
+    guard: InterruptGuard | None = None
+
+    def __post_init__(self) -> None:
+        self.stages = Stages(self.log)
+
+    def set_up_environment(self, target_gb: float | None) -> None:
+        """Hardware, doctor's verdict for this recipe, the backend, the preflight, the recipe snapshot."""
+        from ..backends import load_backend
+        from ..doctor import plan_training
+        from ..hardware import detect
+        from ..preflight import print_preflight, run_preflight
+        from ..quiet import quiet_libraries
+
+        with self.stages.stage("Environment"):
+            self.hardware = detect()
+            # First doctor's checks: a broken stack is named before minutes of loading. On the unsloth path this
+            # imports unsloth, which must patch transformers/trl/peft before anything imports them (quiet_libraries).
+            plan = plan_training(self.recipe.model.backend, self.recipe.model.load_in_4bit, self.hardware)
+            if plan.blockers or plan.backend is None:
+                first, *more = plan.blockers or [None]
+                raise QloraError(f"this machine cannot train the recipe: {plan.reason}"
+                                 + "".join(f"; also {problem.message}" for problem in more), where="[model] backend",
+                                 hint=first.hint if first else "run qlora4080 doctor RECIPE for the details")
+            self.backend_name = plan.backend  # plan.warnings: the backend says those itself when it loads
+            quiet_libraries()
+            if self.recipe.data.packing and self.backend_name == "unsloth":
+                raise QloraError("data.packing = true is not supported with the unsloth backend yet",
+                                 hint="--set model.backend=hf (packs with a block-diagonal mask), or --set data.packing=false")
+            self.backend = load_backend(self.backend_name)
+            resumed = f" (resumed from {self.checkpoint})" if self.checkpoint else ""
+            self.log.line(f"run {self.dirs.name}{resumed}: recipe {self.recipe.source_path}")
+            self.log.line(f"backend: {self.backend_name} ({plan.reason})")
+            print_preflight(run_preflight(self.recipe, self.hardware, self.backend_name, target_gb), self.hardware)
+            snapshot_recipe(self.recipe, self.dirs)
+
+    def set_up_model(self) -> None:
+        recipe = self.recipe
+        template = recipe.resolve_path(recipe.model.chat_template) if recipe.model.chat_template else None
+        with self.stages.stage(f"Loading model {recipe.model.name}"):
+            self.model, self.tokenizer = self.backend.load_model(recipe.model, self.hardware, template_path=template)
+
+    def set_up_data(self) -> None:
+        from .data_setup import prepare_data
+
+        with self.stages.stage("Preparing data (chat template, assistant-only labels)"):
+            self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log)
+
+    def attach_lora(self) -> None:
+        from .config import device_defaults
+        from .summary import count_parameters
+
+        lora = self.recipe.lora
+        with self.stages.stage(f"Attaching LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}"):
+            checkpointing = device_defaults(self.recipe, self.hardware).gradient_checkpointing
+            self.model = self.backend.attach_lora(self.model, lora, seed=self.recipe.training.seed,
+                                                  gradient_checkpointing=checkpointing)
+            trainable, total = count_parameters(self.model)
+            self.log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+
+    def build_trainer(self, live: bool | None, extra_callbacks: list[Any]) -> None:
+        """TRL's SFTTrainer (with token counting) wired to the panel, the logs and Ctrl-C."""
+        from transformers.trainer_callback import PrinterCallback
+
+        from .callbacks import MetricsCallback
+        from .config import build_sft_config
+        from .data_setup import pack_splits
+        from .interrupts import InterruptGuard
+        from .panel import TrainingView
+        from .trainer import counting_trainer_class
+
+        recipe, dirs = self.recipe, self.dirs
+        collator = (pack_splits(recipe, self.hardware, self.tokenizer, self.train_split, self.eval_split, self.log)
+                    if recipe.data.packing else None)
+        config = build_sft_config(recipe, self.hardware, dirs.checkpoint, has_eval=self.eval_split is not None,
+                                  backend=self.backend_name)
+        self.view = TrainingView(f"qlora4080 · {dirs.name}", self.hardware, live=live)
+        self.metrics = MetricsCallback(self.log, dirs.logs / "metrics.jsonl", self.view, self.hardware)
+        self.guard = InterruptGuard()
+        self.trainer = counting_trainer_class()(
+            model=self.model, args=config, train_dataset=self.train_split.dataset,
+            eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
+            callbacks=[self.metrics, self.guard, *tensorboard_callbacks(dirs), *extra_callbacks],
+            **({"data_collator": collator} if collator is not None else {}),
+        )
+        self.metrics.trainer = self.trainer
+        self.trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
+
+    def fit(self) -> Any:
+        """trainer.train() with OOM advice, and Ctrl-C turned into a saved, resumable stop."""
+        from .oom import is_out_of_memory, out_of_memory_error
+
+        t = self.recipe.training
+        steps = self.trainer.args.max_steps if self.trainer.args.max_steps > 0 else f"{t.epochs:g} epoch(s) of"
+        stage(f"Training: {self.train_split.conversations} conversations, batch {t.batch_size} x "
+              f"grad-accum {t.grad_accum}, {steps} steps, lr {t.learning_rate}")
+        started = time.monotonic()
+        try:
+            with self.guard:
+                output = self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        except BaseException as error:
+            self.view.stop()
+            if is_out_of_memory(error):
+                from ..hardware import memory_snapshot
+
+                snapshot, step = memory_snapshot(self.hardware), self.trainer.state.global_step
+                self.log.line(f"out of memory at step {step}: {error}", echo=False)
+                raise out_of_memory_error(self.recipe, step, snapshot.get("peak"), snapshot.get("card_total")) from None
+            raise
+        self.view.stop()
+        self.stages.timings["Training"] = round(time.monotonic() - started, 2)
+        if self.guard.requested:
+            self._stop_interrupted()
+        return output
+
+    def _stop_interrupted(self) -> None:
+        from .interrupts import TrainingInterrupted
+        from .run import resume_command
+
+        save_adapter(self.model, self.tokenizer, self.dirs.checkpoint, last_good=latest_checkpoint(self.dirs.checkpoint))
+        command, step = resume_command(self.recipe, self.dirs), self.trainer.state.global_step
+        self.log.line(f"interrupted at step {step}; resume with: {command}", echo=False)
+        raise TrainingInterrupted(f"training interrupted at step {step}; the adapter and a resumable checkpoint "
+                                  f"are saved in {self.dirs.checkpoint}", hint=f"resume with:  {command}")
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_split is None:
+            return {}
+        with self.stages.stage("Evaluating on the validation file"):
+            metrics: dict[str, float] = self.trainer.evaluate()
+            if "eval_loss" in metrics:
+                metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+        return metrics
+
+    def save(self, output: Any, eval_metrics: dict[str, float]) -> TrainResult:
+        """Adapter + tokenizer (its exact chat template) + metadata, all or nothing; then summary.json."""
+        from .summary import build_summary, meta_json, print_summary
+
+        dirs = self.dirs
+        summary = build_summary(dirs, output, self.metrics.history, self.train_split, eval_metrics, self.stages.timings,
+                                self.started, self.hardware, self.trainer)
+        with self.stages.stage(f"Saving adapter to {dirs.checkpoint}"):
+            meta = meta_json(self.recipe, self.backend_name, summary, self.validation_file)
+            save_adapter(self.model, self.tokenizer, dirs.checkpoint, {META_FILE: meta},
+                         last_good=latest_checkpoint(dirs.checkpoint))
+        (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        print_summary(summary, self.log)
+        return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=self.model, tokenizer=self.tokenizer)
+
+
+def snapshot_recipe(recipe: Recipe, dirs: RunDirs) -> None:
+    """Save the resolved recipe next to the adapter (on resume, check_resume has made sure only safe keys moved)."""
+    from ..checkpoint import RECIPE_SNAPSHOT
+
+    dirs.checkpoint.mkdir(parents=True, exist_ok=True)
+    staged = dirs.checkpoint / f".{RECIPE_SNAPSHOT}.tmp"
+    staged.write_text(recipe.to_toml(), encoding="utf-8")
+    staged.replace(dirs.checkpoint / RECIPE_SNAPSHOT)
+
+
+def tensorboard_callbacks(dirs: RunDirs) -> list[Any]:
+    from ..hardware import has_module
+
+    if not has_module("tensorboard"):
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(dirs.logs / "tensorboard")))]

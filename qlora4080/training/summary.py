@@ -1,0 +1,98 @@
+"""What a finished run reports: the summary table and summary.json, and the checkpoint's metadata."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..console import console
+from ..hardware import Hardware
+from ..recipe import Recipe
+from .rundirs import RunDirs
+from .runlog import RunLog
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def build_summary(dirs: RunDirs, output: Any, history: list[dict[str, Any]], train_split: Any,
+                  eval_metrics: dict[str, float], timings: dict[str, float], started: float, hardware: Hardware,
+                  trainer: Any) -> dict[str, Any]:
+    from ..hardware import memory_snapshot
+
+    losses = [r["loss"] for r in history if "loss" in r]
+    peak = memory_snapshot(hardware).get("peak")
+    return {
+        "run_name": dirs.name,
+        "steps": output.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "best_loss": min(losses) if losses else None,
+        "train_loss_mean": output.training_loss,
+        "tokens_seen": trainer.tokens_seen,
+        "trained_tokens_seen": trainer.trained_tokens_seen,
+        "dataset_tokens": train_split.tokens,
+        "dataset_trained_tokens": train_split.trained_tokens,
+        "peak_memory_gib": round(peak / 2**30, 3) if peak else None,
+        "peak_memory_kind": "GPU allocated" if hardware.is_cuda else "process RSS",
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "stage_seconds": timings,
+        **{k: v for k, v in eval_metrics.items() if k in ("eval_loss", "eval_perplexity")},
+    }
+
+
+def print_summary(summary: dict[str, Any], log: RunLog) -> None:
+    from rich.table import Table
+
+    table = Table(title="Run summary", title_justify="left", show_header=False)
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in summary.items():
+        if key == "stage_seconds":
+            value = ", ".join(f"{name.split(' ')[0].lower()} {sec:.1f}s" for name, sec in value.items())
+        table.add_row(key, _short(value))
+    console.print(table)
+    log.line("summary: " + json.dumps(summary), echo=False)
+
+
+def meta_json(recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> str:
+    """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    meta = {
+        "format": 1,
+        "base_model": recipe.model.name,
+        "backend": backend,
+        "load_in_4bit": recipe.model.load_in_4bit,
+        "dtype": recipe.model.dtype,
+        "max_seq_len": recipe.model.max_seq_len,
+        "train_on": recipe.data.train_on,
+        "trust_remote_code": recipe.model.trust_remote_code,
+        "recipe_path": str(recipe.source_path) if recipe.source_path else None,
+        "validation_file": str(validation_file) if validation_file else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": {
+            "qlora4080": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+            "peft": peft.__version__,
+        },
+        "summary": summary,
+    }
+    return json.dumps(meta, indent=2)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
