@@ -1,8 +1,65 @@
-"""What a checkpoint folder holds, by name: the files `train` writes and chat/eval/export read."""
+"""What a checkpoint folder holds: the one reader and writer of its metadata.
+
+`train` writes META_FILE next to the adapter; chat, eval, generate and export
+read it to rebuild the model exactly as trained (base, dtype, 4-bit, context,
+which turns carried loss). Before this module each of them read the JSON with
+its own `.get(...)` defaults (`max_seq_len or 2048` in one place, the recipe's
+1024 in another); now the defaults live here, once, and a damaged file is a
+clear error instead of a KeyError.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import QloraError
 
 META_FILE = "qlora4080.json"
 """How the adapter was trained: base model, backend, dtype, max_seq_len, versions, summary."""
 RECIPE_SNAPSHOT = "recipe.toml"
 """The resolved recipe of the run (absolute paths); resume compares against it."""
+FORMAT = 1
+
+
+class CheckpointMeta(BaseModel):
+    """How a checkpoint's adapter was trained (checkpoints written since format 1 all load)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: int = FORMAT
+    base_model: str
+    """The recipe's model.name: a hub id, a local folder or builtin:<name>."""
+    backend: Literal["hf", "unsloth"] = "hf"
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    max_seq_len: int = 1024
+    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    trust_remote_code: bool = False
+    recipe_path: str | None = None
+    validation_file: str | None = None
+    """The held-out file the run evaluated on (eval's default data)."""
+    created: str | None = None
+    versions: dict[str, str] = {}
+    summary: dict[str, Any] = {}
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2)
+
+    def save(self, folder: Path) -> None:
+        (folder / META_FILE).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> CheckpointMeta | None:
+        """The metadata of a checkpoint folder; None when the folder has none (a plain model folder)."""
+        path = folder / META_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, ValidationError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise QloraError(f"{path} is damaged: {str(error).splitlines()[0]}", where=str(path),
+                             hint="re-train, or copy qlora4080.json back from a backup of this checkpoint") from None

@@ -197,14 +197,14 @@ class TrainingRun:
 
     def save(self, output: Any, eval_metrics: dict[str, float]) -> TrainResult:
         """Adapter + tokenizer (its exact chat template) + metadata, all or nothing; then summary.json."""
-        from .summary import build_summary, meta_json, print_summary
+        from .summary import build_summary, checkpoint_meta, print_summary
 
         dirs = self.dirs
         summary = build_summary(dirs, output, self.metrics.history, self.train_split, eval_metrics, self.stages.timings,
                                 self.started, self.hardware, self.trainer)
         with self.stages.stage(f"Saving adapter to {dirs.checkpoint}"):
-            meta = meta_json(self.recipe, self.backend_name, summary, self.validation_file)
-            save_adapter(self.model, self.tokenizer, dirs.checkpoint, {META_FILE: meta},
+            meta = checkpoint_meta(self.recipe, self.backend_name, summary, self.validation_file)
+            save_adapter(self.model, self.tokenizer, dirs.checkpoint, {META_FILE: meta.to_json()},
                          last_good=latest_checkpoint(dirs.checkpoint))
         (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         print_summary(summary, self.log)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..checkpoint import CheckpointMeta
 from ..console import console
 from ..hardware import Hardware
 from ..recipe import Recipe
@@ -62,36 +63,28 @@ def print_summary(summary: dict[str, Any], log: RunLog) -> None:
     log.line("summary: " + json.dumps(summary), echo=False)
 
 
-def meta_json(recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> str:
+def checkpoint_meta(recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> CheckpointMeta:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
     import peft
     import torch
     import transformers
     import trl
 
-    meta = {
-        "format": 1,
-        "base_model": recipe.model.name,
-        "backend": backend,
-        "load_in_4bit": recipe.model.load_in_4bit,
-        "dtype": recipe.model.dtype,
-        "max_seq_len": recipe.model.max_seq_len,
-        "train_on": recipe.data.train_on,
-        "trust_remote_code": recipe.model.trust_remote_code,
-        "recipe_path": str(recipe.source_path) if recipe.source_path else None,
-        "validation_file": str(validation_file) if validation_file else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "versions": {
-            "qlora4080": __version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-            "peft": peft.__version__,
-        },
-        "summary": summary,
-    }
-    return json.dumps(meta, indent=2)
+    return CheckpointMeta(
+        base_model=recipe.model.name,
+        backend=backend,
+        load_in_4bit=recipe.model.load_in_4bit,
+        dtype=recipe.model.dtype,
+        max_seq_len=recipe.model.max_seq_len,
+        train_on=recipe.data.train_on,
+        trust_remote_code=recipe.model.trust_remote_code,
+        recipe_path=str(recipe.source_path) if recipe.source_path else None,
+        validation_file=str(validation_file) if validation_file else None,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        versions={"qlora4080": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__},
+        summary=summary,
+    )
 
 
 def _short(value: Any) -> str:
