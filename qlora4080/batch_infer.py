@@ -8,6 +8,8 @@ already in the output file is skipped, so a stopped run continues where it was.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +72,94 @@ def _messages(record: Any) -> list[dict[str, Any]] | str:
     return "needs a non-empty 'prompt' string or a 'messages' list"
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already answered in an output file (a torn last line from an interrupted run is ignored)."""
-    if not path.is_file():
-        return set()
-    ids = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+@dataclass
+class Resume:
+    done: set[str]
+    """Ids already answered in the output file: skipped this time."""
+    note: str | None = None
+    """One line to show when the output had to be repaired (a cut-off last line dropped)."""
+
+
+# How generate starts every line it writes (json.dumps of a dict whose first key is "id"); a cut line keeps
+# as much of this start as was written, and the quoted id when it got that far.
+_ANSWER_START = b'{"id": '
+_QUOTED_ID = re.compile(rb'\{"id": ("(?:[^"\\]|\\.)*")')
+
+
+def prepare_output(input: Path, output: Path) -> Resume:
+    """Check `output` before any model loads; the ids it already answers.
+
+    Answers are appended, so `output` must be new or a file of earlier answers:
+    never the input itself, a folder, or some other file (its lines would end
+    up mixed with answers). A last line cut off by a crash mid-write is
+    dropped, so its prompt is answered again and the file stays valid JSONL;
+    a bad line anywhere else is an error, not a guess.
+    """
+    _check_output_path(input, output)
+    if not output.is_file():
+        return Resume(set())
+    raw = output.read_bytes()
+    lines = raw.splitlines(keepends=True)
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    done: set[str] = set()
+    offset = 0
+    for index, line in enumerate(lines):
+        number, start, offset = index + 1, offset, offset + len(line)
+        if not line.strip():
             continue
-    return ids
+        written = line.rstrip(b"\r\n")
+        try:
+            record = json.loads(written.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if index == last and (written.startswith(_ANSWER_START) or _ANSWER_START.startswith(written)):
+                return Resume(done, _drop_cut_line(output, start, number, written))
+            why = f": {exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else " (not UTF-8)"
+            raise _foreign(output, number, f"is not valid JSON{why}", bool(done)) from None
+        if not isinstance(record, dict) or "id" not in record or "answer" not in record:
+            raise _foreign(output, number, 'is not an answer as generate writes them (a JSON object with "id" and "answer")',
+                           bool(done))
+        done.add(str(record["id"]))
+    return Resume(done)
+
+
+def _check_output_path(input: Path, output: Path) -> None:
+    if output.is_dir():
+        raise QloraError(f"{output} is a folder; answers go into one JSONL file", where="--output",
+                         hint=f"pass a file path, e.g. -o {output / 'answers.jsonl'}")
+    if output.exists() and input.exists() and os.path.samefile(input, output):
+        raise QloraError(f"the output {output} is the same file as the input {input}: answers would be appended to your prompts",
+                         where="--output", hint=f"write the answers to another file, e.g. -o {input.with_name(input.stem + '.answers.jsonl')}")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise QloraError(f"{folder} is a file, so {output} cannot be created under it", where="--output",
+                         hint="choose an output path in a folder")
+
+
+def _foreign(output: Path, number: int, what: str, after_answers: bool) -> QloraError:
+    """A line that generate did not write: the file is left exactly as it is."""
+    if after_answers:  # earlier lines are answers: one damaged line before the end, not a file to replace
+        return QloraError(f"line {number} {what}; only a cut-off last line is repaired automatically, so the file "
+                          "was left as it is", where=f"{output}:{number}",
+                          hint=f"fix or delete line {number} (a deleted answer is generated again), or pass a new file with -o")
+    return QloraError(f"line {number} {what}; answers are appended to -o, so it must be a file of earlier answers "
+                      "or a new file, and this one was left as it is", where=f"{output}:{number}",
+                      hint=f"pass a new file with -o, e.g. -o answers.jsonl, or move {output} away")
+
+
+def _drop_cut_line(output: Path, start: int, number: int, written: bytes) -> str:
+    """Cut the file back to the end of its last whole answer; the line that says so."""
+    with output.open("r+b") as handle:
+        handle.truncate(start)
+    which = ""
+    if quoted := _QUOTED_ID.match(written):
+        try:
+            which = f" (id {json.loads(quoted.group(1))!r})"
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    return (f"{output}:{number}: the last line was cut off by an interrupted run; dropped it, "
+            f"its prompt{which} is answered again")
 
 
 def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_new_tokens: int = 256, batch_size: int = 8,
@@ -89,7 +168,7 @@ def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_n
     from .evaluate import generate_answers
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(output)
+    _end_with_newline(output)
     written = 0
     with output.open("a", encoding="utf-8") as handle:
         for start in range(0, len(prompts), batch_size):
@@ -105,8 +184,11 @@ def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_n
     return written
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """A run killed mid-write can leave half a line; end the file cleanly before appending."""
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write("\n")
+def _end_with_newline(path: Path) -> None:
+    """A last line without its newline (a hand-edited file) must not be glued to the next answer."""
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with path.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")

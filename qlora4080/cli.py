@@ -6,6 +6,7 @@ that need them, so `qlora4080 --help` and recipe checks stay instant.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -32,7 +33,13 @@ SET_HELP = "Override a recipe value, e.g. --set training.learning_rate=1e-4 (rep
 
 
 def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn QloraError into a readable panel + non-zero exit; Ctrl-C into exit 130."""
+    """Turn QloraError into a readable panel + non-zero exit; Ctrl-C into exit 130.
+
+    OSError is the last line of defence: a folder that cannot be written, a file
+    where a folder should be, a full disk can surface from any library call, and
+    each is the user's to fix, not a bug. Anything else stays a traceback, so a
+    real bug is never disguised as a user error.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,8 +51,39 @@ def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             console.print("\ninterrupted", style="yellow")
             raise typer.Exit(130) from None
+        except OSError as error:
+            print_error(os_error(error))
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+_PERMISSIONS = "check the permissions of that path and the folder holding it, or choose a folder you can write to"
+_OS_HINTS = {
+    errno.EACCES: _PERMISSIONS,
+    errno.EPERM: _PERMISSIONS,
+    errno.EROFS: "that file system is read-only: choose a folder on a writable disk",
+    errno.ENOSPC: "the disk is full: free some space (old checkpoints/ and data_builds/ are large), then run again",
+    errno.EDQUOT: "your disk quota is used up: free some space, then run again",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path, or move that file away",
+    errno.EISDIR: "that path is a folder: give a file path instead",
+    errno.ENOENT: "check that the path exists (a relative path starts from the current folder)",
+}
+
+
+def os_error(error: OSError) -> QloraError:
+    """An operating-system refusal as a QloraError: which path, the system's reason, and what to do."""
+    reason = error.strerror or str(error)
+    if error.filename is not None and error.filename2 is not None:
+        message = f"could not move {error.filename} to {error.filename2}: {reason}"
+    elif error.filename is not None:
+        message = f"could not read/write {error.filename}: {reason}"
+    elif error.errno is not None:
+        message = f"could not read/write a file: {reason}"
+    else:  # raised by a library with its own sentence (transformers: "Can't load the model ...")
+        message = str(error)
+    hint = _OS_HINTS.get(error.errno or 0, "check the path or name above and try again")
+    return QloraError(message, hint=hint)
 
 
 @app.callback(invoke_without_command=True)
@@ -193,14 +231,16 @@ def generate(
     """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
     from rich.progress import Progress
 
-    from .batch_infer import done_ids, read_prompts, run_batch
+    from .batch_infer import prepare_output, read_prompts, run_batch
     from .infer import load_for_chat
 
     parsed = read_prompts(input)
+    resume = prepare_output(input, output)  # before the model loads: a wrong -o fails at once
     for problem in parsed.rejected:
         console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
-    finished = done_ids(output)
-    todo = [p for p in parsed.prompts if p.id not in finished]
+    if resume.note:
+        console.print(resume.note, style="yellow", markup=False, soft_wrap=True)
+    todo = [p for p in parsed.prompts if p.id not in resume.done]
     console.print(f"{len(parsed.prompts)} prompts, {len(parsed.prompts) - len(todo)} already answered in {output}, "
                   f"{len(todo)} to go, {len(parsed.rejected)} bad line(s) skipped")
     if todo:

@@ -50,11 +50,13 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    from .infer import read_checkpoint_meta
+    """The checkpoint's qlora4080.json, after checking its adapter files load (before any model does)."""
+    from .infer import check_adapter, read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
     if not meta:
         raise QloraError(f"{checkpoint} is not a qlora4080 checkpoint (no {META_FILE})", hint="pass checkpoints/<run> as written by `qlora4080 train`")
+    check_adapter(checkpoint, meta.get("recipe_path"))
     return meta
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,14 @@ class ModelSection(_Section):
     @classmethod
     def _empty_means_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, value: str) -> str:
+        # `--set model.name=` (nothing after '=') reads as "", which would only fail later, deep inside the loader.
+        if not value.strip():
+            raise ValueError("[model] name is empty")
+        return value
 
 
 class LoraSection(_Section):
@@ -251,12 +260,25 @@ def load_recipe(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     Raises QloraError naming the file, line and key for anything wrong.
     """
     path = Path(path)
+    if path.is_dir():
+        recipes = sorted(p.name for p in path.glob("*.toml"))
+        raise QloraError(
+            f"{path} is a folder, not a recipe file",
+            hint=(f"pass one of its recipes: {', '.join(str(path / name) for name in recipes)}" if recipes
+                  else "it holds no .toml recipes; run `qlora4080 recipes` to list the bundled ones"),
+        )
     if not path.is_file():
         raise QloraError(
             f"recipe file not found: {path}",
             hint="pass a .toml recipe, e.g. recipes/smollm2_135m_demo.toml (run `qlora4080 recipes` to list the bundled ones)",
         )
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a binary file, or a recipe saved in another encoding
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise QloraError(f"not a TOML recipe: byte 0x{data[exc.start]:02x} is not UTF-8 text", where=f"{path}:{line}",
+                         hint="pass a .toml recipe saved as UTF-8") from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -290,12 +312,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> set[tuple[str, str]]:
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    if isinstance(overrides, dict):
+        split = [(keys.split(".") if isinstance(keys, str) else list(keys), value) for keys, value in overrides.items()]
+        items = [(keys, value, f"{'.'.join(keys)}={value}") for keys, value in split]
+    else:
+        items = [(*parse_override(o), o) for o in overrides]
     applied: set[tuple[str, str]] = set()
-    for keys, value in items:
-        if isinstance(keys, str):
-            keys = keys.split(".")
+    for keys, value, shown in items:
         section, key = keys
+        _check_override_key(section, key, shown)
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise QloraError(f"[{section}] is not a table in the recipe", where="--set")
@@ -304,56 +329,109 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any])
     return applied
 
 
+def _check_override_key(section: str, key: str, shown: str) -> None:
+    """An unknown name in --set is the flag's fault, not the recipe file's: say so before validation blames the file."""
+    if section not in SECTIONS:
+        raise QloraError(f"--set {shown}: unknown section '{section}'", where="--set",
+                         hint=_did_you_mean(section, list(SECTIONS)))
+    allowed = list(SECTIONS[section].model_fields)
+    if key not in allowed:
+        raise QloraError(f"--set {shown}: unknown key '{key}' in [{section}]", where="--set",
+                         hint=_did_you_mean(key, allowed))
+
+
+def _did_you_mean(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return (f"did you mean '{close[0]}'? " if close else "") + f"allowed: {', '.join(allowed)}"
+
+
 def _validate(raw: dict[str, Any], path: Path, text: str, override_keys: set[tuple[str, str]]) -> Recipe:
+    """The typed recipe, or one error listing every problem pydantic found, each with its line."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _explain(first, path, text, override_keys, len(exc.errors())) from exc
+        errors = exc.errors()
+    # Unknown keys first: a typo in a required key also reports that key as missing, and the typo is the cause.
+    rank = {"extra_forbidden": 0, "missing": 1}
+    problems = [_explain(e, path, text, override_keys) for e in sorted(errors, key=lambda e: rank.get(e["type"], 2))]
+    if len(problems) == 1:
+        raise QloraError(problems[0].message, where=problems[0].where, hint=problems[0].hint)
+    listed = "\n".join(f"- {p.message}{f' ({p.place})' if p.place else ''}{p.suggestion}" for p in problems)
+    allowed = list(dict.fromkeys(p.allowed for p in problems if p.allowed))
+    raise QloraError(f"{len(problems)} problems:\n{listed}", where=str(path),
+                     hint="; ".join(["fix each one listed, then run again", *allowed]))
 
 
-def _explain(error: dict[str, Any], path: Path, text: str, override_keys: set[tuple[str, str]], count: int) -> QloraError:
+@dataclass
+class _Problem:
+    """One validation error, ready to show alone (where + message + hint) or as one line of a list."""
+
+    message: str
+    """What is wrong, e.g. unknown key 'nmae' in [model]."""
+    where: str
+    """path:line, or --set section.key for a value that came from the command line."""
+    place: str
+    """Where, as it reads after the message in a list: 'line 3' or '--set model.max_seq_len'."""
+    suggestion: str = ""
+    """"; did you mean 'name'?" for an unknown name with a close valid one."""
+    allowed: str = ""
+    """The valid names, where a name was unknown."""
+    doc: str | None = None
+    """The field's one-line documentation."""
+
+    @property
+    def hint(self) -> str | None:
+        if self.allowed:
+            return (self.suggestion.removeprefix("; ") + " " if self.suggestion else "") + self.allowed
+        return self.doc
+
+
+def _explain(error: dict[str, Any], path: Path, text: str, override_keys: set[tuple[str, str]]) -> _Problem:
     loc = [str(part) for part in error["loc"]]
     section = loc[0] if loc else ""
     key = loc[1] if len(loc) > 1 else ""
-    more = f" ({count - 1} more problem(s) after this one)" if count > 1 else ""
-    if (section, key) in override_keys:
-        where = f"--set {section}.{key}"
+    flag = f"--set {section}.{key}" if (section, key) in override_keys else None
+    if section == "data" and key == "sources" and len(loc) > 2 and loc[2].isdigit():
+        # Inside one [[data.sources]] table: name that table and the key in it, not `sources` in [data].
+        index = int(loc[2])
+        key, inner = (loc[3] if len(loc) > 3 else ""), ".".join(loc[3:])
+        table, model, prefix = f"[[data.sources]] #{index + 1}", SourceSection, "data.sources"
+        line = find_line(text, "data.sources", key, index=index) or find_line(text, "data", "sources")
+        field = f"{table} {inner}"
     else:
+        table, model, prefix = f"[{section}]", SECTIONS.get(section, _Section), section
         line = find_line(text, section, key)
+        field = ".".join(loc)
+    if flag:
+        where, place = flag, flag
+    else:
         where = f"{path}:{line}" if line else str(path)
+        place = f"line {line}" if line else ""  # e.g. a whole [data] table missing: no line to show
+    doc = _field_doc(model, prefix, key)
 
     if error["type"] == "extra_forbidden":
+        allowed = list(SECTIONS) if len(loc) == 1 else list(model.model_fields)
         if len(loc) == 1:
-            allowed = list(SECTIONS)
             what = f"unknown section [{section}]"
-            close = difflib.get_close_matches(section, allowed, n=1)
-        else:
-            allowed = list(SECTIONS.get(section, _Section).model_fields)
-            what = f"unknown key '{key}' in [{section}]"
-            close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return QloraError(what + more, where=where, hint=hint + f"allowed: {', '.join(allowed)}")
+        else:  # "[[data.sources]] #2 key 'pth'" reads better than "key 'pth' in [[data.sources]] #2"
+            what = f"unknown {table} key '{key}'" if table.startswith("[[") else f"unknown key '{key}' in {table}"
+        close = difflib.get_close_matches(section if len(loc) == 1 else key, allowed, n=1)
+        listed = f"sections allowed: {', '.join(allowed)}" if len(loc) == 1 else f"allowed in {table.split(' #')[0]}: {', '.join(allowed)}"
+        return _Problem(what, where, place, f"; did you mean '{close[0]}'?" if close else "", listed)
     if error["type"] == "missing":
-        name = f"[{section}]" if len(loc) == 1 else f"'{key}' in [{section}]"
-        return QloraError(f"missing required {name}{more}", where=where, hint=_field_doc(section, key))
-    field = ".".join(loc)
-    if error["type"] == "value_error" and isinstance(error.get("input"), dict):
-        # a rule across several keys of one table: its own sentence says what is wrong
-        return QloraError(str(error["msg"]).removeprefix("Value error, ") + more, where=where, hint=_field_doc(section, key))
-    return QloraError(
-        f"{field} = {error.get('input')!r}: {error['msg']}{more}",
-        where=where,
-        hint=_field_doc(section, key),
-    )
+        name = f"[{section}]" if len(loc) == 1 else f"'{key}' in {table}"
+        return _Problem(f"missing required {name}", where, place, doc=doc)
+    if error["type"] == "value_error":
+        # Our own rules (an empty name, keys of one table that contradict each other): their sentence says it all.
+        return _Problem(str(error["msg"]).removeprefix("Value error, "), where, place, doc=doc)
+    return _Problem(f"{field} = {error.get('input')!r}: {error['msg']}", where, place, doc=doc)
 
 
-def _field_doc(section: str, key: str) -> str | None:
-    model = SECTIONS.get(section)
-    if model is None or key not in model.model_fields:
+def _field_doc(model: type[_Section], prefix: str, key: str) -> str | None:
+    if key not in model.model_fields:
         return None
     doc = model.model_fields[key].description
-    return f"{section}.{key}: {doc}" if doc else None
+    return f"{prefix}.{key}: {doc}" if doc else None
 
 
 def _check_files(recipe: Recipe, path: Path) -> None:

@@ -43,18 +43,29 @@ def _key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _value(key)
 
 
-def find_line(text: str, section: str, key: str = "") -> int | None:
-    """1-based line of `key = ...` inside `[section]` (or of the section header)."""
-    current = ""
+# A table header, `[name]` or `[[name]]` (an array of tables), with an optional trailing comment.
+_HEADER = re.compile(r"(\[\[?)\s*([\w.\-]+)\s*\]\]?\s*(?:#.*)?")
+
+
+def find_line(text: str, section: str, key: str = "", index: int | None = None) -> int | None:
+    """1-based line of `key = ...` inside `[section]` (or of the section header).
+
+    With `index`, `section` is an array of tables such as data.sources and the
+    line is looked up in its `index`-th (0-based) `[[section]]` block.
+    """
+    current, seen = "", -1
     header_line = None
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
-        header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
+        header = _HEADER.fullmatch(stripped)
         if header:
-            current = header.group(1)
-            if current == section:
+            current = header.group(2)
+            if current == section and header.group(1) == "[[":
+                seen += 1
+            if current == section and (index is None or seen == index):
                 header_line = number
             continue
-        if current == section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
+        inside = current == section and (index is None or seen == index)
+        if inside and key and re.match(rf"{re.escape(key)}\s*=", stripped):
             return number
     return header_line

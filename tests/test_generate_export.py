@@ -60,12 +60,8 @@ def test_generate_writes_answers_skips_bad_lines_and_resumes(tiny_checkpoint, tm
     output.write_text(text[0] + "\n" + text[1][: len(text[1]) // 2])
     again = run("generate", str(tiny_checkpoint), "-i", str(source), "-o", str(output), "--max-new-tokens", "4")
     assert "1 already answered" in again.stdout and "2 to go" in again.stdout
-    ids = []
-    for line in output.read_text().splitlines():
-        try:
-            ids.append(json.loads(line)["id"])
-        except json.JSONDecodeError:
-            continue  # the torn line stays visible in the file, but is not counted as answered
+    assert f"{output}:2: the last line was cut off" in again.stdout
+    ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]  # the cut line is gone: valid JSONL
     assert sorted(ids) == ["a", "b", "line-6"]
 
 

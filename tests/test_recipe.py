@@ -135,7 +135,8 @@ def test_overrides_apply_with_toml_types(tmp_path):
 def test_override_errors_point_at_the_flag(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD), ["training.lr=1e-4"])
-    assert info.value.where == "--set training.lr"
+    assert info.value.where == "--set"
+    assert info.value.message == "--set training.lr=1e-4: unknown key 'lr' in [training]"
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD), ["training.batch_size=0"])
     assert info.value.where == "--set training.batch_size"
