@@ -61,5 +61,7 @@ class CheckpointMeta(BaseModel):
         try:
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, ValidationError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise QloraError(f"{path} is damaged: {str(error).splitlines()[0]}", where=str(path),
-                             hint="re-train, or copy qlora4080.json back from a backup of this checkpoint") from None
+            reason = str(error).splitlines()[0]
+            raise QloraError(f"{META_FILE} in {folder} is damaged: it must be the JSON object `qlora4080 train` "
+                             f"wrote, naming the base model ({reason})", where=str(path),
+                             hint=f"re-train: qlora4080 train RECIPE --run-name {folder.name} --overwrite") from None

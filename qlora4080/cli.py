@@ -188,12 +188,14 @@ def evaluate_command(
     from rich.progress import Progress
     from rich.table import Table
 
+    from .checkpoint import CheckpointMeta
     from .data.conversations import read_conversations
     from .evaluate import evaluate, report_rows, to_eval_records, write_report
     from .infer import load_for_chat, read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
-    source = data or (Path(meta["validation_file"]) if meta.get("validation_file") else None)
+    settings = meta or CheckpointMeta(base_model=str(checkpoint))  # a plain model folder: the recipe defaults
+    source = data or (Path(meta.validation_file) if meta and meta.validation_file else None)
     if source is None:
         raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
     conversations = read_conversations(source)
@@ -205,7 +207,7 @@ def evaluate_command(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("generating", total=len(records) * passes)
         report = evaluate(model, records, baseline=baseline, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          max_seq_len=meta.get("max_seq_len") or 2048, train_on=meta.get("train_on") or "assistant",
+                          max_seq_len=settings.max_seq_len, train_on=settings.train_on,
                           on_batch=lambda n: progress.advance(task, n))
     header, rows = report_rows(report)
     table = Table(title=f"Evaluation on {len(records)} records of {source}", title_justify="left")
@@ -434,10 +436,9 @@ def list_recipes(
     """List the bundled recipes."""
     from rich.table import Table
 
+    from .preflight import run_preflight
     from .recipe import load_recipe
     from .recipes_index import find_recipes, recipe_summary
-
-    from .preflight import run_preflight
 
     paths = find_recipes(folder)
     folders = sorted({_display(p.parent) for p in paths})

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
 from .recipe import ModelSection
-from .training.run import META_FILE
 
 
 @dataclass
@@ -49,14 +49,14 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
         shutil.rmtree(out_dir)
 
 
-def read_meta(checkpoint: Path) -> dict[str, Any]:
+def read_meta(checkpoint: Path) -> CheckpointMeta:
     """The checkpoint's qlora4080.json, after checking its adapter files load (before any model does)."""
     from .infer import check_adapter, read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
     if not meta:
         raise QloraError(f"{checkpoint} is not a qlora4080 checkpoint (no {META_FILE})", hint="pass checkpoints/<run> as written by `qlora4080 train`")
-    check_adapter(checkpoint, meta.get("recipe_path"))
+    check_adapter(checkpoint, meta.recipe_path)
     return meta
 
 
@@ -78,8 +78,8 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     check_out_dir(out_dir, overwrite, source=checkpoint)
     quiet_libraries()
     hardware = detect()
-    dtype = compute_dtype_name(meta.get("dtype", "auto"), hardware)
-    base_cfg = ModelSection(name=meta["base_model"], load_in_4bit=False, dtype=dtype, trust_remote_code=meta.get("trust_remote_code", False))
+    dtype = compute_dtype_name(meta.dtype, hardware)
+    base_cfg = ModelSection(name=meta.base_model, load_in_4bit=False, dtype=dtype, trust_remote_code=meta.trust_remote_code)
     base, _ = hf.load_model(base_cfg, hardware, for_training=False)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
     model = PeftModel.from_pretrained(base, checkpoint)
@@ -91,7 +91,7 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)  # with the chat template used in training
-    (out_dir / "qlora4080_export.json").write_text(json.dumps({"merged_from": str(checkpoint.resolve()), "base_model": meta["base_model"],
+    (out_dir / "qlora4080_export.json").write_text(json.dumps({"merged_from": str(checkpoint.resolve()), "base_model": meta.base_model,
                                                                "dtype": dtype}, indent=2), encoding="utf-8")
     del merged, model, base
 
@@ -105,9 +105,9 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     return ExportResult(out_dir, question[0]["content"], adapter_answer, merged_answer)
 
 
-def _first_prompt(meta: dict[str, Any]) -> str:
+def _first_prompt(meta: CheckpointMeta) -> str:
     """A prompt from the run's validation data (what the adapter was trained for), else a generic one."""
-    path = meta.get("validation_file")
+    path = meta.validation_file
     if path and Path(path).is_file():
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             try:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
 from .recipe import BUILTIN_PREFIX, ModelSection
-from .training.run import META_FILE
 
 
 @dataclass
@@ -30,20 +30,11 @@ def model_context(model: Any) -> int:
     return int(getattr(config, "max_position_embeddings", 0) or 0)
 
 
-def read_checkpoint_meta(target: str | Path) -> dict[str, Any]:
-    """qlora4080.json of a trained checkpoint; {} for a plain model folder or builtin:<name>."""
-    path = Path(target) / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        meta: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        meta = None  # cut short or overwritten: said below, with what to do
-    if not isinstance(meta, dict) or "base_model" not in meta:
-        raise QloraError(f"{META_FILE} in {target} is damaged: it must be the JSON object `qlora4080 train` wrote, "
-                         "naming the base model", where=str(path),
-                         hint=f"re-train: qlora4080 train RECIPE --run-name {Path(target).name} --overwrite")
-    return meta
+def read_checkpoint_meta(target: str | Path) -> CheckpointMeta | None:
+    """How a trained checkpoint was made; None for a plain model folder or builtin:<name>."""
+    if str(target).startswith(BUILTIN_PREFIX):
+        return None
+    return CheckpointMeta.load(Path(target))
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -131,19 +122,20 @@ def load_for_chat(target: str | Path) -> ChatModel:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        meta = read_checkpoint_meta(path)
-        check_adapter(path, meta.get("recipe_path"))  # before the base model loads: a broken checkpoint fails in a second, not after a minute
+        meta = CheckpointMeta.load(path)
+        assert meta is not None  # the file exists (checked above)
+        check_adapter(path, meta.recipe_path)  # before the base model loads: a broken checkpoint fails in a second, not after a minute
         model_cfg = ModelSection(
-            name=meta["base_model"],
-            load_in_4bit=meta.get("load_in_4bit", False),
-            dtype=meta.get("dtype", "auto"),
-            trust_remote_code=meta.get("trust_remote_code", False),
+            name=meta.base_model,
+            load_in_4bit=meta.load_in_4bit,
+            dtype=meta.dtype,
+            trust_remote_code=meta.trust_remote_code,
         )
         base, _ = hf.load_model(model_cfg, hardware, for_training=False)
         # The tokenizer saved with the adapter carries the exact chat template used in training.
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), None)
         model = PeftModel.from_pretrained(base, path)
-        description = f"{meta['base_model']} + adapter {path}"
+        description = f"{meta.base_model} + adapter {path}"
         has_adapter = True
     elif str(target).startswith(BUILTIN_PREFIX) or (path / "config.json").is_file():
         model, tokenizer = hf.load_model(ModelSection(name=str(target), load_in_4bit=False), hardware, for_training=False)
