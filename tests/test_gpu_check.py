@@ -1,0 +1,82 @@
+"""bench/gpu_check.py: the GPU check's whole code path, run on CPU with --tiny, and its one-line refusals.
+
+--tiny builds tiny Qwen3 and Llama models (random weights, SmolLM2's real
+tokenizer), trains each through the project's hf backend and trainer and
+through a plain TRL script (once), and runs the save/reload, chat-loader, merge and
+packing checks, each case in its own process, as a GPU run does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+SCRIPT = REPO / "bench" / "gpu_check.py"
+REPORTED = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo")
+
+
+def run_check(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def installed(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def test_tiny_run_writes_a_report_where_every_case_and_check_holds(tmp_path: Path, smollm2_dir: Path) -> None:
+    out = tmp_path / "report"
+    done = run_check("--tiny", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    report = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
+    cases = {case["case"]: case for case in report["cases"]}
+    assert set(cases) == {"hf:qwen3-4b", "hf:llama-3.1-8b", "peer:qwen3-4b"}  # on CPU the peer row runs once
+    for name, case in cases.items():
+        assert case["ok"], (name, case["errors"])
+        assert len(case["losses"]) == report["settings"]["steps"] == 2
+        assert case["losses_finite"] and all(math.isfinite(loss) for loss in case["losses"])
+        assert case["tokens_per_s"] > 0 and case["mean_step_s_excl_first"] > 0
+        assert case["peak_allocated_gib"] is None and case["peak_reserved_gib"] is None  # CPU: no VRAM to measure
+        assert case["estimate_gib"] > 0
+    assert cases["hf:qwen3-4b"]["trainer"]["optim"] == "adamw_torch"  # device_defaults on CPU
+
+    for name in ("hf:qwen3-4b", "hf:llama-3.1-8b"):
+        case = cases[name]
+        reload = case["reload"]
+        assert len(reload["tokens_before"]) == 16 and reload["tokens_after"] == reload["tokens_before"]
+        assert reload["max_adapter_weight_diff"] == 0.0 and reload["max_logit_diff"] < 1e-5
+        assert case["adapter_effect_max_logit"] > 1e-4  # the adapter changes the output, so equal answers mean something
+        assert case["chat_path"]["tokens"] == reload["tokens_before"]
+        packing = case["packing"]
+        assert packing["max_diff"] < 1e-4 < packing["max_diff_plain_sequence"], packing
+        assert packing["grads_finite"] and packing["pass"]
+
+    merge = cases["hf:qwen3-4b"]["merge"]
+    assert merge["answers_match"] and merge["max_logit_diff"] < 1e-4 and merge["pass"]
+    assert "merge" not in cases["hf:llama-3.1-8b"]  # the smaller architecture only, by default
+
+    text = (out / "gpu_check.md").read_text(encoding="utf-8")
+    assert "## Failures\n\nNone." in text
+    for package in REPORTED:
+        assert f"| {package} | {installed(package)} |" in text
+    assert "| hf:qwen3-4b | 1 | yes |" in text and "--tiny" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is not None, reason="unsloth is installed: this would start a real GPU run")
+def test_missing_wheels_are_named_in_one_line(tmp_path: Path) -> None:
+    done = run_check("--backends", "unsloth", "--archs", "qwen3-4b", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: missing Python package(s):") and "unsloth" in lines[0]
+    assert not (tmp_path / "gpu_check.json").exists()
