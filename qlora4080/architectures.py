@@ -70,6 +70,10 @@ KNOWN: dict[str, Architecture] = {
     "qwen3-4b-instruct-2507-bnb-4bit": QWEN3_4B,
     "qwen2.5-7b-instruct": QWEN25_7B,
     "qwen2.5-7b-instruct-bnb-4bit": QWEN25_7B,
+    # the R1 distill of Qwen2.5-Math-7B keeps its base's shape
+    "deepseek-r1-distill-qwen-7b": QWEN25_7B,
+    "deepseek-r1-distill-qwen-7b-bnb-4bit": QWEN25_7B,
+    "deepseek-r1-distill-qwen-7b-unsloth-bnb-4bit": QWEN25_7B,
     "meta-llama-3.1-8b-instruct": LLAMA31_8B,
     "llama-3.1-8b-instruct": LLAMA31_8B,
     "meta-llama-3.1-8b-instruct-bnb-4bit": LLAMA31_8B,

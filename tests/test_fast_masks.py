@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from qlora4080.data import fast_masks
 from qlora4080.data.render import TemplateError, render_many
 from qlora4080.errors import QloraError
@@ -115,7 +115,9 @@ def test_tokenizer_that_splits_the_header_differently_in_context_falls_back(smol
     assert facts is not None and facts.fast == 0 and "fit the fast path" in facts.disabled
 
 
-def test_template_that_rewrites_history_still_raises_in_a_batch(smol_tokenizer):
+def test_template_that_drops_earlier_reasoning_is_mapped_in_a_batch(smol_tokenizer):
+    # Changed on purpose: Qwen3's dropping of earlier reasoning used to stop the batch; now each turn trains what
+    # the full render shows, on both paths.
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = (TRL_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
     chats = _conversations(100, system=False)
@@ -123,8 +125,18 @@ def test_template_that_rewrites_history_still_raises_in_a_batch(smol_tokenizer):
                       {"role": "assistant", "content": "4", "reasoning_content": "Two plus two."},
                       {"role": "user", "content": "3+3?"},
                       {"role": "assistant", "content": "6", "reasoning_content": "Three plus three."}])
-    with pytest.raises(TemplateError):
-        render_many(chats, tokenizer)
+    fast = render_many(chats, tokenizer)
+    assert _same(fast, render_many(chats, tokenizer, fast=False))
+    ids, labels = fast[80]["input_ids"], fast[80]["labels"]
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+    assert trained == "4<|im_end|><think>\nThree plus three.\n</think>\n\n6<|im_end|>"
+
+
+def test_template_that_cannot_be_mapped_still_raises_in_a_batch(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    with pytest.raises(TemplateError, match="ignores add_generation_prompt"):
+        render_many(_conversations(100, system=False), tokenizer)
 
 
 def test_a_systematic_difference_disables_the_fast_path(smol_tokenizer, monkeypatch):

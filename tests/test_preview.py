@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from pathlib import Path
 
 from conftest import CLI, DEMO_RECIPE
+from rich.console import Console
+
 from qlora4080.data.preview import preview_rows, render_row
 
 CONVERSATION = {"id": "x", "messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
@@ -31,7 +35,25 @@ def test_cut_is_reported(smol_tokenizer):
 
 
 def test_preview_command_on_the_demo_recipe():
-    result = subprocess.run([*CLI, "data", "preview", str(DEMO_RECIPE), "-n", "2"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*CLI, "data", "preview", str(DEMO_RECIPE), "-n", "2"], check=False, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(" trained (") >= 2 and '"name":' in result.stdout
     assert "highlighted text carries the loss" in result.stdout
+
+
+def test_preview_names_how_turns_were_located_and_warns_once(smol_tokenizer):
+    # New: the template's notes (strategy, warnings) head the preview, once; each row names its strategy.
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = (Path(__import__("trl").__file__).parent / "chat_templates" / "deepseekv3.jinja").read_text()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"]})
+    rows = preview_rows([CONVERSATION, {**CONVERSATION, "id": "y"}], tokenizer, max_seq_len=512, train_on="assistant")
+    assert [row["strategy"] for row in rows] == ["prefix", "prefix"]
+    assert rows[0]["notes"][0].startswith("masks: 4 assistant turns located: 4 by \"prefix\"")
+    assert any(line.startswith("warning:") and "generation prompt adds" in line for line in rows[0]["notes"])
+    assert "notes" not in rows[1]
+    console = Console(record=True, width=200)
+    for row in rows:
+        console.print(render_row(row))
+    shown = console.export_text()
+    assert shown.count("generation prompt adds") == 1 and shown.count("turns located by: prefix") == 2

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from qlora4080.data.render import IGNORE_INDEX, TemplateError, end_of_turn_ids, render_conversation
+from qlora4080.data.render import (
+    IGNORE_INDEX,
+    MaskReport,
+    TemplateError,
+    end_of_turn_ids,
+    render_conversation,
+    render_conversations,
+)
 from qlora4080.errors import QloraError
 
 TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -116,15 +123,29 @@ def test_template_without_generation_prompt_is_refused(smol_tokenizer):
         render_conversation(SINGLE, tokenizer)
 
 
-def test_template_that_rewrites_earlier_turns_is_refused(smol_tokenizer):
+def test_template_that_rewrites_earlier_turns_is_mapped_in_the_full_render_with_a_warning(smol_tokenizer):
+    # Changed on purpose: this used to be refused. Every turn can be found in the full render, so it is trained there.
     tokenizer = copy.deepcopy(smol_tokenizer)
     # Writes the number of messages at the top: every prefix renders differently.
     tokenizer.chat_template = (
         "{{ messages|length }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    with pytest.raises(TemplateError, match="differently"):
-        render_conversation(MULTI, tokenizer)
+    report = MaskReport()
+    rendered = render_conversations([MULTI], tokenizer, report=report)[0]
+    assert _trained_text(tokenizer, rendered) == "Blue.<|im_end|>Green, like grass.<|im_end|>"
+    assert tokenizer.decode(rendered["input_ids"]) == tokenizer.apply_chat_template(MULTI, tokenize=False)
+    assert report.turns["full render"] >= 1
+    assert any("renders a conversation differently once later messages follow" in w for w in report.warnings())
+
+
+def test_template_whose_generation_prompt_shares_nothing_with_its_turns_is_refused(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}Bot:{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="shares nothing"):
+        render_conversation(SINGLE, tokenizer)
 
 
 def test_bad_train_on_value(smol_tokenizer):
@@ -170,14 +191,19 @@ def test_reasoning_content_is_trained_on_the_last_turn_of_a_thinking_template(sm
     assert "Two plus two is four." in trained and trained.endswith("4<|im_end|>")
 
 
-def test_template_that_drops_earlier_reasoning_is_refused_for_every_turn_but_works_for_the_last(smol_tokenizer):
+def test_template_that_drops_earlier_reasoning_trains_each_turn_as_the_full_render_shows_it(smol_tokenizer):
+    # Changed on purpose: this used to be refused for train_on = "assistant". Qwen3 renders reasoning only in the
+    # last turn, so the first turn trains its answer and the last one its reasoning and answer.
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = (TRL_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
     messages = [{"role": "user", "content": "2+2?"},
                 {"role": "assistant", "content": "4", "reasoning_content": "Two plus two."},
                 {"role": "user", "content": "3+3?"},
                 {"role": "assistant", "content": "6", "reasoning_content": "Three plus three."}]
-    with pytest.raises(TemplateError):
-        render_conversation(messages, tokenizer)
+    report = MaskReport()
+    trained = _trained_text(tokenizer, render_conversations([messages], tokenizer, report=report)[0])
+    assert trained == "4<|im_end|><think>\nThree plus three.\n</think>\n\n6<|im_end|>"
+    assert (report.reasoning_turns, report.reasoning_dropped) == (2, 1)
+    assert any("keeps reasoning only in the last assistant turn" in w for w in report.warnings())
     trained = _trained_text(tokenizer, render_conversation(messages, tokenizer, train_on="last_assistant"))
     assert "Three plus three." in trained and trained.endswith("6<|im_end|>") and "Two plus two." not in trained

@@ -6,7 +6,7 @@ from itertools import groupby
 from typing import Any
 
 from ..errors import QloraError
-from .render import IGNORE_INDEX, render_many
+from .render import IGNORE_INDEX, MaskReport, render_many
 
 
 def segments(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[str, bool]]:
@@ -21,10 +21,17 @@ def segments(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[st
 
 
 def preview_rows(records: list[dict[str, Any]], tokenizer: Any, max_seq_len: int, train_on: str) -> list[dict[str, Any]]:
-    """One row per record; a record training would drop (the template refuses it) is a row that says why."""
+    """One row per record; a record training would drop (the template refuses it) is a row that says why.
+
+    Each row names how its assistant turns were located ("prefix", "full render");
+    the first row also carries the template's notes (`notes`: a summary line,
+    then every warning once), which render_row prints above it.
+    """
     rows: list[dict[str, Any]] = []
-    results = render_many([r["messages"] for r in records], tokenizer, train_on, [r.get("tools") for r in records])
-    for record, rendered in zip(records, results):
+    report = MaskReport(per_record=True)
+    results = render_many([r["messages"] for r in records], tokenizer, train_on, [r.get("tools") for r in records],
+                          report=report)
+    for index, (record, rendered) in enumerate(zip(records, results)):
         if isinstance(rendered, QloraError):
             rows.append({"id": record.get("id"), "tokens": 0, "trained": 0, "cut": 0, "skipped": rendered.message,
                          "segments": [(f"training skips this record: {rendered.message}", False)]})
@@ -36,12 +43,16 @@ def preview_rows(records: list[dict[str, Any]], tokenizer: Any, max_seq_len: int
             "trained": sum(label != IGNORE_INDEX for label in labels),
             "cut": len(rendered["input_ids"]) - len(ids),
             "segments": segments(ids, labels, tokenizer),
+            "strategy": report.record_strategies.get(index, "all tokens" if train_on == "all" else ""),
         })
+    if rows:
+        rows[0]["notes"] = report.lines()
     return rows
 
 
 def render_row(row: dict[str, Any]) -> Any:
-    """A Rich panel: trained text in bold green on a dark background, the rest dimmed."""
+    """A Rich panel: trained text in bold green on a dark background, the rest dimmed (the template's notes above)."""
+    from rich.console import Group
     from rich.panel import Panel
     from rich.text import Text
 
@@ -49,7 +60,18 @@ def render_row(row: dict[str, Any]) -> Any:
     for piece, trained in row["segments"]:
         text.append(piece, style="bold green on grey15" if trained else "dim")
     if row.get("skipped"):
-        return Panel(text, title=f"{row['id']}: skipped", title_align="left", border_style="yellow")
-    cut = f", {row['cut']} cut by max_seq_len" if row["cut"] else ""
-    title = f"{row['id']}: {row['tokens']} tokens, {row['trained']} trained ({100 * row['trained'] / max(row['tokens'], 1):.0f}%){cut}"
-    return Panel(text, title=title, title_align="left", border_style="cyan")
+        panel = Panel(text, title=f"{row['id']}: skipped", title_align="left", border_style="yellow")
+    else:
+        cut = f", {row['cut']} cut by max_seq_len" if row["cut"] else ""
+        title = (f"{row['id']}: {row['tokens']} tokens, {row['trained']} trained "
+                 f"({100 * row['trained'] / max(row['tokens'], 1):.0f}%){cut}")
+        subtitle = f"turns located by: {row['strategy']}" if row.get("strategy") else None
+        panel = Panel(text, title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
+                      border_style="cyan")
+    notes = row.get("notes")
+    if not notes:
+        return panel
+    warned = any(line.startswith("warning:") for line in notes)
+    header = Panel(Text("\n".join(notes)), title="chat template", title_align="left",
+                   border_style="yellow" if warned else "cyan")
+    return Group(header, panel)

@@ -1,17 +1,22 @@
 """Messages + tokenizer -> input_ids and labels, built together so they never drift.
 
 Works for any chat template, including ones without `{% generation %}`
-markers, by rendering prefixes of the conversation and diffing strings:
+markers. The whole conversation is rendered once; each assistant turn's
+trained text is located in THAT render, so every turn trains exactly what
+the full conversation shows for it:
 
-    prompt_i = render(messages[:i], add_generation_prompt=True)   # ends with the assistant header
-    upto_i   = render(messages[:i+1])                             # ... + assistant turn i
+    full     = render(messages)                                   # what training sees
+    prompt_i = render(messages[:i], add_generation_prompt=True)   # ends with the generation prompt G
 
-The text after `prompt_i` in `upto_i` is assistant turn i as the template
-writes it. Its trained part runs to the end of the first special token after
-the content (the end-of-turn token, e.g. `<|im_end|>`, `<|eot_id|>`,
-`<end_of_turn>`), so the model learns to stop; whitespace the template puts
-after that token (a newline) and the role header are not trained. No
-per-model marker strings are needed.
+Where `full` starts with `prompt_i` minus G, and then the assistant header H
+(templates.py learns G and H once per template; usually H == G), turn i starts
+right after H ("prefix"). A template that renders earlier turns differently
+once more follow (gpt-oss drops a tool call's analysis) is searched instead:
+the text before the turn is found after the previous turn ("full render").
+The trained text then runs through the turn's answer to its end-of-turn
+marker (turns.py): `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`... so the model
+learns to stop; the header, the newline after the marker and whatever the
+template appends after the last turn (Phi-3's EOS) are not trained.
 
 Each piece of text (untrained, trained, untrained, ...) is tokenized on its
 own and the ids concatenated, the way inference sees it: the prompt is
@@ -20,28 +25,37 @@ tokenized, then the answer's tokens follow.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import QloraError
+from .fast_masks import Notes, render_batch
+from .template_profile import (
+    TemplateProfile,
+    after_tail,
+    template_profile,
+    template_warnings,
+)
+from .templates import (
+    IGNORE_INDEX,
+    TRAIN_ON_CHOICES,
+    TemplateError,
+    TemplateRefusal,
+    TrainOn,
+    compiled_renderer,
+    render_text,
+    special_pattern,
+    special_tokens,
+)
+from .turns import MaskReport, Span, turn_span
 from .validate import structure_problem
 
-IGNORE_INDEX = -100
-TrainOn = Literal["assistant", "last_assistant", "all"]
-TRAIN_ON_CHOICES: tuple[str, ...] = ("assistant", "last_assistant", "all")
-
-
-class TemplateError(QloraError):
-    """The chat template cannot be split into prompt and answer consistently: the template's fault, so it stops the run."""
-
-
-class TemplateRefusal(QloraError):
-    """The chat template raised on one conversation (jinja `raise_exception`, a role it does not support).
-
-    Unlike TemplateError this is about the record, not the template: the record
-    is dropped with this reason and the others go on.
-    """
+__all__ = [
+    "IGNORE_INDEX", "TRAIN_ON_CHOICES", "MaskReport", "TemplateError", "TemplateRefusal", "TrainOn",
+    "end_of_turn_ids", "render_conversation", "render_conversations", "render_many", "render_prompt",
+    "special_tokens", "template_warnings",
+]
 
 
 def render_conversation(
@@ -64,9 +78,10 @@ def render_conversations(
     train_on: TrainOn = "assistant",
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
     fast: bool = True,
+    report: MaskReport | None = None,
 ) -> list[dict[str, list[int]]]:
     """render_conversation for many conversations at once (much faster); the first bad one raises."""
-    results = render_many(conversations, tokenizer, train_on, tools, fast)
+    results = render_many(conversations, tokenizer, train_on, tools, fast, report=report)
     for result in results:
         if isinstance(result, QloraError):
             raise result
@@ -79,40 +94,60 @@ def render_many(
     train_on: TrainOn = "assistant",
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
     fast: bool = True,
+    report: MaskReport | None = None,
 ) -> list[dict[str, list[int]] | QloraError]:
     """ids + labels for every conversation, or the QloraError that rejects that one.
 
     A conversation is rejected on its own when its turns are out of order
-    (validate.structure_problem) or the template refuses it (TemplateRefusal).
-    With `fast`, batches take the one-render path (fast_masks.py), which is
-    checked against this module's exact method and falls back to it; without,
-    every conversation is rendered prefix by prefix. A template that cannot be
-    split consistently raises TemplateError, for all of them.
-    """
-    from .fast_masks import render_batch  # it builds on this module
+    (validate.structure_problem), the template refuses it (TemplateRefusal) or
+    one of its assistant turns cannot be found in its render. With `fast`,
+    batches take the one-render path (fast_masks.py), which is checked against
+    this module's exact method and falls back to it; without, every
+    conversation is rendered prefix by prefix. A template that cannot be
+    mapped at all raises TemplateError before any conversation is rendered.
 
+    `report`, when given, collects how turns were located and the warnings to
+    print once for the dataset (MaskReport.lines()).
+    """
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
     record_tools = list(tools) if tools is not None else [None] * len(conversations)
+    profile = template_profile(tokenizer, conversations) if train_on != "all" and conversations else None
+    notes: Notes = {}
 
     def exact(indices: Iterable[int]) -> list[dict[str, list[int]] | QloraError]:
         indices = list(indices)
         outcome: dict[int, dict[str, list[int]] | QloraError] = {}
-        plans: list[tuple[int, tuple[list[str], list[bool]]]] = []
+        plans: list[tuple[int, Plan]] = []
         for index in indices:
             try:
-                plans.append((index, plan_pieces(conversations[index], tokenizer, train_on, record_tools[index])))
+                plan = plan_conversation(conversations[index], tokenizer, train_on, record_tools[index], profile)
             except TemplateError:
                 raise
-            except QloraError as exc:  # this conversation only (TemplateRefusal, turn order)
+            except QloraError as exc:  # this conversation only (TemplateRefusal, turn order, a turn not found)
                 outcome[index] = exc
-        for (index, _), rendered in zip(plans, tokenize_plans([plan for _, plan in plans], tokenizer)):
+                continue
+            plans.append((index, plan))
+            notes[index] = (plan.strategies, plan.spans)
+        for (index, _), rendered in zip(plans, tokenize_plans([(p.pieces, p.trained) for _, p in plans], tokenizer)):
             outcome[index] = rendered
         return [outcome[index] for index in indices]
 
-    if not fast:
-        return exact(range(len(conversations)))
-    return render_batch(conversations, tokenizer, train_on, record_tools, exact)
+    if fast:
+        results, fast_notes = render_batch(conversations, tokenizer, train_on, record_tools, exact, profile)
+    else:
+        results, fast_notes = exact(range(len(conversations))), {}
+    if report is not None:
+        notes.update(fast_notes)  # the fast path's result stands for the records it kept
+        if profile is not None:
+            report.add_template(profile)
+        report.train_on = train_on
+        report.conversations += len(conversations)
+        report.fast += len(fast_notes)
+        for index, result in enumerate(results):
+            if isinstance(result, dict) and index in notes:
+                report.count(index, *notes[index])
+    return results
 
 
 def tokenize_plans(plans: Sequence[tuple[list[str], list[bool]]], tokenizer: Any) -> list[dict[str, list[int]]]:
@@ -131,170 +166,120 @@ def tokenize_plans(plans: Sequence[tuple[list[str], list[bool]]], tokenizer: Any
     return results
 
 
-def plan_pieces(
-    messages: Sequence[Mapping[str, Any]], tokenizer: Any, train_on: TrainOn = "assistant", tools: Any = None
-) -> tuple[list[str], list[bool]]:
-    """The rendered conversation cut into text pieces, each marked trained or not (no tokenization yet)."""
+@dataclass
+class Plan:
+    """The rendered conversation cut into text pieces, each trained or not, and how each trained turn was found."""
+
+    pieces: list[str]
+    trained: list[bool]
+    strategies: list[str] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+
+
+def plan_conversation(messages: Sequence[Mapping[str, Any]], tokenizer: Any, train_on: TrainOn = "assistant",
+                      tools: Any = None, profile: TemplateProfile | None = None) -> Plan:
+    """Render one conversation and cut it into trained / untrained pieces (no tokenization yet)."""
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
     messages = [dict(m) for m in messages]
     problem = structure_problem(messages)
     if problem:
         raise QloraError(problem)
-    assistant_turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-
-    full = _render(tokenizer, messages, tools, add_generation_prompt=False)
+    full = render_text(tokenizer, messages, tools, add_generation_prompt=False)
     if train_on == "all":
-        return [full], [True]
-    _require_generation_prompt(tokenizer, messages, tools)
-    chosen = assistant_turns if train_on == "assistant" else assistant_turns[-1:]
+        return Plan([full], [True])
+    profile = profile or template_profile(tokenizer, [messages])
+    assistants = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    chosen = assistants if train_on == "assistant" else assistants[-1:]
     try:
-        # Prefixes through the compiled template (no per-call copying); every span is still checked against
-        # the exact full render, and any disagreement is settled by the exact path below.
-        spans = [_assistant_span(tokenizer, messages, tools, i, full, _render_fast) for i in chosen]
+        # Prefixes through the compiled template (no per-call copying); a render it cannot do goes the exact way.
+        located = _locate(tokenizer, messages, tools, full, profile, chosen, assistants, _render_fast)
     except TemplateError:
-        spans = [_assistant_span(tokenizer, messages, tools, i, full, _render) for i in chosen]
-
+        located = _locate(tokenizer, messages, tools, full, profile, chosen, assistants, render_text)
     pieces: list[str] = []
     trained: list[bool] = []
     position = 0
-    for start, end in spans:
-        pieces += [full[position:start], full[start:end]]
+    for _, span in located:
+        pieces += [full[position:span.start], full[span.start:span.end]]
         trained += [False, True]
-        position = end
+        position = span.end
     pieces.append(full[position:])
     trained.append(False)
-    return pieces, trained
+    return Plan(pieces, trained, [strategy for strategy, _ in located], [span for _, span in located])
 
 
-def _assistant_span(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, index: int, full: str,
-                    render: Any) -> tuple[int, int]:
-    """Character span [start, end) of assistant turn `index`'s trained text inside `full`."""
-    prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
-    if not full.startswith(prompt):
-        raise TemplateError(
-            f"the chat template renders the conversation differently when it is cut before message {index} "
-            "(it rewrites earlier turns or the assistant header), so trained tokens cannot be located reliably",
-            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
-        )
-    is_last = index == len(messages) - 1
-    # Rendered as the final message, turn `index` is what the model will produce at inference.
-    upto = full if is_last else render(tokenizer, messages[: index + 1], tools, add_generation_prompt=False)
-    if not upto.startswith(prompt):
-        raise TemplateError(
-            f"the chat template renders the conversation differently when it is cut after message {index}",
-            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
-        )
-    segment = upto[len(prompt):]
-    length = _trained_length(segment, messages[index].get("content"), special_tokens(tokenizer))
-    start, end = len(prompt), len(prompt) + length
-    if full[start:end] != segment[:length]:
-        raise TemplateError(
-            f"assistant message {index} is rendered differently once later messages follow it",
-            hint="use a template that renders earlier turns the same way whatever follows them, or train_on = \"last_assistant\"",
-        )
-    return start, end
+def _locate(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, full: str, profile: TemplateProfile,
+            chosen: list[int], assistants: list[int], render: Any) -> list[tuple[str, Span]]:
+    """(strategy, span) of each chosen assistant turn inside `full`."""
+    prompts: dict[int, str] = {}
+    starts: dict[int, int | None] = {}
+    order = chosen
+    for index in order:
+        prompts[index] = render(tokenizer, messages[:index], tools, True)
+        starts[index] = _prefix_start(full, prompts[index], profile)
+    if None in starts.values() and order != assistants:  # searching needs where every earlier turn ends
+        order = assistants
+        for index in order:
+            if index not in prompts:
+                prompts[index] = render(tokenizer, messages[:index], tools, True)
+                starts[index] = _prefix_start(full, prompts[index], profile)
+    fallback = special_pattern(tokenizer)
+    located: list[tuple[str, Span]] = []
+    cursor = 0
+    for number, index in enumerate(order):
+        start, strategy = starts[index], "prefix"
+        if start is None:
+            start, strategy = _search_start(full, prompts[index], profile, cursor, messages[index - 1]), "full render"
+        if start is None or start < cursor:
+            raise QloraError(
+                f"assistant message {index} cannot be located in the rendered conversation: the chat template renders "
+                "the conversation before it differently when it is cut there, and that text was not found after the "
+                "previous turn")
+        following = starts.get(order[number + 1]) if number + 1 < len(order) else None
+        limit = profile.limit(full) if following is None else max(_header_start(full, following, profile), start)
+        span = turn_span(full, start, limit, messages[index], index == len(messages) - 1, profile, fallback)
+        if span is None:
+            raise QloraError(f"assistant message {index}: no end of the turn found in the rendered conversation "
+                             "(neither its text nor an end-of-turn marker after its header)")
+        cursor = span.end
+        if index in chosen:
+            located.append((strategy, span))
+    return located
 
 
-_GENERATION_PROMPT_OK: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+def _prefix_start(full: str, prompt: str, profile: TemplateProfile) -> int | None:
+    """Where the turn's trained text starts when `full` begins with the prompt rendered alone (minus G, plus H)."""
+    generation, header = profile.generation_prompt, profile.header
+    if prompt.endswith(generation):
+        base = len(prompt) - len(generation)
+        if full.startswith(prompt[:base]) and full.startswith(header, base):
+            return base + len(header)
+    if full.startswith(prompt):  # a prompt without G (DeepSeek after tool output) the conversation continues
+        return len(prompt)
+    return None
 
 
-def _require_generation_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> None:
-    """The template must write an assistant header for add_generation_prompt; checked once per template."""
-    template = str(tokenizer.chat_template)
-    try:
-        known = _GENERATION_PROMPT_OK.setdefault(tokenizer, {})
-    except TypeError:
-        known = {}
-    if template not in known:
-        probe = messages[: next(i for i, m in enumerate(messages) if m.get("role") == "assistant")]
-        known[template] = _render(tokenizer, probe, tools, True) != _render(tokenizer, probe, tools, False)
-    if not known[template]:
-        raise TemplateError(
-            "the chat template ignores add_generation_prompt, so the assistant header cannot be told apart from the answer",
-            hint="set [model] chat_template to a template that writes the assistant header when add_generation_prompt is true",
-        )
+def _header_start(full: str, start: int, profile: TemplateProfile) -> int:
+    """Where the header before a turn starting at `start` begins (the turn before must end there)."""
+    header = profile.header
+    return start - len(header) if full.startswith(header, start - len(header)) else start
 
 
-def _trained_length(segment: str, content: Any, specials: tuple[str, ...]) -> int:
-    """Length of the assistant segment to train: up to and including its end-of-turn special token."""
-    search_from = 0
-    if isinstance(content, str) and content.strip():
-        found = segment.find(content.strip())
-        if found >= 0:
-            search_from = found + len(content.strip())
-    ends = [(p, len(tok)) for tok in specials if (p := segment.find(tok, search_from)) >= 0]
-    if ends:
-        position, width = min(ends)
-        return position + width
-    # No special token closes the turn: train the turn without trailing whitespace.
-    return len(segment.rstrip())
-
-
-_SPECIALS_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
-
-
-def special_tokens(tokenizer: Any) -> tuple[str, ...]:
-    """Special tokens of the tokenizer (named ones and added ones marked special)."""
-    try:
-        return _SPECIALS_CACHE[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        if getattr(added, "special", False):
-            names.add(str(added.content))
-    result = tuple(sorted((n for n in names if n), key=len, reverse=True))
-    try:
-        _SPECIALS_CACHE[tokenizer] = result
-    except TypeError:
-        pass
-    return result
-
-
-def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):  # no conversation could render: stop, not drop each one
-        raise TemplateError(
-            "the tokenizer has no chat template",
-            hint="use an instruct/chat model, or set [model] chat_template to a .jinja file",
-        )
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    except Exception as exc:  # jinja raise_exception(...) and friends: about this conversation, not the template
-        raise TemplateRefusal(f"the chat template refused the conversation: {exc}") from exc
-    return text
+def _search_start(full: str, prompt: str, profile: TemplateProfile, cursor: int,
+                  previous: Mapping[str, Any]) -> int | None:
+    """Where the turn starts when earlier turns render differently: after the prompt's last message, then H."""
+    content = previous.get("content")
+    content = content if isinstance(content, str) else None
+    generation, header = profile.generation_prompt, profile.header
+    if prompt.endswith(generation):
+        base = after_tail(full, prompt[: len(prompt) - len(generation)], cursor, content, then=header)
+        return None if base is None else base + len(header)
+    return after_tail(full, prompt, cursor, content)
 
 
 def _render_fast(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
     """The compiled template rendered directly, as apply_chat_template would but without copying the messages."""
     return compiled_renderer(tokenizer)(messages, tools, add_generation_prompt)
-
-
-def compiled_renderer(tokenizer: Any) -> Callable[[list[dict[str, Any]], Any, bool], str]:
-    """render(messages, tools, add_generation_prompt) through the compiled template, set up once for many calls.
-
-    Failures raise TemplateError so that callers can leave the decision to the exact path.
-    """
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-    except ImportError:  # a transformers without it: the exact path only
-        return lambda messages, tools, add_generation_prompt: _render(tokenizer, messages, tools, add_generation_prompt)
-    try:
-        compiled = _compile_jinja_template(tokenizer.chat_template)
-    except Exception as exc:
-        raise TemplateError(f"fast render failed: {exc}") from exc
-    specials = dict(tokenizer.special_tokens_map)
-
-    def render(messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
-        try:
-            return compiled.render(messages=messages, tools=tools, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **specials)
-        except Exception as exc:  # let the exact path decide what the template really does
-            raise TemplateError(f"fast render failed: {exc}") from exc
-
-    return render
 
 
 def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
@@ -306,7 +291,7 @@ def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
 
 def render_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of a conversation ready for the next assistant answer (used by chat and eval)."""
-    text = _render(tokenizer, [dict(m) for m in messages], tools, add_generation_prompt=True)
+    text = render_text(tokenizer, [dict(m) for m in messages], tools, add_generation_prompt=True)
     return _tokenize_pieces(tokenizer, [text])[0]
 
 
