@@ -369,6 +369,7 @@ def _print_token_table(loaded: Any, build: Any) -> None:
 
     from .backends.loading import load_tokenizer, model_source
     from .data.dataset import tokens_by_source
+    from .data.render import MaskReport
 
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
     try:  # only what is already on this machine: a build must not wait on the hub
@@ -377,8 +378,10 @@ def _print_token_table(loaded: Any, build: Any) -> None:
         warn(f"token counts skipped: the tokenizer of {loaded.model.name} is not on this machine yet "
              "(training downloads it and reports the same counts in train.log; run data build again afterwards)")
         return
+    report = MaskReport()
     by_source, dropped = tokens_by_source([build.train_file, build.validation_file], tokenizer,
-                                          loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation)
+                                          loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation,
+                                          report=report)
     console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
                   f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
     table = Table()
@@ -393,6 +396,8 @@ def _print_token_table(loaded: Any, build: Any) -> None:
         console.print(f"dropped {problem}", style="yellow", markup=False, soft_wrap=True)  # file:line stays whole
     if len(dropped) > 5:
         console.print(f"... and {len(dropped) - 5} more dropped at tokenization")
+    for line in report.lines():
+        console.print(line, style="yellow" if line.startswith("warning") else None, markup=False, soft_wrap=True)
 
 
 @data_app.command("preview")

@@ -105,7 +105,7 @@ def test_cleaning_that_empties_the_user_turn_is_rejected_and_the_rest_trains(tmp
     train, validation, _ = prepare_data(recipe, smol_tokenizer, log)
     assert train.conversations + validation.conversations == 8
     assert any(line.startswith("  source src (messages): read 10, rejected 2,") for line in log.lines)
-    build = next(p for p in (tmp_path / "builds").iterdir())
+    build = next(p for p in (tmp_path / "builds").iterdir() if p.is_dir())  # not the build's .lock file
     rejects = [json.loads(line) for line in (build / "rejects.jsonl").read_text().splitlines()]
     assert [(r["file"], r["line"], r["reason"]) for r in rejects] == [(str(path), 4, ASSISTANT_FIRST), (str(path), 7, ASSISTANT_FIRST)]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import QloraError
 from .conversations import Conversations, Rejected
-from .render import IGNORE_INDEX, TrainOn, render_many
+from .render import IGNORE_INDEX, MaskReport, TrainOn, render_many
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SourceTokens:
 
 def tokenize_conversations(
     source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start",
-    allow_empty: bool = False,
+    allow_empty: bool = False, report: MaskReport | None = None,
 ) -> TokenizedSplit:
     """Render and mask every conversation; longer ones keep their first max_seq_len tokens or are dropped.
 
@@ -57,7 +57,7 @@ def tokenize_conversations(
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped: list[Rejected] = []
     rendered_all = render_many([r["messages"] for r in source.records], tokenizer, train_on,
-                               [r.get("tools") for r in source.records])
+                               [r.get("tools") for r in source.records], report=report)
     by_source: dict[str, SourceTokens] = {}
     for line, record, rendered in zip(source.lines, source.records, rendered_all):
         tally = by_source.setdefault(str(record.get("source") or source.path.name), SourceTokens())
@@ -105,7 +105,8 @@ def tokenize_conversations(
 
 
 def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_on: TrainOn,
-                     truncation: str = "keep_start") -> tuple[dict[str, SourceTokens], list[Rejected]]:
+                     truncation: str = "keep_start", report: MaskReport | None = None,
+                     ) -> tuple[dict[str, SourceTokens], list[Rejected]]:
     """What tokenization does to each source of a data build (train and validation together), and its drops."""
     from .conversations import read_conversations
 
@@ -115,7 +116,8 @@ def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_
         source = read_conversations(path)
         if not source.records:
             continue
-        split = tokenize_conversations(source, tokenizer, max_seq_len, train_on, truncation, allow_empty=True)
+        split = tokenize_conversations(source, tokenizer, max_seq_len, train_on, truncation, allow_empty=True,
+                                       report=report)
         dropped += split.dropped
         for name, tally in split.by_source.items():
             merged.setdefault(name, SourceTokens()).add(tally)

@@ -28,6 +28,9 @@ def prepare_data(recipe: Recipe, tokenizer: Any, log: RunLog) -> tuple[Any, Any,
         files = {"train": build.train_file, "validation": build.validation_file}
         if not build.validation_file.read_text(encoding="utf-8").strip():
             files["validation"] = None
+    from ..data.render import MaskReport
+
+    report = MaskReport()  # how each assistant turn was located, and the template's warnings, said once
     splits = []
     for key in ("train", "validation"):
         if files[key] is None:
@@ -35,7 +38,7 @@ def prepare_data(recipe: Recipe, tokenizer: Any, log: RunLog) -> tuple[Any, Any,
             continue
         source = read_conversations(files[key])
         split = tokenize_conversations(source, tokenizer, recipe.model.max_seq_len, recipe.data.train_on,
-                                       recipe.data.truncation, allow_empty=key == "validation")
+                                       recipe.data.truncation, allow_empty=key == "validation", report=report)
         problems = source.rejected + split.dropped
         for problem in problems[:10]:
             log.line(f"skipped {problem}", style="yellow")
@@ -56,6 +59,8 @@ def prepare_data(recipe: Recipe, tokenizer: Any, log: RunLog) -> tuple[Any, Any,
             log.line("  dropped at tokenization, by source: "
                      + ", ".join(f"{name} {tally.dropped}" for name, tally in split.by_source.items()))
         splits.append(split)
+    for line in report.lines():
+        log.line(line, style="yellow" if line.startswith("warning") else None)
     return splits[0], splits[1], files["validation"].resolve() if files["validation"] else None
 
 
