@@ -68,10 +68,8 @@ def _trained_text(tokenizer, rendered) -> str:
 def test_trained_tokens_are_exactly_assistant_content_and_end_of_turn(smol_tokenizer, family, conversation):
     messages = {"single": SINGLE, "multi": MULTI, "system": WITH_SYSTEM}[conversation]
     _, _, eot, supports_system = FAMILIES[family]
-    if conversation == "system" and not supports_system:
-        pytest.skip("Gemma's template refuses system messages")
     tokenizer = _tokenizer_for(smol_tokenizer, family)
-    rendered = render_conversation(messages, tokenizer)
+    rendered = render_conversation(messages, tokenizer)  # Gemma refuses a system role: it is folded into the user turn
     assert len(rendered["input_ids"]) == len(rendered["labels"])
     expected = "".join(m["content"] + eot for m in messages if m["role"] == "assistant")
     assert _trained_text(tokenizer, rendered) == expected
@@ -79,7 +77,9 @@ def test_trained_tokens_are_exactly_assistant_content_and_end_of_turn(smol_token
     for token, label in zip(rendered["input_ids"], rendered["labels"]):
         assert label in (IGNORE_INDEX, token)
     # the ids are the template's text, nothing added or lost
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    from qlora4080.data.templates import fold_system_prompt
+
+    full = tokenizer.apply_chat_template(fold_system_prompt(list(messages), tokenizer), tokenize=False)
     assert tokenizer.decode(rendered["input_ids"]) == full
 
 
@@ -207,3 +207,19 @@ def test_template_that_drops_earlier_reasoning_trains_each_turn_as_the_full_rend
     assert any("keeps reasoning only in the last assistant turn" in w for w in report.warnings())
     trained = _trained_text(tokenizer, render_conversation(messages, tokenizer, train_on="last_assistant"))
     assert "Three plus three." in trained and trained.endswith("6<|im_end|>") and "Two plus two." not in trained
+
+
+def test_a_template_that_refuses_system_gets_it_folded_into_the_first_user_turn_for_training_and_chat(smol_tokenizer):
+    from qlora4080.data.render import MaskReport, render_many, render_prompt
+
+    tokenizer = _tokenizer_for(smol_tokenizer, "gemma")
+    system, user = WITH_SYSTEM[0]["content"], WITH_SYSTEM[1]["content"]
+    report = MaskReport()
+    rendered = render_many([WITH_SYSTEM, SINGLE], tokenizer, report=report)
+    assert all(isinstance(r, dict) for r in rendered), rendered
+    text = tokenizer.decode(rendered[0]["input_ids"])
+    assert f"<start_of_turn>user\n{system}\n\n{user}" in text
+    assert report.folded_system == 1 and any("refuses a system role" in w for w in report.warnings())
+    prompt = tokenizer.decode(render_prompt(WITH_SYSTEM[:2], tokenizer))  # what chat and eval send
+    assert f"<start_of_turn>user\n{system}\n\n{user}" in prompt
+    assert prompt.endswith("<start_of_turn>model\n")

@@ -44,6 +44,7 @@ from .templates import (
     TemplateRefusal,
     TrainOn,
     compiled_renderer,
+    fold_system_prompt,
     render_text,
     special_pattern,
     special_tokens,
@@ -111,6 +112,9 @@ def render_many(
     """
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
+    given = conversations
+    conversations = [fold_system_prompt([dict(m) for m in c], tokenizer) for c in given]
+    folded = sum(len(after) != len(before) for before, after in zip(given, conversations))
     record_tools = list(tools) if tools is not None else [None] * len(conversations)
     profile = template_profile(tokenizer, conversations) if train_on != "all" and conversations else None
     notes: Notes = {}
@@ -142,6 +146,8 @@ def render_many(
         if profile is not None:
             report.add_template(profile)
         report.train_on = train_on
+        if folded:
+            report.folded_system += folded
         report.conversations += len(conversations)
         report.fast += len(fast_notes)
         for index, result in enumerate(results):
@@ -291,7 +297,8 @@ def _tokenize_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
 
 def render_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of a conversation ready for the next assistant answer (used by chat and eval)."""
-    text = render_text(tokenizer, [dict(m) for m in messages], tools, add_generation_prompt=True)
+    text = render_text(tokenizer, fold_system_prompt([dict(m) for m in messages], tokenizer), tools,
+                       add_generation_prompt=True)
     return _tokenize_pieces(tokenizer, [text])[0]
 
 

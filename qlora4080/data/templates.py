@@ -131,3 +131,46 @@ __all__ = [
     "IGNORE_INDEX", "MARKUP", "REASONING_KEYS", "TRAIN_ON_CHOICES", "TemplateError", "TemplateRefusal", "TrainOn",
     "compiled_renderer", "marker_tokens", "render_text", "special_pattern", "special_tokens",
 ]
+
+
+_SYSTEM_ROLE: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def refuses_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template raises on a system message but renders the same chat without it (Gemma)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    cached = _SYSTEM_ROLE.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    user = {"role": "user", "content": "Hello"}
+    try:
+        render_text(tokenizer, [{"role": "system", "content": "Be brief."}, user], None, True)
+        refuses = False
+    except TemplateRefusal:
+        try:
+            render_text(tokenizer, [user], None, True)
+            refuses = True
+        except QloraError:
+            refuses = False
+    except QloraError:
+        refuses = False
+    _SYSTEM_ROLE[tokenizer] = (template, refuses)
+    return refuses
+
+
+def fold_system_prompt(messages: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """For a template that refuses a system role, open the first user turn with the system text instead.
+
+    That is the usual practice for Gemma, whose template raises "System role not
+    supported". Training and chat/eval both render through here, so the model is
+    asked the way it was trained. Other templates get the messages unchanged.
+    """
+    if not messages or messages[0].get("role") != "system" or not refuses_system_role(tokenizer):
+        return messages
+    system = str(messages[0].get("content") or "")
+    rest = list(messages[1:])
+    for index, message in enumerate(rest):
+        if message.get("role") == "user":
+            rest[index] = {**message, "content": f"{system}\n\n{message.get('content') or ''}" if system else message.get("content")}
+            break
+    return rest

@@ -118,6 +118,7 @@ class MaskReport:
     reasoning_dropped: int = 0  # ... whose reasoning the chat template does not render in that turn
     reasoning_handling: str = ""  # the template's: "kept", "last turn only", "dropped"
     template_warnings: list[str] = field(default_factory=list)
+    folded_system: int = 0  # conversations whose system prompt opened the first user turn (template refuses system)
     train_on: str = ""
     per_record: bool = False  # keep each record's strategies (data preview)
     record_strategies: dict[int, str] = field(default_factory=dict)
@@ -140,6 +141,9 @@ class MaskReport:
     def warnings(self) -> list[str]:
         """Each warning once: the template's own, then what this data ran into."""
         found = list(self.template_warnings)
+        if self.folded_system:
+            found.append(f"the chat template refuses a system role: the system prompt of {self.folded_system} "
+                         "conversation(s) was folded into their first user turn (chat and eval do the same)")
         if self.turns["full render"]:
             found.append(
                 f"the chat template renders a conversation differently once later messages follow ({self.turns['full render']} "
@@ -168,6 +172,7 @@ class MaskReport:
         self.turns.update(other.turns)
         self.conversations += other.conversations
         self.fast += other.fast
+        self.folded_system += other.folded_system
         self.reasoning_turns += other.reasoning_turns
         self.reasoning_dropped += other.reasoning_dropped
         self.reasoning_handling = other.reasoning_handling or self.reasoning_handling
