@@ -8,24 +8,18 @@ import sys
 import zipfile
 from pathlib import Path
 
+from qlora4080.doctor.packages import canonical, read_lock
+
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "requirements" / "lock.txt"
 # Downloaded once per virtualenv; pip's own cache makes a fresh venv's download cheap too.
 WHEEL_CACHE = Path(sys.prefix) / "contract-wheels"
 
 
-def canonical(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
 def locked_versions() -> dict[str, str]:
-    """canonical name -> exact version, from requirements/lock.txt."""
-    pins = {}
-    for line in LOCK.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[canonical(name)] = version
+    """canonical name -> exact version, from requirements/lock.txt (read as doctor reads it)."""
+    pins = read_lock(LOCK)
+    assert pins is not None, f"{LOCK} is missing"
     return pins
 
 

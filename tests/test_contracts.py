@@ -16,7 +16,6 @@ import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 

@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 from packaging.requirements import Requirement
 
-from stack_lock import LOCK, REPO, canonical, locked_versions
+from stack_lock import LOCK, REPO, canonical, locked_versions, read_lock
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 TORCH_BOUND = ("torch", "torchvision", "torchaudio", "triton", "xformers")
@@ -76,12 +76,7 @@ def test_gpu_extra_resolves_against_the_lock(tmp_path) -> None:
 
 def test_stack_constraints_are_the_lock_s_own_lines() -> None:
     pins = locked_versions()
-    stack = {}
-    for line in (REPO / "requirements" / "stack.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, pinned = line.partition("==")
-            stack[canonical(name)] = pinned
+    stack = read_lock(REPO / "requirements" / "stack.txt") or {}
     assert {"transformers", "trl", "peft", "datasets", "accelerate", "unsloth", "unsloth-zoo", "bitsandbytes"} <= set(stack)
     drifted = {name: (pinned, pins.get(name)) for name, pinned in stack.items() if pins.get(name) != pinned}
     assert not drifted, f"stack.txt disagrees with lock.txt: {drifted}; {REGENERATE}"
