@@ -113,7 +113,7 @@ def render_many(
     if train_on not in TRAIN_ON_CHOICES:
         raise QloraError(f"train_on must be one of {', '.join(TRAIN_ON_CHOICES)}, not {train_on!r}")
     given = conversations
-    conversations = [fold_system_prompt([dict(m) for m in c], tokenizer) for c in given]
+    conversations = [fold_system_prompt(c, tokenizer) for c in given]  # the same objects unless folded
     folded = sum(len(after) != len(before) for before, after in zip(given, conversations))
     record_tools = list(tools) if tools is not None else [None] * len(conversations)
     profile = template_profile(tokenizer, conversations) if train_on != "all" and conversations else None

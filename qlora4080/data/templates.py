@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import QloraError
@@ -158,7 +158,7 @@ def refuses_system_role(tokenizer: Any) -> bool:
     return refuses
 
 
-def fold_system_prompt(messages: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def fold_system_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> Sequence[Mapping[str, Any]]:
     """For a template that refuses a system role, open the first user turn with the system text instead.
 
     That is the usual practice for Gemma, whose template raises "System role not
