@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_recipe", "train", "Recipe", "QloraError"]
+__all__ = ["QloraError", "Recipe", "__version__", "load_recipe", "train"]
 
 from .errors import QloraError
 from .recipe import Recipe, load_recipe
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .training.run import TrainResult
 
 
-def train(recipe: Recipe, **options: Any) -> "TrainResult":
+def train(recipe: Recipe, **options: Any) -> TrainResult:
     """Train a LoRA adapter; returns where the adapter and logs were written.
 
     Options: run_name, overwrite, resume, resume_from, target_gb, callbacks, live

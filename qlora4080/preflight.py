@@ -11,7 +11,7 @@ from .console import console
 from .errors import QloraError
 from .hardware import Hardware
 from .recipe import Recipe
-from .vram import GiB, Estimate, TrainingShape, estimate, fit_overrides
+from .vram import Estimate, GiB, TrainingShape, estimate, fit_overrides
 
 DEFAULT_TARGET_GB = 16.0
 

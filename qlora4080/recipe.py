@@ -92,7 +92,7 @@ class SourceSection(_Section):
     """Cut assistant answers longer than this many characters."""
 
     @model_validator(mode="after")
-    def _one_location(self) -> "SourceSection":
+    def _one_location(self) -> SourceSection:
         if (self.path is None) == (self.hub is None):
             raise ValueError("each [[data.sources]] needs exactly one of path = \"...\" or hub = \"org/name\"")
         return self
@@ -132,7 +132,7 @@ class DataSection(_Section):
         return value or None  # `--set data.validation=""` turns validation off
 
     @model_validator(mode="after")
-    def _train_or_sources(self) -> "DataSection":
+    def _train_or_sources(self) -> DataSection:
         if self.sources and (self.train or self.validation):
             raise ValueError("use either train/validation files or [[data.sources]], not both")
         if not self.sources and not self.train:
@@ -184,7 +184,7 @@ class OutputSection(_Section):
     """Where logs and metrics go (relative to the working directory)."""
 
     @model_validator(mode="after")
-    def _safe_run_name(self) -> "OutputSection":
+    def _safe_run_name(self) -> OutputSection:
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(problem)
         return self

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from importlib.metadata import version
 
 import pytest
-
 from stack_lock import REPO, canonical, find_function, locked_versions, locked_wheel, named_parameters, parse_from_wheel
 
 PACKAGE = REPO / "qlora4080"

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import CLI, DEMO_DATA
+
 from qlora4080.data.conversations import read_conversations
 from qlora4080.data.render import render_conversation
 from qlora4080.evaluate import evaluate, generate_answers, perplexity, to_eval_records, write_report

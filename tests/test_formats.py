@@ -6,8 +6,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import CLI
+
 from qlora4080.data.check import check_file
 from qlora4080.data.formats import FormatError, detect_format, to_messages
 

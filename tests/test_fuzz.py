@@ -15,11 +15,11 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import DEMO_DATA
 from qlora4080.cli import app
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import CLI
+
 from qlora4080.batch_infer import read_prompts
 from qlora4080.errors import QloraError
 

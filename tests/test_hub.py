@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from conftest import CLI
+
 from qlora4080 import hub
 from qlora4080.toml_io import dumps_toml
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import version
 
+import tomllib
 from packaging.requirements import Requirement
-
 from stack_lock import LOCK, REPO, canonical, locked_versions, read_lock
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]

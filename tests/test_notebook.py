@@ -6,9 +6,8 @@ import json
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from conftest import DEMO_RECIPE, REPO
+from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "qlora4080_colab.ipynb"
 

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_DATA, write_recipe
+
 from qlora4080.data.pipeline import build_data, conversation_key, dedup_across_pools, interleave, resample, split
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe
@@ -137,6 +137,7 @@ def test_build_table_counts_records_dropped_at_tokenization_per_source(tmp_path,
     import subprocess
 
     from conftest import CLI
+
     from qlora4080.data.dataset import tokens_by_source
 
     short = tmp_path / "short.jsonl"

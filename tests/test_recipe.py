@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_RECIPE, REPO
+
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe, parse_override
 

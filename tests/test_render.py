@@ -67,7 +67,7 @@ def _trained_text(tokenizer, rendered) -> str:
 @pytest.mark.parametrize("conversation", ["single", "multi", "system"])
 def test_trained_tokens_are_exactly_assistant_content_and_end_of_turn(smol_tokenizer, family, conversation):
     messages = {"single": SINGLE, "multi": MULTI, "system": WITH_SYSTEM}[conversation]
-    _, _, eot, supports_system = FAMILIES[family]
+    _, _, eot, _supports_system = FAMILIES[family]
     tokenizer = _tokenizer_for(smol_tokenizer, family)
     rendered = render_conversation(messages, tokenizer)  # Gemma refuses a system role: it is folded into the user turn
     assert len(rendered["input_ids"]) == len(rendered["labels"])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CLI, write_recipe
 from transformers import TrainerCallback
 
-from conftest import CLI, write_recipe
 from qlora4080 import load_recipe, train
 from qlora4080.errors import QloraError
 from qlora4080.training.interrupts import TrainingInterrupted

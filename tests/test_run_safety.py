@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import CLI, write_recipe
+
 from qlora4080 import load_recipe, train
 from qlora4080.errors import QloraError
 from qlora4080.export import check_out_dir
@@ -76,10 +76,8 @@ def test_a_second_process_on_the_same_run_fails_at_once_naming_the_holder(tmp_pa
 
 def test_the_lock_is_released_when_the_holder_ends(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints" / "x"
-    with holding(folder, "run 'x'"):
-        with pytest.raises(QloraError, match="in use"):
-            with holding(folder, "run 'x'"):
-                pass
+    with holding(folder, "run 'x'"), pytest.raises(QloraError, match="in use"), holding(folder, "run 'x'"):
+        pass
     with holding(folder, "run 'x'"):  # free again
         pass
 

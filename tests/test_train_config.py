@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import DEMO_RECIPE
+
 from qlora4080.hardware import Hardware
 from qlora4080.recipe import load_recipe
 from qlora4080.training.config import build_sft_config, device_defaults
@@ -18,7 +19,7 @@ def test_cpu_gets_fp32_no_checkpointing_torch_adamw():
 
 
 def test_cuda_gets_bf16_or_fp16_and_checkpointing(monkeypatch):
-    import qlora4080.training.config as config
+    from qlora4080.training import config
 
     recipe = load_recipe(DEMO_RECIPE)
     monkeypatch.setattr(config, "has_module", lambda name: name == "bitsandbytes")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import torch
-
 from conftest import write_recipe
+
 from qlora4080 import load_recipe, train
 from qlora4080.errors import QloraError
 
@@ -32,7 +33,7 @@ def test_loss_is_finite_and_goes_down(trained):
     assert all(torch.isfinite(torch.tensor(losses)))
     # A random 2-layer model starts at ~ln(vocab) = 10.8; six LoRA steps must move it down steadily.
     assert losses[-1] < losses[0] - 0.2, losses
-    assert all(later <= earlier + 0.05 for earlier, later in zip(losses, losses[1:])), losses
+    assert all(later <= earlier + 0.05 for earlier, later in itertools.pairwise(losses)), losses
     assert result.summary["eval_loss"] < losses[0]
 
 
@@ -101,6 +102,6 @@ def test_existing_run_is_not_overwritten(trained, tiny_model_dir):
 def test_package_level_train_stays_callable_after_training(trained):
     """The training subpackage must not shadow qlora4080.train once its modules are imported."""
     import qlora4080
-    import qlora4080.training.run  # noqa: F401
+    import qlora4080.training.run
 
     assert callable(qlora4080.train) and qlora4080.train.__module__ == "qlora4080"

@@ -113,6 +113,7 @@ def test_no_overrides_when_it_fits_and_none_when_hopeless():
 
 def test_every_bundled_recipe_fits_16gb_offline():
     from conftest import REPO
+
     from qlora4080.preflight import run_preflight
     from qlora4080.recipe import load_recipe
 

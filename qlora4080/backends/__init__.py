@@ -64,6 +64,6 @@ def _unsloth_problem() -> str | None:
         return "unsloth is not installed"
     try:
         import unsloth  # noqa: F401  (must be imported before transformers to patch it)
-    except Exception as exc:  # unsloth raises many kinds of errors on unsupported set-ups
+    except Exception as exc:  # noqa: BLE001  unsloth raises many kinds of errors on unsupported set-ups
         return f"unsloth failed to import ({type(exc).__name__}: {exc})"
     return None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from ..console import console
 from ..errors import QloraError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class TrainingInterrupted(QloraError):
@@ -25,7 +28,7 @@ class InterruptGuard(TrainerCallback):
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> InterruptGuard:
+    def __enter__(self) -> Self:
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

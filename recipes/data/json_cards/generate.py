@@ -14,18 +14,10 @@ import json
 import random
 from pathlib import Path
 
-FIRST = """Maria Liam Aisha Kenji Olga Mateo Chloe Ravi Fatima Lucas Ingrid Tomasz Amara Diego Yuki Hannah Omar
-Sofia Erik Priya Noah Leila Pablo Mei Jonas Zara Felix Nadia Hugo Elif Samuel Anya Bruno Keiko Ahmed Clara Ivan Lucia
-Tariq Emma Viktor Rosa Daniel Ayumi Marco Freya Malik Greta Jamal Lena Andre Sana Oscar Ines Pedro Nora Kofi Alma""".split()
-LAST = """Lopez Chen Okafor Tanaka Ivanova Rossi Martin Patel Haddad Silva Larsen Nowak Mensah Garcia Sato Weber Aziz
-Costa Berg Sharma Dubois Novak Kim Fischer Moreau Ali Jansen Romero Park Yilmaz Cohen Petrov Santos Ito Hassan Muller
-Kovacs Lind Nakamura Adeyemi""".split()
-CITIES = """Lisbon Osaka Lagos Toronto Krakow Lyon Austin Pune Cairo Bergen Seville Busan Nairobi Leipzig Quito Perth
-Izmir Porto Dublin Hanoi Ghent Tampere Cordoba Denver Tunis Malmo Bologna Accra Kyoto Graz Bilbao Recife Gdansk Oslo
-Zagreb Valencia Chennai Boston Bristol Utrecht""".split()
-JOBS = """nurse carpenter teacher pilot chemist baker architect plumber journalist librarian electrician dentist
-photographer gardener pharmacist translator welder veterinarian accountant firefighter florist engineer mechanic
-surveyor chef tailor geologist paramedic locksmith illustrator""".split()
+FIRST = ["Maria", "Liam", "Aisha", "Kenji", "Olga", "Mateo", "Chloe", "Ravi", "Fatima", "Lucas", "Ingrid", "Tomasz", "Amara", "Diego", "Yuki", "Hannah", "Omar", "Sofia", "Erik", "Priya", "Noah", "Leila", "Pablo", "Mei", "Jonas", "Zara", "Felix", "Nadia", "Hugo", "Elif", "Samuel", "Anya", "Bruno", "Keiko", "Ahmed", "Clara", "Ivan", "Lucia", "Tariq", "Emma", "Viktor", "Rosa", "Daniel", "Ayumi", "Marco", "Freya", "Malik", "Greta", "Jamal", "Lena", "Andre", "Sana", "Oscar", "Ines", "Pedro", "Nora", "Kofi", "Alma"]
+LAST = ["Lopez", "Chen", "Okafor", "Tanaka", "Ivanova", "Rossi", "Martin", "Patel", "Haddad", "Silva", "Larsen", "Nowak", "Mensah", "Garcia", "Sato", "Weber", "Aziz", "Costa", "Berg", "Sharma", "Dubois", "Novak", "Kim", "Fischer", "Moreau", "Ali", "Jansen", "Romero", "Park", "Yilmaz", "Cohen", "Petrov", "Santos", "Ito", "Hassan", "Muller", "Kovacs", "Lind", "Nakamura", "Adeyemi"]
+CITIES = ["Lisbon", "Osaka", "Lagos", "Toronto", "Krakow", "Lyon", "Austin", "Pune", "Cairo", "Bergen", "Seville", "Busan", "Nairobi", "Leipzig", "Quito", "Perth", "Izmir", "Porto", "Dublin", "Hanoi", "Ghent", "Tampere", "Cordoba", "Denver", "Tunis", "Malmo", "Bologna", "Accra", "Kyoto", "Graz", "Bilbao", "Recife", "Gdansk", "Oslo", "Zagreb", "Valencia", "Chennai", "Boston", "Bristol", "Utrecht"]
+JOBS = ["nurse", "carpenter", "teacher", "pilot", "chemist", "baker", "architect", "plumber", "journalist", "librarian", "electrician", "dentist", "photographer", "gardener", "pharmacist", "translator", "welder", "veterinarian", "accountant", "firefighter", "florist", "engineer", "mechanic", "surveyor", "chef", "tailor", "geologist", "paramedic", "locksmith", "illustrator"]
 
 TEMPLATES = [
     "{name} is a {age}-year-old {job} from {city}.",
