@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ KNOWN: dict[str, Architecture] = {
 }
 
 
-def from_config(config: dict[str, Any]) -> Architecture:
+def from_config(config: Mapping[str, Any]) -> Architecture:
     """Read the numbers from a transformers config.json (Llama, Qwen, Mistral, Gemma, Phi-3 families)."""
     text = config.get("text_config", config)  # multimodal wrappers keep the language model inside
     try:

@@ -13,19 +13,22 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from .data.conversations import Rejected
 from .data.jsonl import read_jsonl
 from .errors import QloraError
 from .infer import ChatModel
 
+if TYPE_CHECKING:
+    from .data.vocabulary import Message
+
 
 @dataclass
 class PromptLine:
     id: str
-    messages: list[dict[str, Any]]
-    extra: dict[str, Any]
+    messages: list[Message]
+    extra: dict[str, object]
 
 
 @dataclass
@@ -40,8 +43,8 @@ def read_prompts(path: Path) -> PromptFile:
         raise QloraError(f"input file not found: {path}", where="--input")
     seen: set[str] = set()
     for number, record, problem in read_jsonl(path):
-        if problem:
-            result.rejected.append(Rejected(path, number, problem))
+        if problem or not isinstance(record, dict):
+            result.rejected.append(Rejected(path, number, problem or "expected a JSON object"))
             continue
         messages = _messages(record)
         if isinstance(messages, str):
@@ -57,18 +60,16 @@ def read_prompts(path: Path) -> PromptFile:
     return result
 
 
-def _messages(record: Any) -> list[dict[str, Any]] | str:
+def _messages(record: dict[str, object]) -> list[Message] | str:
     """The conversation to answer, or why the line cannot be used."""
-    if not isinstance(record, dict):
-        return "expected a JSON object"
-    system = [{"role": "system", "content": record["system"]}] if isinstance(record.get("system"), str) else []
-    if isinstance(record.get("prompt"), str) and record["prompt"].strip():
-        return system + [{"role": "user", "content": record["prompt"]}]
-    messages = record.get("messages")
+    system_text, prompt, messages = record.get("system"), record.get("prompt"), record.get("messages")
+    system: list[Message] = [{"role": "system", "content": system_text}] if isinstance(system_text, str) else []
+    if isinstance(prompt, str) and prompt.strip():
+        return [*system, {"role": "user", "content": prompt}]
     if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
         if messages[-1]["role"] == "assistant":
             return "the last message is already an assistant answer; end with a user (or tool) message"
-        return system + messages
+        return system + cast("list[Message]", messages)  # the renderer checks each message's fields
     return "needs a non-empty 'prompt' string or a 'messages' list"
 
 
@@ -165,7 +166,7 @@ def _drop_cut_line(output: Path, start: int, number: int, written: bytes) -> str
 def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_new_tokens: int = 256, batch_size: int = 8,
               on_batch: Callable[[int], None] | None = None) -> int:
     """Answer every prompt, appending one line per answer as each batch finishes. Returns how many were written."""
-    from .evaluate import generate_answers
+    from .infer import generate_answers
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _end_with_newline(output)

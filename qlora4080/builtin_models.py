@@ -85,7 +85,7 @@ def _convert(source: Path, target: Path) -> None:
     # the saved copy loads as an ordinary checkpoint.
     model.config.quantization_config = None
     del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary sibling and rename, so an interrupted conversion

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .console import console
 from .infer import ChatModel, generate
+
+if TYPE_CHECKING:
+    from .data.vocabulary import Message
 
 HELP = "Commands: /reset (forget the conversation), /system <text> (set the system prompt), /exit (or Ctrl-D). Ctrl-C stops an answer."
 
@@ -18,7 +21,7 @@ def chat_loop(
     """Read a line, answer it, repeat. `echo` repeats piped input so a transcript reads like a conversation."""
     console.print(f"[bold]Chatting with {chat.description}[/]")
     console.print(HELP, style="dim")
-    history: list[dict[str, Any]] = []
+    history: list[Message] = []
     while True:
         try:
             line = console.input("[bold green]you>[/] ")
@@ -64,8 +67,8 @@ def chat_loop(
         history.append({"role": "assistant", "content": answer})
 
 
-def fit_history(chat: ChatModel, system: str | None, history: list[dict[str, Any]],
-                max_new_tokens: int) -> tuple[list[dict[str, Any]], int]:
+def fit_history(chat: ChatModel, system: str | None, history: list[Message],
+                max_new_tokens: int) -> tuple[list[Message], int]:
     """Drop the oldest exchanges until the prompt plus an answer fit the model's context.
 
     Returns the history that fits and how many messages were dropped; the
@@ -86,15 +89,15 @@ def fit_history(chat: ChatModel, system: str | None, history: list[dict[str, Any
     return kept, len(history) - len(kept)
 
 
-def with_system(system: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_system(system: str | None, messages: list[Message]) -> list[Message]:
     """The conversation with `system` as its system prompt, unless it has one already."""
     if not system or (messages and messages[0]["role"] == "system"):
         return list(messages)
     return [{"role": "system", "content": system}, *messages]
 
 
-def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapter: bool = True, label: str | None = None,
-                  **options: Any) -> str:
+def stream_answer(chat: ChatModel, messages: list[Message], *, use_adapter: bool = True, label: str | None = None,
+                  max_new_tokens: int = 256, temperature: float = 0.0) -> str:
     """Stream an answer: rendered as Markdown while it grows on a terminal, plain text elsewhere.
 
     `label` (Rich markup) goes before the answer: on its own line above a live
@@ -103,7 +106,8 @@ def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapte
     if not console.is_terminal:
         if label:
             console.print(label + " ", end="")
-        answer = generate(chat, messages, on_text=_write, use_adapter=use_adapter, **options)
+        answer = generate(chat, messages, on_text=_write, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
+                          temperature=temperature)
         console.print()
         return answer
     from rich.live import Live
@@ -118,7 +122,8 @@ def stream_answer(chat: ChatModel, messages: list[dict[str, Any]], *, use_adapte
             text += piece
             live.update(Markdown(text))
 
-        answer = generate(chat, messages, on_text=grow, use_adapter=use_adapter, **options)
+        answer = generate(chat, messages, on_text=grow, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
+                          temperature=temperature)
         live.update(Markdown(answer))
     return answer
 
@@ -140,23 +145,23 @@ def answer_once(
     return stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
-def read_test_prompts(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+def read_test_prompts(path: Path) -> list[tuple[str, list[Message]]]:
     """A file of test prompts: JSONL ({"prompt"} or {"messages"}) or plain text, one prompt a line."""
     from .batch_infer import read_prompts
     from .errors import QloraError
 
+    if not path.is_file():
+        raise QloraError(f"tests file not found: {path}", where="--tests")
     if path.suffix == ".jsonl":
         parsed = read_prompts(path)
         if parsed.rejected:
             raise QloraError(f"bad test prompt: {parsed.rejected[0]}", where=str(path))
         return [(p.id, p.messages) for p in parsed.prompts]
-    if not path.is_file():
-        raise QloraError(f"tests file not found: {path}", where="--tests")
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     return [(f"line-{n}", [{"role": "user", "content": line}]) for n, line in enumerate(lines, start=1) if line and not line.startswith("#")]
 
 
-def run_tests(chat: ChatModel, tests: list[tuple[str, list[dict[str, Any]]]], save_to: Path, *, system: str | None = None,
+def run_tests(chat: ChatModel, tests: list[tuple[str, list[Message]]], save_to: Path, *, system: str | None = None,
               max_new_tokens: int = 256, temperature: float = 0.0) -> Path:
     """Each predefined prompt in turn; answers printed and appended to `save_to` (JSONL)."""
     save_to.parent.mkdir(parents=True, exist_ok=True)

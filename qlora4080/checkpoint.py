@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .backends import BackendName
+from .data.vocabulary import TrainOn
 from .errors import QloraError
+
+if TYPE_CHECKING:
+    from .recipe import ModelSection
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 META_FILE = "qlora4080.json"
 """How the adapter was trained: base model, backend, dtype, max_seq_len, versions, summary."""
@@ -33,18 +40,27 @@ class CheckpointMeta(BaseModel):
     format: int = FORMAT
     base_model: str
     """The recipe's model.name: a hub id, a local folder or builtin:<name>."""
-    backend: Literal["hf", "unsloth"] = "hf"
+    backend: BackendName = "hf"
     load_in_4bit: bool = False
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     max_seq_len: int = 1024
-    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    train_on: TrainOn = "assistant"
     trust_remote_code: bool = False
     recipe_path: str | None = None
     validation_file: str | None = None
     """The held-out file the run evaluated on (eval's default data)."""
     created: str | None = None
     versions: dict[str, str] = {}
-    summary: dict[str, Any] = {}
+    summary: dict[str, object] = {}
+    """The run's summary.json as it was when the adapter was saved."""
+
+    def model_section(self, **changes: object) -> ModelSection:
+        """The [model] section that loads this checkpoint's base model as it was trained (`changes` override)."""
+        from .recipe import ModelSection
+
+        fields = {"name": self.base_model, "load_in_4bit": self.load_in_4bit, "dtype": self.dtype,
+                  "trust_remote_code": self.trust_remote_code, "max_seq_len": self.max_seq_len}
+        return ModelSection.model_validate({**fields, **changes})
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2)

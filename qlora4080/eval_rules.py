@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 # A repeated n-gram "fills the output" when it covers this share of the tokens.
 DEGENERATE_NGRAM = 4
@@ -70,7 +69,7 @@ def json_check(answer: str, reference: str | None) -> tuple[bool, bool | None]:
     return True, isinstance(parsed, dict) and set(parsed) == set(expected)
 
 
-def _json_object(text: str | None) -> dict[str, Any] | None:
+def _json_object(text: str | None) -> dict[str, object] | None:
     if not text:
         return None
     try:

@@ -9,29 +9,31 @@ the same run, for a side-by-side table.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .data.render import IGNORE_INDEX, render_conversation, render_prompt, special_tokens
+from .data.render import IGNORE_INDEX, render_conversation, special_tokens
 from .eval_rules import Generated, json_check, usability_failures
-from .infer import ChatModel
+from .infer import ChatModel, adapter_switch, generate_answers
+from .perplexity import from_loss
+
+if TYPE_CHECKING:
+    from .data.vocabulary import Message, TrainOn
 
 
 @dataclass
 class EvalRecord:
     id: str
-    messages: list[dict[str, Any]]
+    messages: list[Message]
     """The whole conversation (for perplexity)."""
-    prompt: list[dict[str, Any]]
+    prompt: list[Message]
     """Everything before the last assistant turn (for generation)."""
     reference: str
     tags: list[str] = field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, object]] | None = None
 
 
 def to_eval_records(records: list[dict[str, Any]], limit: int | None = None) -> list[EvalRecord]:
@@ -46,7 +48,7 @@ def to_eval_records(records: list[dict[str, Any]], limit: int | None = None) -> 
     return result
 
 
-def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: str = "assistant", max_seq_len: int = 2048,
+def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: TrainOn = "assistant", max_seq_len: int = 2048,
                batch_size: int = 8, use_adapter: bool = True) -> dict[str, float]:
     """exp(mean negative log-likelihood) over the trained (assistant) tokens of every record."""
     import torch
@@ -57,7 +59,7 @@ def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: str = "a
         rows.append((rendered["input_ids"][:max_seq_len], rendered["labels"][:max_seq_len]))
     total_nll, total_tokens = 0.0, 0
     pad = chat.tokenizer.pad_token_id
-    with torch.inference_mode(), _adapter(chat, use_adapter):
+    with torch.inference_mode(), adapter_switch(chat, use_adapter):
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             width = max(len(ids) for ids, _ in batch)
@@ -71,39 +73,7 @@ def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: str = "a
             total_nll += float(nll)
             total_tokens += int((targets != IGNORE_INDEX).sum())
     mean = total_nll / max(total_tokens, 1)
-    return {"perplexity": math.exp(min(mean, 50)), "mean_nll": mean, "tokens": total_tokens}
-
-
-def generate_answers(chat: ChatModel, prompts: list[list[dict[str, Any]]], *, max_new_tokens: int = 256, batch_size: int = 8,
-                     use_adapter: bool = True, tools: list[Any] | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> list[Generated]:
-    """Greedy answers for many prompts, batched with left padding (so every row ends where generation starts)."""
-    import torch
-
-    pad = chat.tokenizer.pad_token_id
-    stops = set(chat.stop_ids)
-    results: list[Generated] = []
-    with torch.inference_mode(), _adapter(chat, use_adapter):
-        for start in range(0, len(prompts), batch_size):
-            batch = [render_prompt(p, chat.tokenizer, (tools or [None] * len(prompts))[start + k])
-                     for k, p in enumerate(prompts[start : start + batch_size])]
-            width = max(len(ids) for ids in batch)
-            ids = torch.tensor([[pad] * (width - len(i)) + i for i in batch], device=chat.model.device)
-            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in batch], device=chat.model.device)
-            output = chat.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                         eos_token_id=list(stops) or None, pad_token_id=pad)
-            for row in output[:, width:].tolist():
-                cut = next((i for i, token in enumerate(row) if token in stops), None)
-                kept = row if cut is None else row[:cut]
-                results.append(Generated(
-                    text=chat.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                    raw_text=chat.tokenizer.decode(kept, skip_special_tokens=False),
-                    token_ids=tuple(kept),
-                    stopped=cut is not None,
-                ))
-            if on_batch:
-                on_batch(len(batch))
-    return results
+    return {"perplexity": from_loss(mean), "mean_nll": mean, "tokens": total_tokens}
 
 
 def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -141,7 +111,7 @@ def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) 
 
 
 def evaluate(chat: ChatModel, records: list[EvalRecord], *, baseline: bool = False, max_new_tokens: int = 256,
-             batch_size: int = 8, max_seq_len: int = 2048, train_on: str = "assistant",
+             batch_size: int = 8, max_seq_len: int = 2048, train_on: TrainOn = "assistant",
              on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """{"adapter": metrics, "base": metrics (with baseline), "records": per-record answers}."""
     variants = [("adapter", True)] if chat.has_adapter else [("model", True)]
@@ -197,7 +167,3 @@ def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Pat
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path
-
-
-def _adapter(chat: ChatModel, use_adapter: bool) -> Any:
-    return chat.model.disable_adapter() if (chat.has_adapter and not use_adapter) else nullcontext()

@@ -11,11 +11,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
-from .recipe import ModelSection
+
+if TYPE_CHECKING:
+    from .data.vocabulary import Message
+    from .model_types import Tokenizer
 
 
 @dataclass
@@ -51,7 +54,8 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
 
 def read_meta(checkpoint: Path) -> CheckpointMeta:
     """The checkpoint's qlora4080.json, after checking its adapter files load (before any model does)."""
-    from .infer import check_adapter, read_checkpoint_meta
+    from .adapter_files import check_adapter
+    from .infer import read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
     if not meta:
@@ -79,12 +83,12 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     quiet_libraries()
     hardware = detect()
     dtype = compute_dtype_name(meta.dtype, hardware)
-    base_cfg = ModelSection(name=meta.base_model, load_in_4bit=False, dtype=dtype, trust_remote_code=meta.trust_remote_code)
+    base_cfg = meta.model_section(load_in_4bit=False, dtype=dtype)
     base, _ = hf.load_model(base_cfg, hardware, for_training=False)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
     model = PeftModel.from_pretrained(base, checkpoint)
     model.eval()
-    question = [{"role": "user", "content": prompt or _first_prompt(meta)}]
+    question: list[Message] = [{"role": "user", "content": prompt or _first_prompt(meta)}]
     adapter_answer = generate(ChatModel(model, tokenizer, "", True, end_of_turn_ids(tokenizer)), question, max_new_tokens=max_new_tokens)
 
     merged = model.merge_and_unload()
@@ -95,9 +99,8 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
                                                                "dtype": dtype}, indent=2), encoding="utf-8")
     del merged, model, base
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype))
-    if hardware.is_cuda:
-        reloaded = reloaded.to("cuda")
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype),
+                                                    device_map="cuda" if hardware.is_cuda else None)
     plain_tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(out_dir), None)
     reloaded.eval()
     merged_answer = generate(ChatModel(reloaded, plain_tokenizer, "", False, end_of_turn_ids(plain_tokenizer)), question,
@@ -146,7 +149,7 @@ def export_gguf(checkpoint: Path, out_dir: Path, quant: str, *, overwrite: bool 
     return ggufs[0]
 
 
-def write_modelfile(path: Path, gguf_name: str, tokenizer: Any) -> None:
+def write_modelfile(path: Path, gguf_name: str, tokenizer: Tokenizer) -> None:
     """An Ollama Modelfile; ChatML-family templates (SmolLM2, Qwen) are translated, others get their stop tokens."""
     from .data.render import end_of_turn_ids
 

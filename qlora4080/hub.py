@@ -53,11 +53,11 @@ def cache_only_unless_reachable() -> Iterator[bool]:
     constants.HF_HUB_OFFLINE = True
     datasets_config = sys.modules.get("datasets.config")
     if datasets_config is not None:
-        saved["datasets"] = datasets_config.HF_HUB_OFFLINE
-        datasets_config.HF_HUB_OFFLINE = True
+        saved["datasets"] = getattr(datasets_config, "HF_HUB_OFFLINE", False)
+        setattr(datasets_config, "HF_HUB_OFFLINE", True)  # noqa: B010  (a module attribute mypy cannot see)
     try:
         yield False
     finally:
         constants.HF_HUB_OFFLINE = saved["hub"]
         if datasets_config is not None:
-            datasets_config.HF_HUB_OFFLINE = saved["datasets"]
+            setattr(datasets_config, "HF_HUB_OFFLINE", saved["datasets"])  # noqa: B010

@@ -1,30 +1,43 @@
-"""Load a trained checkpoint (base + adapter, with its saved chat template) and generate, streaming."""
+"""Load a trained checkpoint (base + adapter, with its saved chat template) and generate from it.
+
+The one place text is generated: streamed one answer at a time (chat) or
+greedy and batched with left padding (generate, eval). chat.py,
+batch_infer.py and evaluate.py all build on this module, never on each other.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from .adapter_files import check_adapter
 from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
+from .eval_rules import Generated
+from .model_types import decoded
 from .recipe import BUILTIN_PREFIX, ModelSection
+
+if TYPE_CHECKING:
+    from transformers import TextStreamer
+
+    from .data.vocabulary import Message
+    from .model_types import Model, Tokenizer
 
 
 @dataclass
 class ChatModel:
-    model: Any
-    tokenizer: Any
+    model: Model
+    tokenizer: Tokenizer
     description: str
     has_adapter: bool
     stop_ids: list[int] = field(default_factory=list)
     context: int = 0  # tokens the model can attend to (prompt + answer); 0 = unknown
 
 
-def model_context(model: Any) -> int:
+def model_context(model: Model) -> int:
     """The model's context length from its config (0 when it does not say)."""
     config = getattr(model, "config", None)
     return int(getattr(config, "max_position_embeddings", 0) or 0)
@@ -35,76 +48,6 @@ def read_checkpoint_meta(target: str | Path) -> CheckpointMeta | None:
     if str(target).startswith(BUILTIN_PREFIX):
         return None
     return CheckpointMeta.load(Path(target))
-
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def check_adapter(folder: Path, recipe: str | None = None) -> None:
-    """Fail before any model loads when the checkpoint's adapter files are missing or cut short.
-
-    Without this, peft takes a folder with no adapter file for a hub repo id
-    (HFValidationError) and safetensors reports a truncated file as a bad header:
-    neither says which checkpoint is broken or what to do.
-    """
-    config, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
-    problem = None
-    if not config.is_file():
-        problem = f"{ADAPTER_CONFIG} is missing"
-    elif not weights.is_file():
-        problem = f"{ADAPTER_WEIGHTS} is missing"
-    else:
-        try:
-            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
-                problem = f"{ADAPTER_CONFIG} is damaged (not a JSON object)"
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            problem = f"{ADAPTER_CONFIG} is damaged ({exc})"
-        problem = problem or safetensors_problem(weights)
-    if problem:
-        raise QloraError(f"the adapter in {folder} cannot be loaded: {problem}", where=str(folder),
-                         hint=_repair_hint(folder, recipe))
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is unusable ("is damaged or truncated (...)"), or None.
-
-    Reads only the header: 8 bytes of header length, a JSON table of tensors
-    and their byte ranges. A file cut short ends before its last range does.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if length < 0:
-            return f"{path.name} is damaged or truncated (only {size} bytes)"
-        if 8 + length > size:
-            return f"{path.name} is damaged or truncated ({size:,} bytes: too short for its own header)"
-        try:
-            header = json.loads(handle.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return f"{path.name} is damaged or truncated (its header is not readable)"
-    if not isinstance(header, dict):
-        return f"{path.name} is damaged or truncated (its header is not readable)"
-    ends = [entry["data_offsets"][1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
-    needed = 8 + length + max(ends, default=0)
-    if needed > size:
-        return f"{path.name} is damaged or truncated ({size:,} bytes, its header says {needed:,})"
-    return None
-
-
-def _repair_hint(folder: Path, recipe: str | None) -> str:
-    """What to do about a broken adapter: copy it from the run's latest intermediate save, or train again."""
-    from .training.rundirs import latest_checkpoint
-
-    saved = latest_checkpoint(folder) if folder.is_dir() else None
-    copy = ""
-    if (saved is not None and (saved / ADAPTER_CONFIG).is_file() and (saved / ADAPTER_WEIGHTS).is_file()
-            and safetensors_problem(saved / ADAPTER_WEIGHTS) is None):
-        copy = (f"copy {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} from {saved} (the run's save at step "
-                f"{saved.name.rsplit('-', 1)[-1]}) into {folder}, or ")
-    return copy + f"re-train: qlora4080 train {recipe or 'RECIPE'} --run-name {folder.name} --overwrite"
 
 
 def load_for_chat(target: str | Path) -> ChatModel:
@@ -125,12 +68,7 @@ def load_for_chat(target: str | Path) -> ChatModel:
         meta = CheckpointMeta.load(path)
         assert meta is not None  # the file exists (checked above)
         check_adapter(path, meta.recipe_path)  # before the base model loads: a broken checkpoint fails in a second, not after a minute
-        model_cfg = ModelSection(
-            name=meta.base_model,
-            load_in_4bit=meta.load_in_4bit,
-            dtype=meta.dtype,
-            trust_remote_code=meta.trust_remote_code,
-        )
+        model_cfg = meta.model_section()
         base, _ = hf.load_model(model_cfg, hardware, for_training=False)
         # The tokenizer saved with the adapter carries the exact chat template used in training.
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), None)
@@ -152,7 +90,7 @@ def load_for_chat(target: str | Path) -> ChatModel:
 
 def generate(
     chat: ChatModel,
-    messages: list[dict[str, Any]],
+    messages: Sequence[Message],
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -166,23 +104,62 @@ def generate(
 
     ids = render_prompt(messages, chat.tokenizer)
     input_ids = torch.tensor([ids], device=chat.model.device)
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": temperature > 0,
-        "eos_token_id": chat.stop_ids or None,
-        "pad_token_id": chat.tokenizer.pad_token_id,
-    }
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_p=0.95)
-    if on_text is not None:
-        kwargs["streamer"] = _streamer(chat.tokenizer, on_text)
-    adapter_off = chat.model.disable_adapter() if (chat.has_adapter and not use_adapter) else nullcontext()
-    with torch.inference_mode(), adapter_off:
-        output = chat.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-    return chat.tokenizer.decode(output[0][len(ids):], skip_special_tokens=True).strip()
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    streamer = _streamer(chat.tokenizer, on_text) if on_text is not None else None
+    with torch.inference_mode(), adapter_switch(chat, use_adapter):
+        output = chat.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     max_new_tokens=max_new_tokens, eos_token_id=chat.stop_ids or None,
+                                     pad_token_id=chat.tokenizer.pad_token_id, streamer=streamer, **sampling)
+    return decoded(chat.tokenizer, output[0][len(ids):].tolist()).strip()
 
 
-def _streamer(tokenizer: Any, on_text: Callable[[str], None]) -> Any:
+def generate_answers(chat: ChatModel, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
+                     batch_size: int = 8, use_adapter: bool = True, tools: Sequence[list[dict[str, object]] | None] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+    """Greedy answers for many prompts, batched with left padding (so every row ends where generation starts)."""
+    import torch
+
+    from .data.render import render_prompt
+
+    pad = chat.tokenizer.pad_token_id
+    stops = set(chat.stop_ids)
+    row_tools = list(tools) if tools is not None else [None] * len(prompts)
+    results: list[Generated] = []
+    with torch.inference_mode(), adapter_switch(chat, use_adapter):
+        for start in range(0, len(prompts), batch_size):
+            batch = [render_prompt(prompt, chat.tokenizer, row_tools[start + k])
+                     for k, prompt in enumerate(prompts[start : start + batch_size])]
+            width = max(len(ids) for ids in batch)
+            ids = torch.tensor([[pad] * (width - len(i)) + i for i in batch], device=chat.model.device)
+            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in batch], device=chat.model.device)
+            output = chat.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=list(stops) or None, pad_token_id=pad)
+            results.extend(_decoded(chat.tokenizer, row, stops) for row in output[:, width:].tolist())
+            if on_batch:
+                on_batch(len(batch))
+    return results
+
+
+def _decoded(tokenizer: Tokenizer, row: list[int], stops: set[int]) -> Generated:
+    """One generated row up to (not including) its first stop token."""
+    cut = next((i for i, token in enumerate(row) if token in stops), None)
+    kept = row if cut is None else row[:cut]
+    return Generated(text=decoded(tokenizer, kept).strip(), raw_text=decoded(tokenizer, kept, keep_special=True),
+                     token_ids=tuple(kept), stopped=cut is not None)
+
+
+def adapter_switch(chat: ChatModel, use_adapter: bool) -> AbstractContextManager[object]:
+    """A context in which the model answers with its adapter (the default) or as the bare base model."""
+    if not chat.has_adapter or use_adapter:
+        return nullcontext()
+    from peft import PeftModel
+
+    if not isinstance(chat.model, PeftModel):
+        raise QloraError(f"{chat.description} has no adapter to switch off")
+    return chat.model.disable_adapter()
+
+
+def _streamer(tokenizer: Tokenizer, on_text: Callable[[str], None]) -> TextStreamer:
     from transformers import TextStreamer
 
     class _Forward(TextStreamer):

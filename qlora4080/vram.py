@@ -20,6 +20,8 @@ below so they can be calibrated against measurements:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .architectures import Architecture
@@ -108,25 +110,26 @@ def fit_overrides(arch: Architecture, shape: TrainingShape, budget_bytes: float,
     if estimate(arch, shape).total <= budget_bytes:
         return []
     overrides: dict[str, str] = {}
-    steps = []
+    # Each step: the recipe overrides to print, and the same change to the shape being estimated.
+    steps: list[tuple[dict[str, str], Callable[[TrainingShape], TrainingShape]]] = []
     for seq in (1536, 1024, 768, 512):
         if seq < shape.seq_len:
-            steps.append(({"model.max_seq_len": str(seq)}, {"seq_len": seq}))
+            steps.append(({"model.max_seq_len": str(seq)}, functools.partial(replace, seq_len=seq)))
     if shape.batch_size > 1:
         steps.append((
             {"training.batch_size": "1", "training.grad_accum": str(grad_accum * shape.batch_size)},
-            {"batch_size": 1},
+            functools.partial(replace, batch_size=1),
         ))
     if not shape.gradient_checkpointing:
-        steps.append(({"training.gradient_checkpointing": "true"}, {"gradient_checkpointing": True}))
+        steps.append(({"training.gradient_checkpointing": "true"}, functools.partial(replace, gradient_checkpointing=True)))
     for r in (8, 4):
         if r < shape.lora_r:
-            steps.append(({"lora.r": str(r), "lora.alpha": str(2 * r)}, {"lora_r": r}))
+            steps.append(({"lora.r": str(r), "lora.alpha": str(2 * r)}, functools.partial(replace, lora_r=r)))
     if not shape.load_in_4bit:
-        steps.append(({"model.load_in_4bit": "true"}, {"load_in_4bit": True}))
+        steps.append(({"model.load_in_4bit": "true"}, functools.partial(replace, load_in_4bit=True)))
     current = shape
     for settings, change in steps:
-        current = replace(current, **change)
+        current = change(current)
         overrides.update(settings)
         if estimate(arch, current).total <= budget_bytes:
             return [f"--set {key}={value}" for key, value in overrides.items()]

@@ -8,36 +8,39 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast, get_args
 
 from ..errors import QloraError
 from ..hardware import Hardware, has_module
 
 if TYPE_CHECKING:
+    from ..model_types import Model, Tokenizer
     from ..recipe import LoraSection, ModelSection
 
-BACKEND_MODULES = {"hf": "hf", "unsloth": "unsloth"}
+BackendName = Literal["hf", "unsloth"]
+"""A backend that can train: the recipe's "auto" becomes one of these."""
+BACKEND_NAMES: tuple[BackendName, ...] = get_args(BackendName)
 
 
 class Backend(Protocol):
     """What a training run needs from a backend (a module with these functions)."""
 
     def load_model(self, model_cfg: ModelSection, hardware: Hardware, *,
-                   template_path: Path | None = None) -> tuple[Any, Any]:
+                   template_path: Path | None = None) -> tuple[Model, Tokenizer]:
         """The base model (4-bit where asked and possible) and its tokenizer with the run's chat template."""
 
-    def attach_lora(self, model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool) -> Any:
+    def attach_lora(self, model: Model, lora: LoraSection, *, seed: int, gradient_checkpointing: bool) -> Model:
         """A fresh LoRA adapter on the base, initialised from `seed`; only adapter weights train."""
 
 
 def load_backend(name: str) -> Backend:
     """The backend module for "hf" or "unsloth" (imported here, so unsloth's import stays late and explicit)."""
-    if name not in BACKEND_MODULES:
+    if name not in BACKEND_NAMES:
         raise QloraError(f"unknown backend {name!r}", where="[model] backend", hint="use auto, unsloth or hf")
-    return cast(Backend, importlib.import_module(f".{BACKEND_MODULES[name]}", __package__))
+    return cast(Backend, importlib.import_module(f".{name}", __package__))
 
 
-def choose_backend(requested: str, hardware: Hardware) -> tuple[str, str]:
+def choose_backend(requested: str, hardware: Hardware) -> tuple[BackendName, str]:
     """(backend, one-line reason) for the recipe's `model.backend`."""
     if requested == "hf":
         return "hf", "backend = hf in the recipe"

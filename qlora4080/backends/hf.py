@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..console import warn
 from ..errors import QloraError
@@ -12,19 +12,22 @@ from ..hub import cache_only_unless_reachable, hub_host
 from ..recipe import LoraSection, ModelSection
 from .loading import compute_dtype_name, load_tokenizer, model_source
 
+if TYPE_CHECKING:
+    from ..model_types import Model, Tokenizer
+
 ALL_LINEAR = "all-linear"
 
 
 def load_model(
     model_cfg: ModelSection, hardware: Hardware, *, for_training: bool = True, template_path: Path | None = None
-) -> tuple[Any, Any]:
+) -> tuple[Model, Tokenizer]:
     """Base model + tokenizer, placed on the device, ready for LoRA (or inference)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = model_source(model_cfg.name)
     dtype = getattr(torch, compute_dtype_name(model_cfg.dtype, hardware))
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    kwargs: dict[str, object] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
     quantized = False
     if model_cfg.load_in_4bit:
         if not hardware.is_cuda:
@@ -59,7 +62,7 @@ def load_model(
     return model, tokenizer
 
 
-def attach_lora(model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = False) -> Any:
+def attach_lora(model: Model, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = False) -> Model:
     """Wrap the base in a fresh LoRA adapter; only adapter weights train.
 
     Checkpointing on this backend is the trainer's job (training/config.py turns it on), so the flag is unused here.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..console import warn
 from ..errors import QloraError
 from ..hardware import Hardware
 from ..recipe import BUILTIN_PREFIX, ModelSection
+
+if TYPE_CHECKING:
+    from ..model_types import Tokenizer
 
 
 def model_source(name: str) -> str:
@@ -32,7 +35,7 @@ def compute_dtype_name(requested: str, hardware: Hardware) -> str:
 
 
 def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | None = None,
-                   local_only: bool = False) -> Any:
+                   local_only: bool = False) -> Tokenizer:
     """The model's tokenizer with the recipe's chat template; `local_only` never reaches for the hub."""
     from transformers import AutoTokenizer
 
@@ -50,7 +53,7 @@ def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | N
     return prepare_tokenizer(tokenizer, template_path)
 
 
-def prepare_tokenizer(tokenizer: Any, template_path: Path | None) -> Any:
+def prepare_tokenizer(tokenizer: Tokenizer, template_path: Path | None) -> Tokenizer:
     """Apply a recipe's chat template and make sure padding is possible."""
     if template_path is not None:
         tokenizer.chat_template = template_path.read_text(encoding="utf-8")

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..hardware import Hardware
 from ..hub import cache_only_unless_reachable
 from ..recipe import LoraSection, ModelSection
 from .loading import compute_dtype_name, model_source, prepare_tokenizer
 
+if TYPE_CHECKING:
+    from ..model_types import Model, Tokenizer
+
 # unsloth takes explicit names; these are the linear projections of the
 # Llama/Qwen/Mistral/Gemma/Phi-3 families it supports.
 ALL_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Path | None = None) -> tuple[Any, Any]:
+def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Path | None = None) -> tuple[Model, Tokenizer]:
     import torch
     from unsloth import FastLanguageModel
 
@@ -33,7 +36,7 @@ def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Pa
     return model, prepare_tokenizer(tokenizer, template_path)
 
 
-def attach_lora(model: Any, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = True) -> Any:
+def attach_lora(model: Model, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = True) -> Model:
     """unsloth's LoRA, with its own (offloaded) gradient checkpointing; `seed` initialises the adapter."""
     from unsloth import FastLanguageModel
 

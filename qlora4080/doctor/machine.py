@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from ..hardware import Hardware, has_module
 from .packages import FIX, FIX_GPU
@@ -87,7 +87,7 @@ def torch_rows() -> tuple[list[Row], Hardware]:
     return rows, hardware
 
 
-def _cuda_rows(torch: Any, hardware: Hardware, driver: Driver) -> list[Row]:
+def _cuda_rows(torch: ModuleType, hardware: Hardware, driver: Driver) -> list[Row]:
     rows = [Row("system", "GPU", "ok", hardware.gpu_name or "?"),
             Row("system", "GPU memory", "ok", f"{(hardware.gpu_total_bytes or 0) / GiB:.1f} GiB")]
     try:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import Row
+from .report import Row, Status
 
 # A source checkout has the lock next to the package; an installed wheel has none.
 LOCK_PATH = Path(__file__).resolve().parent.parent.parent / "requirements" / "lock.txt"
@@ -123,6 +123,6 @@ def _stack_row(state: PackageState, cuda: bool) -> Row:
         why = "not locked: follows the machine's torch" if name in TORCH_BOUND else "not in the lock"
         return Row("packages", name, "ok", f"{state.installed} ({why})")
     if state.drifted:
-        status = "warn" if name in DRIFT_MATTERS else "info"
+        status: Status = "warn" if name in DRIFT_MATTERS else "info"
         return Row("packages", name, status, f"{state.installed}, lock says {state.locked}", FIX)
     return Row("packages", name, "ok", state.installed)

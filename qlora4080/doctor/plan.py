@@ -15,6 +15,7 @@ from ..hardware import Hardware, has_module
 from .packages import FIX, FIX_GPU, REQUIRED
 
 if TYPE_CHECKING:
+    from ..backends import BackendName
     from ..recipe import Recipe
 
 
@@ -31,7 +32,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    backend: str | None
+    backend: BackendName | None
     """"unsloth" or "hf"; None when a blocker stops training."""
     reason: str
     """Why that backend (or why none)."""

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..hardware import Hardware, describe_memory, memory_snapshot
 from .panel import TrainingView, format_line
 from .runlog import RunLog
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from .trainer import CountingTrainer
+
+MetricRecord: TypeAlias = dict[str, int | float | str]
+"""One line of metrics.jsonl: step, epoch, trainer logs (loss, lr, ...), token rates, memory."""
 
 
 class MetricsCallback(TrainerCallback):
@@ -22,21 +30,22 @@ class MetricsCallback(TrainerCallback):
         self.metrics_path = metrics_path
         self.view = view
         self.hardware = hardware
-        self.trainer: Any = None  # set once the trainer exists: its token counters feed the rates
+        self.trainer: CountingTrainer | None = None  # set once the trainer exists: its token counters feed the rates
         self._last = (time.monotonic(), 0, 0)
-        self.history: list[dict[str, Any]] = []
+        self.history: list[MetricRecord] = []
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
         self._last = (time.monotonic(), self._tokens()[0], self._tokens()[1])
         self.view.start(state.max_steps, state.global_step)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
         self.view.advance(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: object) -> None:
         if not logs:
             return
-        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        record: MetricRecord = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         now, (tokens, trained) = time.monotonic(), self._tokens()
         then, tokens_then, trained_then = self._last
         if "loss" in logs and now > then and tokens > tokens_then:
@@ -56,4 +65,4 @@ class MetricsCallback(TrainerCallback):
     def _tokens(self) -> tuple[int, int]:
         if self.trainer is None:
             return 0, 0
-        return getattr(self.trainer, "tokens_seen", 0), getattr(self.trainer, "trained_tokens_seen", 0)
+        return self.trainer.tokens_seen, self.trainer.trained_tokens_seen

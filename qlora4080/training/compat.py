@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..model_types import Model
 
 
 @cache
@@ -21,7 +24,7 @@ def sft_config_fields() -> frozenset[str]:
     return frozenset(field.name for field in dataclasses.fields(SFTConfig))
 
 
-def checkpointing_options(enabled: bool) -> dict[str, Any]:
+def checkpointing_options(enabled: bool) -> dict[str, Any]:  # keywords whose names depend on the trl release
     """SFTConfig keywords that turn activation (gradient) checkpointing on or off.
 
     trl <= 1.15 (the release unsloth 2026.10 accepts) names it
@@ -38,7 +41,7 @@ def checkpointing_options(enabled: bool) -> dict[str, Any]:
     return options
 
 
-def fused_loss_usable(model: Any) -> bool:
+def fused_loss_usable(model: Model) -> bool:
     """Whether trl's fused LM-head loss (a Triton kernel) can run for this model.
 
     trl 1.15's SFTTrainer computes every loss through that kernel. Triton ships

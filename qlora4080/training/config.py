@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..backends.loading import compute_dtype_name
 from ..hardware import Hardware, has_module
 from ..recipe import Recipe
 from .compat import checkpointing_options
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def build_sft_config(
     *,
     has_eval: bool,
     backend: str,
-) -> Any:
+) -> SFTConfig:
     from trl import SFTConfig
 
     t = recipe.training

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
@@ -26,7 +28,7 @@ class InterruptGuard(TrainerCallback):
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: signal.Handlers | Callable[[int, FrameType | None], object] | int | None = None
 
     def __enter__(self) -> Self:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -35,7 +37,7 @@ class InterruptGuard(TrainerCallback):
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._previous)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt  # second Ctrl-C: leave at once
         self.requested = True

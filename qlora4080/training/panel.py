@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.live import Live
@@ -20,6 +20,10 @@ from rich.table import Table
 
 from ..console import console
 from ..hardware import Hardware, describe_memory, memory_snapshot
+from ..perplexity import from_loss
+
+if TYPE_CHECKING:
+    from .callbacks import MetricRecord
 
 SMOOTHING = 0.9  # exponential moving average of the loss
 
@@ -31,7 +35,7 @@ class TrainingView:
         self.title = title
         self.hardware = hardware
         self.live_enabled = _can_show_live() if live is None else live
-        self.metrics: dict[str, Any] = {}
+        self.metrics: MetricRecord = {}
         self.smoothed: float | None = None
         self._ema, self._ema_count = 0.0, 0
         self._progress = Progress(
@@ -51,11 +55,11 @@ class TrainingView:
         self._progress.update(self._task, completed=step)
         self._refresh()
 
-    def update(self, record: dict[str, Any]) -> None:
+    def update(self, record: MetricRecord) -> None:
         """A logging step's metrics (from the trainer's logs plus token rates)."""
         if "loss" in record:
             # bias-corrected EMA (as in Adam), so early values are not dragged toward the first loss
-            self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * record["loss"]
+            self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * float(record["loss"])
             self._ema_count += 1
             self.smoothed = self._ema / (1 - SMOOTHING**self._ema_count)
             record["loss_smoothed"] = round(self.smoothed, 6)
@@ -80,7 +84,7 @@ class TrainingView:
         table.add_column(style="dim")
         table.add_column()
         loss = f"{m['loss']:.4f} (smoothed {self.smoothed:.4f})" if "loss" in m and self.smoothed is not None else "-"
-        evaluation = f"{m['eval_loss']:.4f} (ppl {math.exp(min(m['eval_loss'], 50)):.2f})" if "eval_loss" in m else "-"
+        evaluation = f"{m['eval_loss']:.4f} (ppl {from_loss(float(m['eval_loss'])):.2f})" if "eval_loss" in m else "-"
         rates = (f"{m['trained_tokens_per_second']:.0f} trained / {m['tokens_per_second']:.0f} total"
                  if "tokens_per_second" in m else "-")
         table.add_row("loss", loss, "epoch", f"{m.get('epoch', 0):.2f}")
@@ -100,7 +104,7 @@ def _can_show_live() -> bool:
     return console.is_terminal
 
 
-def format_line(record: dict[str, Any], max_steps: int) -> str:
+def format_line(record: MetricRecord, max_steps: int) -> str:
     """The plain-text line for train.log and non-terminal output."""
     parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
     parts += [show(record[key]) for key, show in _FIELDS if key in record]
@@ -108,10 +112,10 @@ def format_line(record: dict[str, Any], max_steps: int) -> str:
 
 
 # Metrics shown on a log line, in order, each with how to print it.
-_FIELDS: list[tuple[str, Any]] = [
+_FIELDS: list[tuple[str, Callable[[Any], str]]] = [
     ("loss", lambda v: f"loss {v:.4f}"),
     ("loss_smoothed", lambda v: f"smoothed {v:.4f}"),
-    ("eval_loss", lambda v: f"eval_loss {v:.4f} (ppl {math.exp(min(v, 50)):.2f})"),
+    ("eval_loss", lambda v: f"eval_loss {v:.4f} (ppl {from_loss(v):.2f})"),
     ("learning_rate", lambda v: f"lr {v:.2e}"),
     ("grad_norm", lambda v: f"grad {v:.3f}"),
     ("tokens_per_second", lambda v: f"{v:.0f} tok/s"),

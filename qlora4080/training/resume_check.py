@@ -9,10 +9,14 @@ refused, all of them listed, before anything loads.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from ..errors import QloraError
 from ..recipe import Recipe
@@ -25,8 +29,8 @@ SAFE_ON_RESUME = frozenset({
 IGNORED_ON_RESUME = ("output.",)
 
 
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+def flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
     for key, value in table.items():
         if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{key}."))
@@ -35,7 +39,7 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[object, object]]:
     """key -> (value in the run's snapshot, value now), for every key that differs."""
     before = flatten(tomllib.loads(snapshot_text))
     now = flatten(tomllib.loads(recipe.to_toml()))
@@ -61,5 +65,5 @@ def check_resume(recipe: Recipe, snapshot: Path, run_name: str) -> list[str]:
     return [f"resume: {key} changed from {_show(old)} to {_show(new)}" for key, (old, new) in changed.items()]
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     return "(not set)" if value is None else repr(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..recipe import Recipe
@@ -18,6 +18,9 @@ from .rundirs import (
 )
 from .session import TrainingRun, TrainResult
 
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
 __all__ = ["META_FILE", "RECIPE_SNAPSHOT", "TrainResult", "resume_command", "train"]
 
 
@@ -29,7 +32,7 @@ def train(
     resume: bool = False,
     resume_from: Path | None = None,
     target_gb: float | None = None,
-    callbacks: list[Any] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
     live: bool | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter as the recipe says. Raises QloraError for anything the user can fix.
@@ -74,9 +77,8 @@ def train(
 def resume_command(recipe: Recipe, dirs: RunDirs) -> str:
     """The command that continues this run exactly: same recipe file, same --set values, same run."""
     source = recipe.source_path
-    try:
-        shown = source.relative_to(Path.cwd()) if source else "RECIPE"
-    except ValueError:
-        shown = source
+    shown: Path | str = "RECIPE"
+    if source is not None:
+        shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
     overrides = "".join(f" --set {shlex.quote(item)}" for item in recipe.overrides)
     return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}"

@@ -113,10 +113,9 @@ def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | 
     checkpoints, runs = Path(recipe.output.checkpoints_dir), Path(recipe.output.runs_dir)
     if resume_from is not None:
         path = Path(resume_from)
-        if (path / "trainer_state.json").is_file():
-            checkpoint, run_folder = path, path.parent
-        else:
-            checkpoint, run_folder = latest_checkpoint(path), path
+        given = path / "trainer_state.json"
+        run_folder = path.parent if given.is_file() else path
+        checkpoint = path if given.is_file() else latest_checkpoint(path)
         if checkpoint is None:
             raise QloraError(f"no resumable checkpoint in {path}", where="--resume-from",
                              hint="pass checkpoints/<run> or checkpoints/<run>/checkpoint-N")
@@ -125,14 +124,14 @@ def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | 
         check_run_name(run_name, "--run-name")  # an empty --run-name "" is refused too, not taken as "default"
     name = run_name or recipe.output.run_name
     if name is None:
-        candidates = [p for p in checkpoints.glob(f"{recipe.stem}-*") if p.is_dir() and latest_checkpoint(p)]
-        if not candidates:
+        latest = {p: saved for p in checkpoints.glob(f"{recipe.stem}-*") if p.is_dir() and (saved := latest_checkpoint(p))}
+        if not latest:
             raise QloraError(f"no earlier run of {recipe.stem} with a checkpoint in {checkpoints}/",
                              where="--resume", hint="name the run with --run-name, or start a new run without --resume")
-        name = max(candidates, key=lambda p: latest_checkpoint(p).stat().st_mtime).name  # type: ignore[union-attr]
+        name = max(latest, key=lambda p: latest[p].stat().st_mtime).name
     dirs = RunDirs(name=name, checkpoint=checkpoints / name, logs=runs / name)
-    checkpoint = latest_checkpoint(dirs.checkpoint)
-    if checkpoint is None:
+    found = latest_checkpoint(dirs.checkpoint)
+    if found is None:
         raise QloraError(f"run '{name}' has no resumable checkpoint in {dirs.checkpoint}", where="--resume",
                          hint="checkpoints are written every training.save_steps steps and on Ctrl-C")
-    return dirs, checkpoint
+    return dirs, found

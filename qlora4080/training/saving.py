@@ -16,12 +16,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import QloraError
 
+if TYPE_CHECKING:
+    from ..model_types import Model, Tokenizer
 
-def write_model_files(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str]) -> None:
+
+def write_model_files(model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str]) -> None:
     """Adapter + tokenizer (with its chat template) + small text files, into `folder`."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -29,7 +32,7 @@ def write_model_files(model: Any, tokenizer: Any, folder: Path, extra_files: dic
         (folder / name).write_text(text, encoding="utf-8")
 
 
-def save_adapter(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str] | None = None,
+def save_adapter(model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str] | None = None,
                  *, last_good: Path | None = None) -> None:
     """Write the adapter into `folder` all or nothing; on failure, rescue it and raise QloraError."""
     extra_files = extra_files or {}
@@ -50,7 +53,7 @@ def save_adapter(model: Any, tokenizer: Any, folder: Path, extra_files: dict[str
         raise _save_failed(error, model, tokenizer, folder, extra_files, last_good) from None
 
 
-def _save_failed(error: OSError, model: Any, tokenizer: Any, folder: Path, extra_files: dict[str, str],
+def _save_failed(error: OSError, model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str],
                  last_good: Path | None) -> QloraError:
     reason = f"{error.strerror} ({error.filename})" if error.strerror else str(error)
     rescue = Path(tempfile.gettempdir()) / f"qlora4080-rescue-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"

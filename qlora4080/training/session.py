@@ -8,15 +8,15 @@ No stage branches on the backend: the backend module does what differs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..checkpoint import META_FILE
 from ..console import stage
 from ..errors import QloraError
+from ..perplexity import from_loss
 from ..recipe import Recipe
 from .rundirs import RunDirs, latest_checkpoint
 from .runlog import RunLog
@@ -24,11 +24,18 @@ from .saving import save_adapter
 from .stages import Stages
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import TrainOutput
+
+    from ..backends import Backend, BackendName
+    from ..data.dataset import TokenizedSplit
     from ..hardware import Hardware
+    from ..model_types import Model, Tokenizer
     from .callbacks import MetricsCallback
     from .interrupts import InterruptGuard
     from .panel import TrainingView
+    from .summary import RunSummary
+    from .trainer import CountingTrainer
 
 
 @dataclass
@@ -36,10 +43,10 @@ class TrainResult:
     run_name: str
     checkpoint_dir: Path
     run_dir: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    model: Any = field(default=None, repr=False)
+    summary: RunSummary
+    model: Model = field(repr=False)
     """The trained model (base + adapter), still in memory, for chatting or evaluating right away."""
-    tokenizer: Any = field(default=None, repr=False)
+    tokenizer: Tokenizer = field(repr=False)
 
 
 @dataclass
@@ -52,17 +59,18 @@ class TrainingRun:
     stages: Stages = field(init=False)
     started: float = field(default_factory=time.monotonic)
     hardware: Hardware = field(init=False)
-    backend_name: str = field(init=False)
+    backend_name: BackendName = field(init=False)
     backend: Backend = field(init=False)
-    model: Any = None
-    tokenizer: Any = None
-    train_split: Any = None
-    eval_split: Any = None
-    validation_file: Path | None = None
-    trainer: Any = None
-    view: TrainingView | None = None
-    metrics: MetricsCallback | None = None
-    guard: InterruptGuard | None = None
+    # Each stage sets what it makes; a later stage reads only what earlier ones set.
+    model: Model = field(init=False)
+    tokenizer: Tokenizer = field(init=False)
+    train_split: TokenizedSplit = field(init=False)
+    eval_split: TokenizedSplit | None = field(init=False)
+    validation_file: Path | None = field(init=False)
+    trainer: CountingTrainer = field(init=False)
+    view: TrainingView = field(init=False)
+    metrics: MetricsCallback = field(init=False)
+    guard: InterruptGuard = field(init=False)
 
     def __post_init__(self) -> None:
         self.stages = Stages(self.log)
@@ -81,7 +89,7 @@ class TrainingRun:
             # imports unsloth, which must patch transformers/trl/peft before anything imports them (quiet_libraries).
             plan = plan_training(self.recipe.model.backend, self.recipe.model.load_in_4bit, self.hardware)
             if plan.blockers or plan.backend is None:
-                first, *more = plan.blockers or [None]
+                first, more = (plan.blockers[0], plan.blockers[1:]) if plan.blockers else (None, [])
                 raise QloraError(f"this machine cannot train the recipe: {plan.reason}"
                                  + "".join(f"; also {problem.message}" for problem in more), where="[model] backend",
                                  hint=first.hint if first else "run qlora4080 doctor RECIPE for the details")
@@ -121,7 +129,7 @@ class TrainingRun:
             trainable, total = count_parameters(self.model)
             self.log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
-    def build_trainer(self, live: bool | None, extra_callbacks: list[Any]) -> None:
+    def build_trainer(self, live: bool | None, extra_callbacks: list[TrainerCallback]) -> None:
         """TRL's SFTTrainer (with token counting) wired to the panel, the logs and Ctrl-C."""
         from transformers.trainer_callback import PrinterCallback
 
@@ -144,12 +152,12 @@ class TrainingRun:
             model=self.model, args=config, train_dataset=self.train_split.dataset,
             eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
             callbacks=[self.metrics, self.guard, *tensorboard_callbacks(dirs), *extra_callbacks],
-            **({"data_collator": collator} if collator is not None else {}),
+            data_collator=collator,
         )
         self.metrics.trainer = self.trainer
         self.trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
 
-    def fit(self) -> Any:
+    def fit(self) -> TrainOutput:
         """trainer.train() with OOM advice, and Ctrl-C turned into a saved, resumable stop."""
         from .oom import is_out_of_memory, out_of_memory_error
 
@@ -190,12 +198,12 @@ class TrainingRun:
         if self.eval_split is None:
             return {}
         with self.stages.stage("Evaluating on the validation file"):
-            metrics: dict[str, float] = self.trainer.evaluate()
+            metrics = self.trainer.evaluate()
             if "eval_loss" in metrics:
-                metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+                metrics["eval_perplexity"] = from_loss(metrics["eval_loss"])
         return metrics
 
-    def save(self, output: Any, eval_metrics: dict[str, float]) -> TrainResult:
+    def save(self, output: TrainOutput, eval_metrics: dict[str, float]) -> TrainResult:
         """Adapter + tokenizer (its exact chat template) + metadata, all or nothing; then summary.json."""
         from .summary import build_summary, checkpoint_meta, print_summary
 
@@ -221,7 +229,7 @@ def snapshot_recipe(recipe: Recipe, dirs: RunDirs) -> None:
     staged.replace(dirs.checkpoint / RECIPE_SNAPSHOT)
 
 
-def tensorboard_callbacks(dirs: RunDirs) -> list[Any]:
+def tensorboard_callbacks(dirs: RunDirs) -> list[TrainerCallback]:
     from ..hardware import has_module
 
     if not has_module("tensorboard"):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..console import stage as announce
 
+if TYPE_CHECKING:
+    from .runlog import RunLog
+
 
 class Stages:
-    def __init__(self, log: Any):
+    def __init__(self, log: RunLog):
         self.log = log
         self.timings: dict[str, float] = {}
 

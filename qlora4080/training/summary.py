@@ -6,7 +6,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from .. import __version__
 from ..checkpoint import CheckpointMeta
@@ -16,21 +16,51 @@ from ..recipe import Recipe
 from .rundirs import RunDirs
 from .runlog import RunLog
 
+if TYPE_CHECKING:
+    from transformers.trainer_utils import TrainOutput
 
-def count_parameters(model: Any) -> tuple[int, int]:
+    from ..backends import BackendName as Backend
+    from ..data.dataset import TokenizedSplit
+    from ..model_types import Model
+    from .callbacks import MetricRecord
+    from .trainer import CountingTrainer
+
+
+class RunSummary(TypedDict, total=False):
+    """summary.json, the run summary table and the checkpoint metadata's `summary`."""
+
+    run_name: str
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    best_loss: float | None
+    train_loss_mean: float
+    tokens_seen: int
+    trained_tokens_seen: int
+    dataset_tokens: int
+    dataset_trained_tokens: int
+    peak_memory_gib: float | None
+    peak_memory_kind: str
+    wall_seconds: float
+    stage_seconds: dict[str, float]
+    eval_loss: float
+    eval_perplexity: float
+
+
+def count_parameters(model: Model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
 
-def build_summary(dirs: RunDirs, output: Any, history: list[dict[str, Any]], train_split: Any,
+def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord], train_split: TokenizedSplit,
                   eval_metrics: dict[str, float], timings: dict[str, float], started: float, hardware: Hardware,
-                  trainer: Any) -> dict[str, Any]:
+                  trainer: CountingTrainer) -> RunSummary:
     from ..hardware import memory_snapshot
 
-    losses = [r["loss"] for r in history if "loss" in r]
+    losses = [float(r["loss"]) for r in history if "loss" in r]
     peak = memory_snapshot(hardware).get("peak")
-    return {
+    summary: RunSummary = {
         "run_name": dirs.name,
         "steps": output.global_step,
         "first_loss": losses[0] if losses else None,
@@ -45,25 +75,29 @@ def build_summary(dirs: RunDirs, output: Any, history: list[dict[str, Any]], tra
         "peak_memory_kind": "GPU allocated" if hardware.is_cuda else "process RSS",
         "wall_seconds": round(time.monotonic() - started, 2),
         "stage_seconds": timings,
-        **{k: v for k, v in eval_metrics.items() if k in ("eval_loss", "eval_perplexity")},
     }
+    if "eval_loss" in eval_metrics:
+        summary["eval_loss"] = eval_metrics["eval_loss"]
+    if "eval_perplexity" in eval_metrics:
+        summary["eval_perplexity"] = eval_metrics["eval_perplexity"]
+    return summary
 
 
-def print_summary(summary: dict[str, Any], log: RunLog) -> None:
+def print_summary(summary: RunSummary, log: RunLog) -> None:
     from rich.table import Table
 
     table = Table(title="Run summary", title_justify="left", show_header=False)
     table.add_column(style="dim")
     table.add_column()
     for key, value in summary.items():
-        if key == "stage_seconds":
+        if isinstance(value, dict):  # stage_seconds
             value = ", ".join(f"{name.split(' ')[0].lower()} {sec:.1f}s" for name, sec in value.items())
         table.add_row(key, _short(value))
     console.print(table)
     log.line("summary: " + json.dumps(summary), echo=False)
 
 
-def checkpoint_meta(recipe: Recipe, backend: str, summary: dict[str, Any], validation_file: Path | None) -> CheckpointMeta:
+def checkpoint_meta(recipe: Recipe, backend: Backend, summary: RunSummary, validation_file: Path | None) -> CheckpointMeta:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
     import peft
     import torch
@@ -83,9 +117,9 @@ def checkpoint_meta(recipe: Recipe, backend: str, summary: dict[str, Any], valid
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         versions={"qlora4080": __version__, "python": platform.python_version(), "torch": torch.__version__,
                   "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__},
-        summary=summary,
+        summary=dict(summary),
     )
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)

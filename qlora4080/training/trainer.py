@@ -3,10 +3,21 @@ and transformers' plain loss where trl's fused GPU loss cannot run (see compat.f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from ..data.vocabulary import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from trl import SFTTrainer
+
+    class CountingTrainer(SFTTrainer):
+        """What counting_trainer_class builds, as the type checker sees it."""
+
+        tokens_seen: int
+        trained_tokens_seen: int
 
 
-def counting_trainer_class() -> type:
+def counting_trainer_class() -> type[CountingTrainer]:
     """SFTTrainer subclass, built on demand so trl (possibly patched by unsloth) is imported late."""
     from transformers import Trainer
     from trl import SFTTrainer
@@ -26,7 +37,7 @@ def counting_trainer_class() -> type:
                 self.tokens_seen += int(inputs["input_ids"].numel())
             if "labels" in inputs:
                 # the model shifts labels by one, so the first position never counts
-                self.trained_tokens_seen += int((inputs["labels"][:, 1:] != -100).sum())
+                self.trained_tokens_seen += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
             return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
@@ -38,10 +49,10 @@ def counting_trainer_class() -> type:
                 inputs["use_cache"] = False  # as trl does: no KV cache while training
                 result = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                               num_items_in_batch=num_items_in_batch)
-            if packed_tokens is not None and counted_before is not None and self.model.training:
+            if packed_tokens is not None and counted_before is not None and model.training:
                 # TRL sums attention_mask for its num_tokens metric; with a 4-D float mask that sum is meaningless
                 self._total_train_tokens = counted_before + int(packed_tokens)
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return result
 
-    return CountingSFTTrainer
+    return cast("type[CountingTrainer]", CountingSFTTrainer)

@@ -1,0 +1,82 @@
+"""Is a checkpoint's adapter whole? Checked in a second, before a base model takes a minute to load.
+
+peft takes a folder without an adapter file for a hub repo id (HFValidationError)
+and safetensors reports a truncated file as a bad header; neither says which
+checkpoint is broken or what to do. chat, eval, generate and export ask here first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import QloraError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def check_adapter(folder: Path, recipe: str | None = None) -> None:
+    """Fail before any model loads when the checkpoint's adapter files are missing or cut short.
+
+    Without this, peft takes a folder with no adapter file for a hub repo id
+    (HFValidationError) and safetensors reports a truncated file as a bad header:
+    neither says which checkpoint is broken or what to do.
+    """
+    config, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    problem = None
+    if not config.is_file():
+        problem = f"{ADAPTER_CONFIG} is missing"
+    elif not weights.is_file():
+        problem = f"{ADAPTER_WEIGHTS} is missing"
+    else:
+        try:
+            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+                problem = f"{ADAPTER_CONFIG} is damaged (not a JSON object)"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problem = f"{ADAPTER_CONFIG} is damaged ({exc})"
+        problem = problem or safetensors_problem(weights)
+    if problem:
+        raise QloraError(f"the adapter in {folder} cannot be loaded: {problem}", where=str(folder),
+                         hint=_repair_hint(folder, recipe))
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable ("is damaged or truncated (...)"), or None.
+
+    Reads only the header: 8 bytes of header length, a JSON table of tensors
+    and their byte ranges. A file cut short ends before its last range does.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 0:
+            return f"{path.name} is damaged or truncated (only {size} bytes)"
+        if 8 + length > size:
+            return f"{path.name} is damaged or truncated ({size:,} bytes: too short for its own header)"
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return f"{path.name} is damaged or truncated (its header is not readable)"
+    if not isinstance(header, dict):
+        return f"{path.name} is damaged or truncated (its header is not readable)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        return f"{path.name} is damaged or truncated ({size:,} bytes, its header says {needed:,})"
+    return None
+
+
+def _repair_hint(folder: Path, recipe: str | None) -> str:
+    """What to do about a broken adapter: copy it from the run's latest intermediate save, or train again."""
+    from .training.rundirs import latest_checkpoint
+
+    saved = latest_checkpoint(folder) if folder.is_dir() else None
+    copy = ""
+    if (saved is not None and (saved / ADAPTER_CONFIG).is_file() and (saved / ADAPTER_WEIGHTS).is_file()
+            and safetensors_problem(saved / ADAPTER_WEIGHTS) is None):
+        copy = (f"copy {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} from {saved} (the run's save at step "
+                f"{saved.name.rsplit('-', 1)[-1]}) into {folder}, or ")
+    return copy + f"re-train: qlora4080 train {recipe or 'RECIPE'} --run-name {folder.name} --overwrite"
