@@ -22,7 +22,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 endif
 
-.PHONY: venv demo test test-fast doctor gpu-check lock clean-venv
+.PHONY: venv demo test test-fast lint doctor gpu-check lock clean-venv
 
 venv: $(BIN)/.installed
 
@@ -43,9 +43,14 @@ demo: venv
 	$(BIN)/qlora4080 chat checkpoints/demo --compare --prompt "Ines Moreau is a 29-year-old architect from Lyon."
 	$(BIN)/qlora4080 eval checkpoints/demo --baseline --limit 24 --max-new-tokens 48
 
-# The whole suite, including the real-model end-to-end run (marked slow).
-test: venv
+# The whole suite, including the real-model end-to-end run (marked slow), after the lint and type gate.
+test: lint
 	$(BIN)/python -m pytest -q
+
+# ruff (settings in pyproject.toml) over the repository, and mypy over the package: both must be clean.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
