@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backends.loading import compute_dtype_name
 from ..hardware import Hardware, has_module
@@ -49,20 +49,17 @@ def device_defaults(recipe: Recipe, hardware: Hardware) -> DeviceDefaults:
     )
 
 
-def build_sft_config(
-    recipe: Recipe,
-    hardware: Hardware,
-    output_dir: Path,
-    *,
-    has_eval: bool,
-    backend: str,
-) -> SFTConfig:
-    from trl import SFTConfig
+def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool,
+                      backend: str) -> dict[str, Any]:
+    """TrainingArguments every training method shares: schedule, precision, logging, saving, evaluation.
 
+    A plain dict because SFTConfig and DPOConfig both extend TrainingArguments:
+    each method adds its own fields to these.
+    """
     t = recipe.training
     defaults = device_defaults(recipe, hardware)
     eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -88,10 +85,15 @@ def build_sft_config(
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
-        max_length=recipe.model.max_seq_len,
-        packing=False,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not hardware.is_cuda,
     )
+
+
+def build_sft_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> SFTConfig:
+    from trl import SFTConfig
+
+    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
+    return SFTConfig(**shared, max_length=recipe.model.max_seq_len, packing=False)

@@ -1,0 +1,1 @@
+"""Preference tuning after SFT: pairs of answers to one prompt, the preferred one and the other."""

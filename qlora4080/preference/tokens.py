@@ -1,0 +1,72 @@
+"""A preference pair -> the token ids TRL's DPO collator takes: prompt, chosen answer, rejected answer.
+
+The same renderer as SFT decides what an answer is: the conversation is
+rendered whole with the model's chat template, and the answer is exactly the
+tokens SFT would train in its last assistant turn (content and end-of-turn,
+never the role header, never padding the template adds after it). So the
+preference stage scores the same tokens the SFT stage taught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..data.render import render_conversation
+from ..data.vocabulary import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from ..model_types import Tokenizer
+    from .pairs import PreferencePair
+
+
+@dataclass
+class TokenizedPairs:
+    rows: list[dict[str, list[int]]] = field(default_factory=list)
+    """{"prompt_ids", "chosen_ids", "rejected_ids"} per kept pair."""
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """(pair id, why) for pairs that cannot be trained."""
+    truncated: int = 0
+
+
+def answer_split(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]] | None:
+    """(prompt ids, answer ids): the answer runs from the first trained token to the last one."""
+    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not trained:
+        return None
+    return input_ids[: trained[0]], input_ids[trained[0] : trained[-1] + 1]
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer: Tokenizer) -> dict[str, list[int]] | str:
+    """The pair's token ids, or why it cannot be trained."""
+    halves = []
+    for answer in (pair.chosen, pair.rejected):
+        rendered = render_conversation([*pair.prompt, answer], tokenizer, train_on="last_assistant")
+        split = answer_split(rendered["input_ids"], rendered["labels"])
+        if split is None:
+            return "the chat template rendered no answer tokens"
+        halves.append(split)
+    (prompt, chosen), (other_prompt, rejected) = halves
+    if prompt != other_prompt:
+        return "the chat template renders the prompt differently depending on the answer"
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
+def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, max_seq_len: int) -> TokenizedPairs:
+    """Every pair that fits: a prompt that leaves no room for an answer is dropped, a long answer cut."""
+    result = TokenizedPairs()
+    for pair in pairs:
+        row = tokenize_pair(pair, tokenizer)
+        if isinstance(row, str):
+            result.dropped.append((pair.id, row))
+            continue
+        room = max_seq_len - len(row["prompt_ids"])
+        if room < 2:
+            why = f"the prompt alone is {len(row['prompt_ids'])} tokens, max_seq_len is {max_seq_len}"
+            result.dropped.append((pair.id, why))
+            continue
+        if max(len(row["chosen_ids"]), len(row["rejected_ids"])) > room:
+            result.truncated += 1
+            row = {**row, "chosen_ids": row["chosen_ids"][:room], "rejected_ids": row["rejected_ids"][:room]}
+        result.rows.append(row)
+    return result
