@@ -18,7 +18,8 @@ import typer
 from conftest import CLI
 from typer.testing import CliRunner
 
-from qlora4080.cli import _friendly, app
+from qlora4080.cli import app, friendly_errors
+from qlora4080.recipe import SECTIONS
 
 MODEL = "builtin:smollm2-135m-instruct"  # a known name; none of these tests gets as far as loading it
 
@@ -122,12 +123,12 @@ def test_os_error_from_inside_training_is_a_panel_not_a_traceback(tmp_path):
     assert blocker.read_text() == "not a folder\n"
 
 
-def test_friendly_turns_os_errors_into_exit_2_but_keeps_bugs_as_tracebacks():
-    @_friendly
+def test_friendly_errors_turns_os_errors_into_exit_2_but_keeps_bugs_as_tracebacks():
+    @friendly_errors
     def refused() -> None:
         raise PermissionError(13, "Permission denied", "/data/checkpoints/run")
 
-    @_friendly
+    @friendly_errors
     def bug() -> None:
         raise ValueError("a programming error")
 
@@ -172,7 +173,7 @@ def test_typo_inside_data_sources_names_the_table_key_and_line(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message", "close"), [
-    ("foo.bar=1", "--set foo.bar=1: unknown section 'foo'", "allowed: model, lora, data, training, output"),
+    ("foo.bar=1", "--set foo.bar=1: unknown section 'foo'", f"allowed: {', '.join(SECTIONS)}"),
     ("trainig.epochs=2", "--set trainig.epochs=2: unknown section 'trainig'", "did you mean 'training'?"),
     ("model.nmae=x", "--set model.nmae=x: unknown key 'nmae' in [model]", "did you mean 'name'?"),
 ])

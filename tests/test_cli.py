@@ -1,4 +1,7 @@
-"""The command line as a user runs it: subprocesses, exit codes, messages."""
+"""The command line as a user runs it: the installed entry point in a subprocess, exit codes, stdin, stderr.
+
+Argument handling, errors and printing are tested in-process, faster, in test_cli_runner.py.
+"""
 
 from __future__ import annotations
 
@@ -25,46 +28,51 @@ def test_help_is_instant_and_lists_commands():
     assert time.monotonic() - started < 5
 
 
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
+
+# Every command's --help in one interpreter, then which heavy libraries got imported (on stderr: help is on stdout).
+HELP_PROBE = f"""
+import sys
+HEAVY = {HEAVY!r}
+from qlora4080.cli import app
+for command in ([], ["train"], ["chat"], ["eval"], ["generate"], ["export"], ["recipes"], ["doctor"],
+                ["data", "check"], ["data", "build"], ["data", "preview"]):
+    try:
+        app([*command, "--help"], prog_name="qlora4080")
+    except SystemExit:
+        pass
+print(sorted(name for name in HEAVY if name in sys.modules), file=sys.stderr)
+"""
+
+
 def test_help_does_not_import_torch():
-    code = "import sys, qlora4080.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False False"
+    result = subprocess.run([CLI[0], "-c", HELP_PROBE], capture_output=True, text=True, check=True)
+    assert result.stderr.strip() == "[]"
 
 
-def test_bad_recipe_key_exits_nonzero_with_location(tmp_path):
+def test_the_installed_command_is_this_app():
+    """`qlora4080` on the PATH runs qlora4080.cli:app (the package metadata says so)."""
+    from importlib.metadata import entry_points
+
+    from qlora4080.cli import app
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "qlora4080"]
+    assert script.value == "qlora4080.cli:app" and script.load() is app
+
+
+def test_a_bad_recipe_is_a_panel_on_stderr_and_exit_2(tmp_path):
     (tmp_path / "t.jsonl").write_text("{}\n")
     recipe = tmp_path / "bad.toml"
     recipe.write_text('[model]\nname = "builtin:smollm2-135m-instruct"\nmax_seq_lenn = 64\n[data]\ntrain = "t.jsonl"\n')
     result = run("train", str(recipe))
     assert result.returncode == 2
-    assert f"{recipe}:3" in result.stderr
-    assert "unknown key 'max_seq_lenn' in [model]" in result.stderr
-    assert "did you mean 'max_seq_len'?" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"{recipe}:3" in result.stderr and "unknown key 'max_seq_lenn' in [model]" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_bad_override_exits_nonzero():
-    result = run("train", str(DEMO_RECIPE), "--set", "training.batch_size=zero", "--dry-run")
-    assert result.returncode == 2
-    assert "--set training.batch_size" in result.stderr
-
-
-def test_missing_recipe_file():
-    result = run("train", "nope.toml")
-    assert result.returncode == 2 and "recipe file not found" in result.stderr
-
-
-def test_dry_run_validates_and_loads_nothing():
-    result = run("train", str(DEMO_RECIPE), "--dry-run", "--set", "training.max_steps=3")
-    assert result.returncode == 0, result.stderr
-    assert "recipe OK" in result.stdout and "max_steps = 3" in result.stdout
-    assert not Path("checkpoints").exists()
-
-
-@pytest.mark.parametrize("columns", [80, 200])
-def test_recipes_lists_bundled_recipes_with_vram_estimates(columns):
-    # 80 columns is what a pipe or CI log gets: names must stay whole there too.
-    result = run("recipes", "--dir", str(DEMO_RECIPE.parent), columns=columns)
+def test_recipes_keep_names_whole_in_80_columns():
+    """80 columns is what a pipe or CI log gets: names must stay whole there too (the listing itself: test_cli_runner.py)."""
+    result = run("recipes", "--dir", str(DEMO_RECIPE.parent), columns=80)
     assert result.returncode == 0, result.stderr
     for name in ("smollm2_135m_demo", "qwen3_4b_emoji", "qwen25_7b_chat", "llama31_8b_chat", "phi35_mini_chat",
                  "gemma2_9b_chat", "mistral_7b_chat"):
@@ -74,26 +82,6 @@ def test_recipes_lists_bundled_recipes_with_vram_estimates(columns):
     assert "…" not in result.stdout
     demo_row = next(line for line in result.stdout.splitlines() if line.startswith("│ smollm2_135m_demo.toml"))
     assert "256" in demo_row and "4 x 1" in demo_row and "yes" in demo_row
-
-
-def test_dry_run_shows_hardware_estimate_and_verdict():
-    qwen = DEMO_RECIPE.parent / "qwen3_4b_emoji.toml"
-    result = run("train", str(qwen), "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert "Hardware: CPU only" in result.stdout
-    assert "Estimated peak GPU memory vs a 16 GB card" in result.stdout
-    for part in ("weights (4-bit NF4", "LoRA parameters", "optimizer states", "activations (checkpointed)", "logits and loss"):
-        assert part in result.stdout
-    assert "Verdict: fits" in result.stdout
-
-    small = run("train", str(qwen), "--dry-run", "--target-gb", "6", "--set", "model.max_seq_len=4096")
-    assert small.returncode == 0, small.stderr
-    assert "Verdict: does not fit" in small.stdout and "--set model.max_seq_len=" in small.stdout
-
-
-def test_chat_on_a_folder_that_is_not_a_checkpoint(tmp_path):
-    result = run("chat", str(tmp_path), "--prompt", "hi")
-    assert result.returncode == 2 and "not a qlora4080 checkpoint" in result.stderr
 
 
 def test_train_then_scripted_chat_repl_on_tiny_model(tmp_path, tiny_model_dir):

@@ -35,6 +35,8 @@ def _contract_of(call: ast.Call) -> str | None:
     func = call.func
     if isinstance(func, ast.Call) and ast.unparse(func.func) == "counting_trainer_class":
         return "trl.SFTTrainer"  # counting_trainer_class() returns an SFTTrainer subclass
+    if isinstance(func, ast.Call) and ast.unparse(func.func) == "preference_trainer_class":
+        return "trl.DPOTrainer"  # preference_trainer_class() returns a DPOTrainer subclass
     text = ast.unparse(func)
     if text.endswith("FastLanguageModel.from_pretrained"):
         return "unsloth.FastLanguageModel.from_pretrained"
@@ -42,13 +44,29 @@ def _contract_of(call: ast.Call) -> str | None:
         return "unsloth.FastLanguageModel.get_peft_model"
     if isinstance(func, ast.Attribute) and func.attr in ("save_pretrained_gguf", "save_pretrained_merged"):
         return f"unsloth.{func.attr}"
-    return {"SFTConfig": "trl.SFTConfig", "BitsAndBytesConfig": "transformers.BitsAndBytesConfig",
+    return {"SFTConfig": "trl.SFTConfig", "DPOConfig": "trl.DPOConfig", "BitsAndBytesConfig": "transformers.BitsAndBytesConfig",
             "LoraConfig": "peft.LoraConfig", "prepare_model_for_kbit_training": "peft.prepare_model_for_kbit_training",
             }.get(text)
 
 
+def shared_trainer_arguments() -> set[str]:
+    """The keywords training/config.py's trainer_arguments() returns (every method's config gets them)."""
+    tree = ast.parse((PACKAGE / "training" / "config.py").read_text(encoding="utf-8"))
+    function = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "trainer_arguments")
+    built = next(n for n in ast.walk(function) if isinstance(n, ast.Return) and isinstance(n.value, ast.Call))
+    assert isinstance(built.value, ast.Call) and ast.unparse(built.value.func) == "dict", "trainer_arguments returns dict(...)"
+    keys = {keyword.arg for keyword in built.value.keywords if keyword.arg is not None}
+    for keyword in built.value.keywords:
+        if keyword.arg is None:
+            keys |= _expanded_keys(keyword.value) or set()
+    return keys
+
+
 def _expanded_keys(expression: ast.expr) -> set[str] | None:
-    """Keys a `**expression` can pass: dict literals inside it, or our checkpointing helper's keys."""
+    """Keys a `**expression` can pass: dict literals inside it, our checkpointing helper's keys, or the shared
+    trainer arguments (a name bound to trainer_arguments(...), by convention `shared`)."""
+    if isinstance(expression, ast.Name) and expression.id == "shared":
+        return shared_trainer_arguments()
     keys = {node.value for d in ast.walk(expression) if isinstance(d, ast.Dict)
             for node in d.keys if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     if any(isinstance(n, ast.Call) and ast.unparse(n.func) == "checkpointing_options" for n in ast.walk(expression)):
@@ -113,6 +131,18 @@ def _sft_config() -> object:
     return SFTConfig
 
 
+def _dpo_trainer_init() -> object:
+    from trl import DPOTrainer
+
+    return DPOTrainer.__init__
+
+
+def _dpo_config() -> object:
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
 def _bnb_config() -> object:
     from transformers import BitsAndBytesConfig
 
@@ -140,6 +170,8 @@ ACCEPTED: dict[str, Callable[[], tuple[set[str], bool]]] = {
     "unsloth.save_pretrained_merged": _unsloth("unsloth/save.py", "unsloth_save_pretrained_merged"),
     "trl.SFTConfig": _installed(_sft_config),
     "trl.SFTTrainer": _installed(_sft_trainer_init),
+    "trl.DPOConfig": _installed(_dpo_config),
+    "trl.DPOTrainer": _installed(_dpo_trainer_init),
     "transformers.BitsAndBytesConfig": _installed(_bnb_config),
     "peft.LoraConfig": _installed(_lora_config),
     "peft.prepare_model_for_kbit_training": _installed(_kbit),

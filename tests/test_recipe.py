@@ -160,3 +160,56 @@ def test_snapshot_round_trips_with_absolute_paths(tmp_path):
     snapshot.write_text(recipe.to_toml(), encoding="utf-8")
     again = load_recipe(snapshot)
     assert again.model_dump() == {**recipe.model_dump(), "data": {**recipe.model_dump()["data"], "train": str(tmp_path / "train.jsonl")}}
+
+
+def test_bad_train_on_and_format_list_the_choices(tmp_path):
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, GOOD.replace('train = "train.jsonl"', 'train = "train.jsonl"\ntrain_on = "everything"')))
+    assert info.value.message == "data.train_on = 'everything': Input should be 'assistant', 'last_assistant' or 'all'"
+    assert info.value.where.endswith("r.toml:7")
+    sources = GOOD.replace('[data]\ntrain = "train.jsonl"', '[data]\n\n[[data.sources]]\npath = "train.jsonl"\nformat = "csv"')
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, sources))
+    assert info.value.message == ("[[data.sources]] #1 format = 'csv': Input should be 'auto', 'messages', 'sharegpt', 'alpaca', "
+                                  "'prompt_completion', 'columns', 'cmath', 'mawps' or 'emoji'")
+    assert info.value.where.endswith("r.toml:9")
+
+
+def test_train_on_and_formats_are_the_data_layers_own():
+    from typing import get_args
+
+    from qlora4080.data.vocabulary import FORMATS, TRAIN_ON_CHOICES
+    from qlora4080.recipe import DataSection, SourceSection
+
+    assert get_args(DataSection.model_fields["train_on"].annotation) == TRAIN_ON_CHOICES
+    assert get_args(SourceSection.model_fields["format"].annotation) == ("auto", *FORMATS)
+
+
+def test_overrides_as_a_mapping(tmp_path):
+    recipe = load_recipe(_write(tmp_path, GOOD), {"training.max_steps": 7, "lora.target_modules": ["q_proj"]})
+    assert recipe.training.max_steps == 7 and recipe.lora.target_modules == ["q_proj"]
+    with pytest.raises(QloraError, match="must be section.key"):
+        load_recipe(_write(tmp_path, GOOD), {"max_steps": 7})
+
+
+def test_quoted_and_dotted_keys_are_found_on_their_line(tmp_path):
+    text = '"model".name = "builtin:smollm2-135m-instruct"\n\n[data]\n"train" = "train.jsonl"\n\'valid_ratio\' = 0.9\n'
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, text))
+    assert info.value.message.startswith("data.valid_ratio = 0.9") and info.value.where.endswith("r.toml:5")
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, text.replace('"model".name', 'model.nmae')))
+    assert "unknown key 'nmae' in [model] (line 1)" in info.value.message
+
+
+def test_snapshot_keeps_any_text_exactly(tmp_path):
+    odd = 'pool \\"A\\"\\nsecond line \\\\ caf\u00e9'  # TOML escapes: quotes, a newline, a backslash
+    text = GOOD.replace('[data]\ntrain = "train.jsonl"', f'[data]\n\n[[data.sources]]\npath = "train.jsonl"\nname = "{odd}"\n'
+                                                         'columns = {user = "question", "odd key" = "x"}\ntags = ["json", "\u00e9"]')
+    recipe = load_recipe(_write(tmp_path, text))
+    assert recipe.data.sources[0].name == 'pool "A"\nsecond line \\ caf\u00e9'
+    snapshot = tmp_path / "elsewhere" / "recipe.toml"
+    snapshot.parent.mkdir()
+    snapshot.write_text(recipe.to_toml(), encoding="utf-8")
+    again = load_recipe(snapshot)
+    assert again.data.sources[0] == recipe.data.sources[0].model_copy(update={"path": str(tmp_path / "train.jsonl")})

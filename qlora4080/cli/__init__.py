@@ -1,0 +1,25 @@
+"""The command line. Each command: parse -> call one function -> print.
+
+Heavy libraries (torch, transformers, trl) are imported inside the commands
+that need them, so `qlora4080 --help` and recipe checks stay instant.
+
+    app.py              the Typer app, the `data` group, --version
+    friendly.py         QloraError and OSError as a readable panel and an exit code
+    outputs.py          output paths checked before any model loads; a checkpoint's run folder
+    train_commands.py   train (and --dry-run)
+    model_commands.py   chat, eval, generate, export: the commands that load a trained model
+    data_commands.py    data check, data build, data preview
+    info_commands.py    recipes, doctor
+"""
+
+from __future__ import annotations
+
+from .app import app
+from .friendly import friendly_errors, os_error
+
+# Importing a command module registers its commands; this order is the order of `qlora4080 --help`.
+# isort: off
+from . import train_commands, model_commands, data_commands, info_commands  # noqa: F401
+# isort: on
+
+__all__ = ["app", "friendly_errors", "os_error"]

@@ -1,0 +1,163 @@
+"""`qlora4080 data ...`: check a data file, build the recipe's data mix, preview what training sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ..console import console, warn
+from ..errors import QloraError
+from .app import SET_HELP, data_app
+from .friendly import friendly_errors
+
+if TYPE_CHECKING:
+    from ..data.pipeline import Build
+    from ..recipe import Recipe
+
+
+@data_app.command("check")
+@friendly_errors
+def data_check(
+    file: Path = typer.Argument(..., help="JSONL (one record a line) or .json (one array)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji."),
+    column: list[str] | None = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
+    show: int = typer.Option(5, "--show", min=0, help="How many problems to list."),
+) -> None:
+    """Validate a data file: every record must become a trainable conversation. Exit 1 when any is rejected."""
+    from rich.table import Table
+
+    from ..data.check import check_file
+
+    columns: dict[str, str] = {}
+    for item in column or []:
+        if "=" not in item:
+            raise QloraError(f"--column {item!r} must be field=name", where="--column")
+        key, value = item.split("=", 1)
+        columns[key.strip()] = value.strip()
+    result = check_file(file, format, columns)
+    console.print(f"format: {result.format}{' (detected)' if result.detected else ''}")
+    table = Table(title=str(file), title_justify="left")
+    for name in ("records read", "valid", "rejected"):
+        table.add_column(name, justify="right")
+    table.add_row(str(result.read), str(result.valid), str(len(result.rejected)))
+    console.print(table)
+    if result.rejected:
+        reasons = Table(title="rejected, by reason", title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("records", justify="right")
+        for reason, count in result.reasons().most_common():
+            reasons.add_row(reason, str(count))
+        console.print(reasons)
+        for problem in result.rejected[:show]:
+            console.print(str(problem), style="yellow", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("[green]all records are usable[/]")
+
+
+@data_app.command("build")
+@friendly_errors
+def data_build(
+    recipe: Path = typer.Argument(..., help="A recipe with [[data.sources]]."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a build with the same inputs exists."),
+    tokens: bool = typer.Option(True, "--tokens/--no-tokens",
+                                help="Also tokenize the build with the recipe's tokenizer: per-source drops and token counts."),
+) -> None:
+    """Normalize, clean, deduplicate, mix and split the recipe's sources; write JSONL + Arrow and a manifest."""
+    from rich.table import Table
+
+    from ..data.pipeline import build_data
+    from ..quiet import quiet_libraries
+    from ..recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    if not loaded.data.sources:
+        raise QloraError("this recipe has no [[data.sources]]; its train/validation files are used as they are", where=str(recipe))
+    quiet_libraries()
+    build = build_data(loaded, force=force)
+    # Headings go above the tables, not in them: a table's title wraps to the table's (narrow) width.
+    console.print(f"[bold]{'Reused' if build.reused else 'Built'}[/] {build.folder}")
+    table = Table()
+    for column in ("source", "format", "read", "rejected", "duplicates", "kept", "in mix", "share"):
+        table.add_column(column, justify="left" if column in ("source", "format") else "right")
+    mixed = sum(p.in_mix for p in build.pools) or 1
+    for p in build.pools:
+        table.add_row(p.name, p.format, str(p.read), str(p.rejected), str(p.duplicates), str(p.kept), str(p.in_mix), f"{p.in_mix / mixed:.1%}")
+    console.print(table)
+    counts = build.manifest["counts"]
+    console.print(f"train {counts['train']}, validation {counts['validation']}, rejected {counts['rejected']} "
+                  f"(see {build.folder / 'rejects.jsonl'})", soft_wrap=True)
+    if tokens:
+        _print_token_table(loaded, build)
+
+
+def _print_token_table(loaded: Recipe, build: Build) -> None:
+    """Render + mask the build as training will: records dropped at tokenization, per source."""
+    from rich.table import Table
+
+    from ..backends.loading import load_tokenizer, model_source
+    from ..data.dataset import tokens_by_source
+    from ..data.render import MaskReport
+
+    template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
+    try:  # only what is already on this machine: a build must not wait on the hub
+        tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template, local_only=True)
+    except QloraError:
+        warn(f"token counts skipped: the tokenizer of {loaded.model.name} is not on this machine yet "
+             "(training downloads it and reports the same counts in train.log; run data build again afterwards)")
+        return
+    report = MaskReport()
+    by_source, dropped = tokens_by_source([build.train_file, build.validation_file], tokenizer,
+                                          loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation,
+                                          report=report)
+    console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
+                  f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
+    table = Table()
+    for column in ("source", "kept", "dropped", "truncated", "tokens", "trained"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, tally in by_source.items():
+        share = f" ({100 * tally.trained_tokens / max(tally.tokens, 1):.0f}%)"
+        table.add_row(name, str(tally.kept), f"[red]{tally.dropped}[/]" if tally.dropped else "0", str(tally.truncated),
+                      f"{tally.tokens:,}", f"{tally.trained_tokens:,}{share}")
+    console.print(table)
+    for problem in dropped[:5]:
+        console.print(f"dropped {problem}", style="yellow", markup=False, soft_wrap=True)  # file:line stays whole
+    if len(dropped) > 5:
+        console.print(f"... and {len(dropped) - 5} more dropped at tokenization")
+    for line in report.lines():
+        console.print(line, style="yellow" if line.startswith("warning") else None, markup=False, soft_wrap=True)
+
+
+@data_app.command("preview")
+@friendly_errors
+def data_preview(
+    recipe: Path = typer.Argument(..., help="A recipe: its tokenizer, chat template and training data are used."),
+    n: int = typer.Option(3, "-n", min=1, help="How many conversations to show."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
+) -> None:
+    """Show rendered training samples with the trained (loss) tokens highlighted. Loads the tokenizer only."""
+    from ..backends.loading import load_tokenizer, model_source
+    from ..data.conversations import read_conversations
+    from ..data.preview import preview_rows, render_row
+    from ..quiet import quiet_libraries
+    from ..recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    quiet_libraries()
+    if loaded.data.train is not None:
+        path = loaded.resolve_path(loaded.data.train)
+    else:  # the recipe's rules: no train file means [[data.sources]], built here as training would
+        from ..data.pipeline import build_data
+
+        path = build_data(loaded).train_file
+    template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
+    tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
+    records = read_conversations(path).records[:n]
+    rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)
+    for row in rows:
+        console.print(render_row(row))
+    tokens, trained = sum(r["tokens"] for r in rows), sum(r["trained"] for r in rows)
+    console.print(f"{len(rows)} samples from {path}: {tokens} tokens, {trained} trained "
+                  f"({100 * trained / max(tokens, 1):.0f}%); highlighted text carries the loss (train_on = {loaded.data.train_on})")

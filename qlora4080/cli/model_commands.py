@@ -1,0 +1,216 @@
+"""The commands that load a trained model: chat, eval, generate, export.
+
+Everything that can be checked without the model (the files read, the paths
+written) is checked first, because loading takes seconds to minutes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from ..console import console
+from ..errors import QloraError
+from .app import app
+from .friendly import friendly_errors
+from .outputs import check_input_file, check_output_file, check_output_folder, run_folder
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointMeta
+
+
+@app.command()
+@friendly_errors
+def chat(
+    checkpoint: str = typer.Argument(..., help="checkpoints/<run>, a model directory, or builtin:<name>"),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="Answer this one prompt and exit."),
+    tests: Path | None = typer.Option(None, "--tests", help="Run predefined prompts (.txt one a line, or .jsonl) and save the answers."),
+    save: Path | None = typer.Option(None, "--save", help="With --tests: where to append answers (default <runs_dir>/<run>/chat_tests.jsonl)."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
+    compare: bool = typer.Option(False, "--compare", help="With --prompt: also show the base model's answer."),
+) -> None:
+    """Chat with a trained adapter (streaming), answer one --prompt, or run --tests."""
+    from ..chat import answer_once, chat_loop, read_test_prompts, run_tests
+    from ..infer import load_for_chat
+
+    if prompt is None and compare:
+        raise QloraError("--compare works with --prompt", where="--compare")
+    if tests is None and save is not None:
+        raise QloraError("--save works with --tests", where="--save", hint="qlora4080 chat CHECKPOINT --tests prompts.txt --save answers.jsonl")
+    if tests is not None:  # a bad file or an unwritable --save fails before the model loads
+        check_input_file(tests, "--tests", "tests file")
+        test_prompts = read_test_prompts(tests)
+        target = save or run_folder(checkpoint) / "chat_tests.jsonl"
+        check_output_file(target, "--save", given=save is not None)
+        run_tests(load_for_chat(checkpoint), test_prompts, target, system=system, max_new_tokens=max_new_tokens,
+                  temperature=temperature)
+        console.print(f"answers saved to {target}")
+        return
+    model = load_for_chat(checkpoint)
+    if prompt is not None:
+        answer_once(model, prompt, system=system, compare=compare, max_new_tokens=max_new_tokens, temperature=temperature)
+        return
+    piped = not sys.stdin.isatty()
+    if piped:
+        console.print("(reading prompts from standard input, one per line)", style="dim")
+    chat_loop(model, system=system, echo=piped, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@app.command("eval")
+@friendly_errors
+def evaluate_command(
+    checkpoint: str = typer.Argument(..., help="checkpoints/<run> (or a model directory)"),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of conversations (default: the run's validation file)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also evaluate the base model (adapter off) and show the difference."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    out: Path | None = typer.Option(None, "--out", help="Folder for eval.json and eval.md (default <runs_dir>/<run>)."),
+) -> None:
+    """Perplexity on assistant tokens, usability and JSON validity of generated answers; preference accuracy on pairs."""
+    from rich.progress import Progress
+
+    from ..checkpoint import CheckpointMeta
+    from ..data.conversations import read_conversations
+    from ..evaluate import evaluate, to_eval_records, write_report
+    from ..infer import load_for_chat, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(checkpoint)
+    settings = meta or CheckpointMeta(base_model=str(checkpoint))  # a plain model folder: the recipe defaults
+    source = data or (Path(meta.validation_file) if meta and meta.validation_file else None)
+    if source is None:
+        raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
+    folder = out or run_folder(checkpoint)
+    check_output_folder(folder, "--out", given=out is not None)
+    from ..preference.evaluate import looks_like_pairs
+
+    if source.is_file() and looks_like_pairs(source):
+        _evaluate_pairs(checkpoint, source, settings, limit=limit, baseline=baseline, batch_size=batch_size, folder=folder)
+        return
+    conversations = read_conversations(source)
+    for problem in conversations.rejected[:5]:
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
+    records = to_eval_records(conversations.records, limit)
+    model = load_for_chat(checkpoint)
+    passes = 2 if (baseline and model.has_adapter) else 1
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=len(records) * passes)
+        report = evaluate(model, records, baseline=baseline, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          max_seq_len=settings.max_seq_len, train_on=settings.train_on,
+                          on_batch=lambda n: progress.advance(task, n))
+    _print_report(report, f"Evaluation on {len(records)} records of {source}")
+    json_path, md_path = write_report(report, folder, str(source))
+    console.print(f"saved {json_path} and {md_path}")
+
+
+def _evaluate_pairs(checkpoint: str, source: Path, settings: CheckpointMeta, *, limit: int | None, baseline: bool,
+                    batch_size: int, folder: Path) -> None:
+    """eval on preference pairs: how often each model prefers the chosen answer (base, SFT start, adapter)."""
+    from ..evaluate import write_report
+    from ..infer import load_for_chat
+    from ..preference.evaluate import evaluate_pairs
+    from ..preference.pairs import read_pairs
+
+    read = read_pairs(source)
+    for problem in read.rejected[:5]:
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
+    if not read.pairs:
+        raise QloraError(f"no usable preference pair in {source}", where=str(source),
+                         hint='each line needs "prompt", "chosen" and "rejected"')
+    pairs = read.pairs[:limit] if limit else read.pairs
+    model = load_for_chat(checkpoint)
+    with console.status(f"scoring {len(pairs)} pairs"):
+        report = evaluate_pairs(model, pairs, max_seq_len=settings.max_seq_len, baseline=baseline, batch_size=batch_size,
+                                sft_adapter=Path(settings.started_from) if settings.started_from else None)
+    _print_report(report, f"Preference evaluation on {len(pairs)} pairs of {source}")
+    json_path, md_path = write_report(report, folder, str(source))
+    console.print(f"saved {json_path} and {md_path}")
+
+
+def _print_report(report: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    from ..evaluate import report_rows
+
+    header, rows = report_rows(report)
+    table = Table(title=title, title_justify="left")
+    for column in header:
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def generate(
+    checkpoint: str = typer.Argument(..., help="checkpoints/<run>, a merged model directory, or a base model"),
+    input: Path = typer.Option(..., "--input", "-i", help='JSONL: {"prompt": ...} or {"messages": [...]} per line.'),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL of answers; ids already there are skipped (resume)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+) -> None:
+    """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
+    from rich.progress import Progress
+
+    from ..batch_infer import prepare_output, read_prompts, run_batch
+    from ..infer import load_for_chat
+
+    parsed = read_prompts(input)
+    resume = prepare_output(input, output)  # before the model loads: a wrong -o fails at once
+    for problem in parsed.rejected:
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
+    if resume.note:
+        console.print(resume.note, style="yellow", markup=False, soft_wrap=True)
+    todo = [p for p in parsed.prompts if p.id not in resume.done]
+    console.print(f"{len(parsed.prompts)} prompts, {len(parsed.prompts) - len(todo)} already answered in {output}, "
+                  f"{len(todo)} to go, {len(parsed.rejected)} bad line(s) skipped")
+    if todo:
+        model = load_for_chat(checkpoint)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("generating", total=len(todo))
+            run_batch(model, todo, output, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      on_batch=lambda n: progress.advance(task, n))
+        console.print(f"answers written to {output}")
+    if parsed.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="checkpoints/<run>"),
+    merged: Path | None = typer.Option(None, "--merged", help="Folder for the merged 16-bit model (safetensors + tokenizer)."),
+    gguf: str | None = typer.Option(None, "--gguf", help="Also/instead write GGUF with this quantization, e.g. q4_k_m (needs unsloth on CUDA)."),
+    gguf_dir: Path | None = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty output folder."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
+) -> None:
+    """Merge LoRA into the base and save a standalone model; verify it answers like base + adapter."""
+    from ..export import export_gguf, export_merged
+
+    if merged is None and gguf is None:
+        raise QloraError("nothing to export", hint="pass --merged OUT_DIR and/or --gguf QUANT")
+    gguf_target = gguf_dir or Path(f"{merged or checkpoint}-gguf")
+    if merged is not None:
+        check_output_folder(merged, "--merged")
+    if gguf is not None:
+        check_output_folder(gguf_target, "--gguf-dir", given=gguf_dir is not None)
+    if merged is not None:
+        result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt)
+        console.print(f"[green]merged model saved to {result.out_dir}[/]")
+        console.print(f"check prompt: {result.prompt}", markup=False)
+        console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
+        console.print(f"  merged (plain transformers): {result.merged_answer}", markup=False)
+        if result.answers_match:
+            console.print("[green]verified: the merged model gives the same greedy answer[/]")
+        else:
+            console.print("[yellow]the answers differ; expected only for adapters trained on a 4-bit base (the merge uses 16-bit weights)[/]")
+    if gguf is not None:
+        path = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite)
+        console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {gguf_target} && ollama create NAME -f Modelfile)")

@@ -1,0 +1,281 @@
+"""The recipe's schema: one typed section per TOML table, and the Recipe that holds them.
+
+pydantic with extra="forbid", so a mistyped key is an error, never ignored;
+each field's one-line docstring is its documentation (shown in error hints).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..data.vocabulary import DataFormat, TrainOn
+from ..toml_io import dumps_toml
+
+BUILTIN_PREFIX = "builtin:"
+
+
+
+class Section(BaseModel):
+    """A recipe table: unknown keys are errors, each field's docstring is its help, assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str
+    """Hub id (org/name), a local directory, or `builtin:smollm2-135m-instruct`."""
+    max_seq_len: int = Field(default=1024, ge=16, le=131072)
+    """Longest training sequence in tokens; longer conversations are truncated."""
+    load_in_4bit: bool = True
+    """NF4 4-bit base weights (QLoRA). Needs CUDA + bitsandbytes; ignored on CPU with a warning."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    """auto: unsloth when CUDA is present and unsloth imports, else transformers + peft (hf)."""
+    chat_template: str | None = None
+    """Optional path to a Jinja chat template that replaces the tokenizer's own."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own Python code."""
+    adapter: str | None = None
+    """A trained checkpoint (checkpoints/<run>, relative to the working directory) to continue from instead of a
+    fresh adapter; with training.method = "dpo" a frozen copy of it is the reference policy."""
+
+    @field_validator("chat_template", "adapter")
+    @classmethod
+    def _empty_means_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, value: str) -> str:
+        # `--set model.name=` (nothing after '=') reads as "", which would only fail later, deep inside the loader.
+        if not value.strip():
+            raise ValueError("[model] name is empty")
+        return value
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: int = Field(default=32, ge=1)
+    """LoRA scaling numerator (effective scale alpha / r)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or "all-linear" for every linear projection except the output head."""
+
+
+class SourceSection(Section):
+    path: str | None = None
+    """Local file: JSONL, JSON array, Parquet or Arrow. Relative to the recipe file."""
+    hub: str | None = None
+    """A dataset id on the Hugging Face hub (needs network)."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    name: str | None = None
+    """Name of this pool in tables and tags; default: the file stem or the hub id."""
+    format: Literal["auto", DataFormat] = "auto"
+    """Shape of the records; auto detects messages, sharegpt, prompt_completion and alpaca."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Field-name overrides for the format, e.g. {user = "question", assistant = "answer"}."""
+    weight: float = Field(default=1.0, ge=0)
+    """Relative share in the mix (normalized over sources; all zero means equal)."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags added to every record of this source (e.g. "json" turns on JSON validity in eval)."""
+    max_answer_chars: int | None = Field(default=None, ge=1)
+    """Cut assistant answers longer than this many characters."""
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSection:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("each [[data.sources]] needs exactly one of path = \"...\" or hub = \"org/name\"")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).stem if self.path else str(self.hub).rsplit("/", 1)[-1])
+
+
+class DataSection(Section):
+    train: str | None = None
+    """JSONL file, one conversation a line: {"messages": [{"role", "content"}, ...]}. Relative to the recipe file."""
+    validation: str | None = None
+    """Optional validation JSONL in the same shape. Relative to the recipe file."""
+    sources: list[SourceSection] = Field(default_factory=list)
+    """Instead of train/validation: sources that are normalized, cleaned, deduplicated, mixed and split."""
+    mix: Literal["interleave", "resample"] = "interleave"
+    """interleave: weighted random order, each record at most once; resample: exact shares, with replacement when short."""
+    total: int | None = Field(default=None, ge=1)
+    """resample: size of the mix (default 0.9 x the records available)."""
+    valid_ratio: float = Field(default=0.05, ge=0.0, lt=0.5)
+    """Share of the mix held out for validation when building from sources."""
+    valid_min: int = Field(default=100, ge=0)
+    """Floor on the validation size (never more than half the data)."""
+    build_dir: str = "data_builds"
+    """Where builds are written (relative to the working directory); a build is reused while its inputs are unchanged."""
+    train_on: TrainOn = "assistant"
+    """Which tokens carry loss: every assistant turn, only the last one, or everything."""
+    packing: bool = False
+    """Pack short conversations into max_seq_len sequences (no attention across them; see data/packing.py)."""
+    truncation: Literal["keep_start", "drop"] = "keep_start"
+    """A conversation longer than max_seq_len: keep its first max_seq_len tokens, or drop it (reported either way)."""
+
+    @field_validator("validation")
+    @classmethod
+    def _empty_means_none(cls, value: str | None) -> str | None:
+        return value or None  # `--set data.validation=""` turns validation off
+
+    @model_validator(mode="after")
+    def _train_or_sources(self) -> DataSection:
+        if self.sources and (self.train or self.validation):
+            raise ValueError("use either train/validation files or [[data.sources]], not both")
+        if not self.sources and not self.train:
+            raise ValueError("[data] needs train = \"file.jsonl\" or at least one [[data.sources]]")
+        return self
+
+
+class TrainingSection(Section):
+    method: Literal["sft", "dpo"] = "sft"
+    """sft: learn the assistant turns of conversations; dpo: learn to prefer the chosen answer of preference pairs
+    ({"prompt", "chosen", "rejected"} lines), usually starting from an SFT adapter (model.adapter)."""
+    epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = Field(default=-1, ge=-1)
+    """Stop after this many optimizer steps; -1 means run `epochs` epochs."""
+    batch_size: int = Field(default=2, ge=1)
+    """Sequences per device per forward pass."""
+    grad_accum: int = Field(default=8, ge=1)
+    """Forward passes accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
+    """Peak learning rate."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
+    """Share of the steps spent warming up."""
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradient clipping norm."""
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    """auto: 8-bit AdamW on CUDA when bitsandbytes is present, torch AdamW otherwise."""
+    gradient_checkpointing: bool | None = None
+    """None = device default (on for CUDA, off on CPU where it only costs time)."""
+    seed: int = 42
+    """Seed for data order, LoRA init and dropout."""
+    logging_steps: int = Field(default=1, ge=1)
+    """Log metrics every N optimizer steps."""
+    save_steps: int = Field(default=100, ge=1)
+    """Write a resumable checkpoint every N optimizer steps."""
+    save_total_limit: int = Field(default=2, ge=1)
+    """Keep at most this many intermediate checkpoints."""
+    eval_steps: int = Field(default=0, ge=0)
+    """Evaluate on the validation file every N steps; 0 = only at the end (when a validation file is set)."""
+
+
+class PreferenceSection(Section):
+    """Settings of preference tuning (training.method = "dpo")."""
+
+    beta: float = Field(default=0.1, gt=0)
+    """How far the policy may move from the reference: higher keeps it closer (DPO's beta)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair"] = "sigmoid"
+    """The preference loss: sigmoid is the original DPO; ipo, hinge, robust, ... are TRL's variants of it."""
+    precompute_reference: bool = False
+    """Compute the reference log-probabilities once before training instead of at every step."""
+
+
+class OutputSection(Section):
+    run_name: str | None = None
+    """Run name; default <recipe file stem>-<YYYYmmdd-HHMMSS>."""
+    checkpoints_dir: str = "checkpoints"
+    """Where adapters go (relative to the working directory)."""
+    runs_dir: str = "runs"
+    """Where logs and metrics go (relative to the working directory)."""
+
+    @model_validator(mode="after")
+    def _safe_run_name(self) -> OutputSection:
+        if self.run_name is not None and (problem := run_name_problem(self.run_name)):
+            raise ValueError(problem)
+        return self
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run folder (it becomes checkpoints/<name>), or None.
+
+    A plain name only: no separators, no '.' or '..', nothing absolute, so a run
+    can never point at (and --overwrite never remove) a folder outside its own.
+    """
+    if RUN_NAME.fullmatch(name):
+        return None
+    return (f"run name {name!r} must be a plain name: start with a letter or digit, then letters, digits, "
+            "'.', '_' or '-' (at most 100 characters; no '/', no '..')")
+
+
+class Recipe(Section):
+    model: ModelSection
+    lora: LoraSection = LoraSection()
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    preference: PreferenceSection = PreferenceSection()
+    output: OutputSection = OutputSection()
+
+    source_path: Path | None = Field(default=None, exclude=True)
+    """The TOML file this recipe came from (relative data paths resolve against its folder)."""
+    overrides: list[str] = Field(default_factory=list, exclude=True)
+    """The --set overrides this recipe was loaded with (a resume command repeats them)."""
+
+    @model_validator(mode="after")
+    def _method_fits_the_data(self) -> Recipe:
+        if self.training.method == "dpo":
+            if self.data.sources:
+                raise ValueError('training.method = "dpo" reads preference pairs from data.train / data.validation; '
+                                 "[[data.sources]] builds conversations for sft")
+            if self.data.packing:
+                raise ValueError('data.packing packs conversations for sft; set it to false for training.method = "dpo"')
+        return self
+
+    def resolve_path(self, relative: str) -> Path:
+        """A path written in the recipe, resolved against the recipe's folder."""
+        path = Path(relative).expanduser()
+        if path.is_absolute() or self.source_path is None:
+            return path
+        return (self.source_path.parent / path).resolve()
+
+    @property
+    def stem(self) -> str:
+        return self.source_path.stem if self.source_path else "recipe"
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML, saved next to every checkpoint.
+
+        File paths are written absolute, so the snapshot works from any folder.
+        """
+        data = self.model_dump(mode="json", exclude_none=True)
+        for key in ("train", "validation"):
+            if key in data["data"]:
+                data["data"][key] = str(self.resolve_path(data["data"][key]))
+        for source in data["data"].get("sources", []):
+            if "path" in source:
+                source["path"] = str(self.resolve_path(source["path"]))
+        if "adapter" in data["model"]:  # relative to the working directory, like checkpoints_dir
+            data["model"]["adapter"] = str(Path(data["model"]["adapter"]).expanduser().resolve())
+        if "chat_template" in data["model"]:
+            data["model"]["chat_template"] = str(self.resolve_path(data["model"]["chat_template"]))
+        return dumps_toml(data)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelSection,
+    "lora": LoraSection,
+    "data": DataSection,
+    "training": TrainingSection,
+    "preference": PreferenceSection,
+    "output": OutputSection,
+}
+"""The recipe's tables by name, in the order a recipe lists them."""
