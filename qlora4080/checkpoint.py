@@ -45,6 +45,10 @@ class CheckpointMeta(BaseModel):
     dtype: Dtype = "auto"
     max_seq_len: int = 1024
     train_on: TrainOn = "assistant"
+    method: Literal["sft", "dpo"] = "sft"
+    """How the adapter was trained: on conversations (sft) or on preference pairs (dpo)."""
+    started_from: str | None = None
+    """The checkpoint whose adapter this run continued (for dpo: the reference model), absolute."""
     trust_remote_code: bool = False
     recipe_path: str | None = None
     validation_file: str | None = None

@@ -133,26 +133,35 @@ METRICS = [
     ("usability_rate", "usability rate", "{:.1%}"),
     ("json_valid_rate", "JSON valid (tagged json)", "{:.1%}"),
     ("json_same_keys_rate", "JSON same keys as reference", "{:.1%}"),
+    ("preference_accuracy", "prefers the chosen answer (log-prob)", "{:.1%}"),
+    ("mean_margin", "mean log-prob margin, chosen - rejected", "{:.3f}"),
 ]
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the side-by-side table (metric, base, adapter, delta)."""
-    columns = [name for name in ("base", "adapter", "model") if name in report]
-    header = ["metric", *columns] + (["delta"] if len(columns) == 2 else [])
+    """Header and rows of the side-by-side table: metric, base, (sft,) adapter, and the adapter's delta.
+
+    The delta compares the adapter with the column before it: the base model,
+    or for a preference-tuned run the SFT model it started from.
+    """
+    columns = [name for name in ("base", "sft", "adapter", "model") if name in report]
+    compared = len(columns) >= 2
+    header = ["metric", *columns] + ([f"delta vs {columns[-2]}" if len(columns) > 2 else "delta"] if compared else [])
     rows = []
     for key, label, fmt in METRICS:
         values = [report[c].get(key) for c in columns]
         if all(v is None for v in values):
             continue
         row = [label, *("-" if v is None else fmt.format(v) for v in values)]
-        if len(columns) == 2 and None not in values:
-            delta = values[1] - values[0]
+        if compared and values[-1] is not None and values[-2] is not None:
+            delta = values[-1] - values[-2]
             row.append(("+" if delta >= 0 else "") + (fmt.format(delta) if "%" in fmt else f"{delta:.3f}"))
+        elif compared:
+            row.append("")
         rows.append(row)
     for column in columns:
         for reason, count in sorted(report[column]["failures"].items()):
-            rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if len(columns) == 2 else []))
+            rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if compared else []))
             rows[-1][1 + columns.index(column)] = str(count)
     return header, rows
 

@@ -40,6 +40,9 @@ def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
         gradient_checkpointing=True if t.gradient_checkpointing is None else t.gradient_checkpointing,
         optimizer=optimizer,
         backend=backend if backend in ("hf", "unsloth") else "hf",
+        # DPO: chosen and rejected in one batch (the reference pass runs without gradients, so it adds no activations)
+        sequences_per_row=2 if t.method == "dpo" else 1,
+        reference_adapter=t.method == "dpo" and recipe.model.adapter is not None,
     )
 
 

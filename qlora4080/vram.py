@@ -49,6 +49,10 @@ class TrainingShape:
     gradient_checkpointing: bool = True
     optimizer: str = "adamw_8bit"
     backend: str = "hf"
+    sequences_per_row: int = 1
+    """2 for preference tuning: a pair's chosen and rejected answers go through the model in one batch."""
+    reference_adapter: bool = False
+    """Preference tuning from a trained adapter keeps a frozen copy of it as the reference policy."""
 
 
 @dataclass
@@ -71,7 +75,7 @@ def lora_params(arch: Architecture, r: int, targets: tuple[str, ...] | str) -> i
 
 
 def activation_bytes(arch: Architecture, shape: TrainingShape) -> float:
-    tokens = shape.batch_size * shape.seq_len
+    tokens = shape.batch_size * shape.sequences_per_row * shape.seq_len
     kv = arch.kv_heads * arch.head_dim
     per_layer = tokens * (12 * arch.hidden + 2 * kv + 5 * arch.intermediate) * 2
     if shape.gradient_checkpointing:
@@ -94,8 +98,11 @@ def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
         "LoRA gradients (fp32)": adapter * FP32,
         f"optimizer states ({shape.optimizer})": adapter * ADAMW_STATE_BYTES.get(shape.optimizer, 8),
         f"activations ({'checkpointed' if shape.gradient_checkpointing else 'all layers kept'})": activation_bytes(arch, shape),
-        "logits and loss": shape.batch_size * shape.seq_len * arch.vocab * LOGITS_BYTES.get(shape.backend, 10),
+        "logits and loss": (shape.batch_size * shape.sequences_per_row * shape.seq_len * arch.vocab
+                            * LOGITS_BYTES.get(shape.backend, 10)),
     }
+    if shape.reference_adapter:
+        parts["reference adapter (frozen copy)"] = adapter * FP32
     subtotal = sum(parts.values())
     parts["CUDA context + allocator slack"] = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * subtotal
     return Estimate(parts)

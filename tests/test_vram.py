@@ -122,3 +122,12 @@ def test_every_bundled_recipe_fits_16gb_offline():
         assert report.estimate is not None, path
         assert report.fits, (path, report.estimate.total_gib)
         assert report.estimate.total_gib < 16 * 0.85, (path.name, report.estimate.total_gib)  # headroom
+
+
+def test_preference_tuning_counts_both_answers_and_the_reference_copy():
+    arch = A.QWEN3_4B
+    sft = estimate(arch, TrainingShape(batch_size=2, seq_len=1024))
+    dpo = estimate(arch, TrainingShape(batch_size=2, seq_len=1024, sequences_per_row=2, reference_adapter=True))
+    assert dpo.parts["logits and loss"] == 2 * sft.parts["logits and loss"]
+    assert dpo.parts["reference adapter (frozen copy)"] == sft.parts["LoRA parameters (fp32)"]
+    assert dpo.total > sft.total

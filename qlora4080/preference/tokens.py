@@ -27,6 +27,8 @@ class TokenizedPairs:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     """(pair id, why) for pairs that cannot be trained."""
     truncated: int = 0
+    kept: list[PreferencePair] = field(default_factory=list)
+    """The pairs behind `rows`, in the same order."""
 
 
 def answer_split(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]] | None:
@@ -69,4 +71,5 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, max_seq_le
             result.truncated += 1
             row = {**row, "chosen_ids": row["chosen_ids"][:room], "rejected_ids": row["rejected_ids"][:room]}
         result.rows.append(row)
+        result.kept.append(pair)
     return result

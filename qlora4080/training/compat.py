@@ -58,3 +58,19 @@ def fused_loss_usable(model: Model) -> bool:
     except (StopIteration, AttributeError):
         return False
     return device.type in ("cuda", "xpu")
+
+
+def ensure_log_prob_kernel() -> None:
+    """Give trl's preference trainers a per-token log-probability function where Triton is missing.
+
+    trl 1.15 imports its Triton kernel or sets it to None (CPU torch ships no
+    Triton), and DPOTrainer then fails on its first step; the plain-PyTorch
+    equivalent in plain_logprobs.py takes its place. With Triton present
+    nothing changes.
+    """
+    from trl.trainer import utils as trl_utils
+
+    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
+        from .plain_logprobs import PlainLogProbs
+
+        setattr(trl_utils, "_ChunkedLogProbFunction", PlainLogProbs)  # noqa: B010  (mypy: a class cannot be reassigned)

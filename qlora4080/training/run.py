@@ -62,7 +62,7 @@ def train(
         try:
             for note in notes:
                 log.line(note, style="yellow")
-            run = TrainingRun(recipe, dirs, log, checkpoint)
+            run = _run_class(recipe)(recipe, dirs, log, checkpoint)
             run.set_up_environment(target_gb)
             run.set_up_model()
             run.set_up_data()
@@ -72,6 +72,15 @@ def train(
             return run.save(output, run.evaluate())
         finally:
             log.close()
+
+
+def _run_class(recipe: Recipe) -> type[TrainingRun]:
+    """The staged run for the recipe's training method: SFT, or preference tuning on top of it."""
+    if recipe.training.method == "dpo":
+        from ..preference.run import PreferenceRun
+
+        return PreferenceRun
+    return TrainingRun
 
 
 def resume_command(recipe: Recipe, dirs: RunDirs) -> str:

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 def write_model_files(model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str]) -> None:
     """Adapter + tokenizer (with its chat template) + small text files, into `folder`."""
-    model.save_pretrained(folder)
+    adapters = getattr(model, "peft_config", None)
+    if isinstance(adapters, dict) and len(adapters) > 1:
+        # preference tuning keeps a frozen "ref" copy beside the trained "default" adapter: only the latter is the result
+        model.save_pretrained(folder, selected_adapters=["default"])
+    else:
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     for name, text in extra_files.items():
         (folder / name).write_text(text, encoding="utf-8")

@@ -118,44 +118,70 @@ class TrainingRun:
             self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log)
 
     def attach_lora(self) -> None:
+        """A fresh adapter from the recipe's [lora], or the trained one `model.adapter` names, trainable."""
         from .config import device_defaults
         from .summary import count_parameters
 
-        lora = self.recipe.lora
-        with self.stages.stage(f"Attaching LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}"):
-            checkpointing = device_defaults(self.recipe, self.hardware).gradient_checkpointing
-            self.model = self.backend.attach_lora(self.model, lora, seed=self.recipe.training.seed,
-                                                  gradient_checkpointing=checkpointing)
-            trainable, total = count_parameters(self.model)
-            self.log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+        lora, adapter = self.recipe.lora, self.recipe.model.adapter
+        if adapter is not None:
+            with self.stages.stage(f"Loading the adapter {adapter} to continue from"):
+                self.model = self._load_adapter(Path(adapter).expanduser())
+        else:
+            with self.stages.stage(f"Attaching LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}"):
+                checkpointing = device_defaults(self.recipe, self.hardware).gradient_checkpointing
+                self.model = self.backend.attach_lora(self.model, lora, seed=self.recipe.training.seed,
+                                                      gradient_checkpointing=checkpointing)
+        trainable, total = count_parameters(self.model)
+        self.log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+
+    def _load_adapter(self, folder: Path) -> Model:
+        from peft import PeftModel
+
+        from ..adapter_files import check_adapter
+        from ..checkpoint import CheckpointMeta
+
+        if self.backend_name != "hf":
+            raise QloraError("continuing from a trained adapter needs the hf backend for now", where="[model] adapter",
+                             hint="--set model.backend=hf")
+        check_adapter(folder)
+        meta = CheckpointMeta.load(folder)
+        if meta is not None and meta.base_model != self.recipe.model.name:
+            raise QloraError(f"the adapter in {folder} was trained on {meta.base_model}, but [model] name is "
+                             f"{self.recipe.model.name}", where="[model] adapter",
+                             hint=f"set [model] name = \"{meta.base_model}\", or pick an adapter trained on this model")
+        return PeftModel.from_pretrained(self.model, folder, is_trainable=True)
 
     def build_trainer(self, live: bool | None, extra_callbacks: list[TrainerCallback]) -> None:
-        """TRL's SFTTrainer (with token counting) wired to the panel, the logs and Ctrl-C."""
+        """The method's trainer wired to the panel, the logs and Ctrl-C."""
         from transformers.trainer_callback import PrinterCallback
 
         from .callbacks import MetricsCallback
-        from .config import build_sft_config
-        from .data_setup import pack_splits
         from .interrupts import InterruptGuard
         from .panel import TrainingView
-        from .trainer import counting_trainer_class
 
-        recipe, dirs = self.recipe, self.dirs
-        collator = (pack_splits(recipe, self.hardware, self.tokenizer, self.train_split, self.eval_split, self.log)
-                    if recipe.data.packing else None)
-        config = build_sft_config(recipe, self.hardware, dirs.checkpoint, has_eval=self.eval_split is not None,
-                                  backend=self.backend_name)
-        self.view = TrainingView(f"qlora4080 · {dirs.name}", self.hardware, live=live)
-        self.metrics = MetricsCallback(self.log, dirs.logs / "metrics.jsonl", self.view, self.hardware)
+        self.view = TrainingView(f"qlora4080 · {self.dirs.name}", self.hardware, live=live)
+        self.metrics = MetricsCallback(self.log, self.dirs.logs / "metrics.jsonl", self.view, self.hardware)
         self.guard = InterruptGuard()
-        self.trainer = counting_trainer_class()(
-            model=self.model, args=config, train_dataset=self.train_split.dataset,
-            eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
-            callbacks=[self.metrics, self.guard, *tensorboard_callbacks(dirs), *extra_callbacks],
-            data_collator=collator,
-        )
+        self.trainer = self.make_trainer([self.metrics, self.guard, *tensorboard_callbacks(self.dirs), *extra_callbacks])
         self.metrics.trainer = self.trainer
         self.trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
+
+    def make_trainer(self, callbacks: list[TrainerCallback]) -> CountingTrainer:
+        """TRL's SFTTrainer with token counting; the one stage another training method replaces."""
+        from .config import build_sft_config
+        from .data_setup import pack_splits
+        from .trainer import counting_trainer_class
+
+        recipe = self.recipe
+        collator = (pack_splits(recipe, self.hardware, self.tokenizer, self.train_split, self.eval_split, self.log)
+                    if recipe.data.packing else None)
+        config = build_sft_config(recipe, self.hardware, self.dirs.checkpoint, has_eval=self.eval_split is not None,
+                                  backend=self.backend_name)
+        return counting_trainer_class()(
+            model=self.model, args=config, train_dataset=self.train_split.dataset,
+            eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
+            callbacks=callbacks, data_collator=collator,
+        )
 
     def fit(self) -> TrainOutput:
         """trainer.train() with OOM advice, and Ctrl-C turned into a saved, resumable stop."""

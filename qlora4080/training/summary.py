@@ -111,6 +111,8 @@ def checkpoint_meta(recipe: Recipe, backend: Backend, summary: RunSummary, valid
         dtype=recipe.model.dtype,
         max_seq_len=recipe.model.max_seq_len,
         train_on=recipe.data.train_on,
+        method=recipe.training.method,
+        started_from=str(Path(recipe.model.adapter).expanduser().resolve()) if recipe.model.adapter else None,
         trust_remote_code=recipe.model.trust_remote_code,
         recipe_path=str(recipe.source_path) if recipe.source_path else None,
         validation_file=str(validation_file) if validation_file else None,

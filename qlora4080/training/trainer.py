@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, cast
 from ..data.vocabulary import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from trl import SFTTrainer
+    from transformers import Trainer
 
-    class CountingTrainer(SFTTrainer):
-        """What counting_trainer_class builds, as the type checker sees it."""
+    class CountingTrainer(Trainer):
+        """A TRL trainer (SFT, DPO) that counts the tokens it sees and trains, as the type checker sees it."""
 
         tokens_seen: int
         trained_tokens_seen: int

@@ -1,0 +1,57 @@
+"""`eval` on held-out preference pairs: how often each model prefers the chosen answer, and by how much.
+
+Rows of the report, like the conversation eval's: "adapter" (the checkpoint),
+with --baseline also "base" (adapter off) and, for a run that continued an
+SFT checkpoint, "sft" (that adapter, loaded beside the trained one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .pairs import PreferencePair
+from .score import PairLogProbs, pair_log_probs, preference_score
+from .tokens import tokenize_pairs
+
+if TYPE_CHECKING:
+    from ..infer import ChatModel
+
+
+def looks_like_pairs(path: Path) -> bool:
+    """Whether a JSONL file holds preference pairs ("chosen"/"rejected") rather than conversations."""
+    from ..data.jsonl import read_jsonl
+
+    for _, record, _problem in read_jsonl(path):
+        if isinstance(record, dict):
+            return "chosen" in record and "rejected" in record
+    return False
+
+
+def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len: int, baseline: bool = False,
+                   sft_adapter: Path | None = None, batch_size: int = 8) -> dict[str, object]:
+    """{"adapter": metrics, "base"/"sft": metrics with baseline, "records": per-pair margins}."""
+    tokenized = tokenize_pairs(pairs, chat.tokenizer, max_seq_len)
+    rows = tokenized.rows
+    scores: dict[str, PairLogProbs] = {}
+    if baseline and chat.has_adapter:
+        scores["base"] = pair_log_probs(chat.model, rows, batch_size=batch_size, adapter_off=True)
+        if sft_adapter is not None and sft_adapter.is_dir():
+            chat.model.load_adapter(sft_adapter, adapter_name="sft")
+            chat.model.set_adapter("sft")
+            try:
+                scores["sft"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
+            finally:
+                chat.model.set_adapter("default")
+                chat.model.delete_adapter("sft")
+    scores["adapter" if chat.has_adapter else "model"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
+    report: dict[str, object] = {}
+    records: dict[str, list[dict[str, object]]] = {}
+    for name, logps in scores.items():
+        score = preference_score(logps)
+        report[name] = {"pairs": score.pairs, "preference_accuracy": score.accuracy, "mean_margin": score.mean_margin,
+                        "failures": {}}
+        records[name] = [{"id": pair.id, "margin": c - r, "prefers_chosen": c > r}
+                         for pair, c, r in zip(tokenized.kept, logps.chosen, logps.rejected)]
+    report["records"] = records
+    return report

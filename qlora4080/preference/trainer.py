@@ -1,0 +1,54 @@
+"""TRL's DPOTrainer on pairs qlora4080 tokenized itself, counting tokens for the panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from ..hardware import Hardware
+from ..recipe import Recipe
+
+if TYPE_CHECKING:
+    from trl import DPOConfig
+
+    from ..training.trainer import CountingTrainer
+
+
+def build_dpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> DPOConfig:
+    from trl import DPOConfig
+
+    from ..training.config import trainer_arguments
+
+    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
+    preference = recipe.preference
+    return DPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=preference.beta,
+                     loss_type=[preference.loss_type], precompute_ref_log_probs=preference.precompute_reference)
+
+
+def preference_trainer_class() -> type[CountingTrainer]:
+    """DPOTrainer subclass, built on demand so trl (possibly patched by unsloth) is imported late."""
+    from trl import DPOTrainer
+
+    from ..training.compat import ensure_log_prob_kernel
+
+    ensure_log_prob_kernel()
+
+    class QloraDPOTrainer(DPOTrainer):
+        tokens_seen: int = 0
+        trained_tokens_seen: int = 0
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            # Pairs arrive tokenized by qlora4080's renderer (preference/tokens.py), which already decided
+            # exactly which tokens are the answer; TRL's own tokenization would decide again, differently.
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            if "attention_mask" in inputs:
+                self.tokens_seen += int(inputs["attention_mask"].sum())
+            if "completion_mask" in inputs:
+                self.trained_tokens_seen += int(inputs["completion_mask"].sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return cast("type[CountingTrainer]", QloraDPOTrainer)
