@@ -113,3 +113,16 @@ def test_dpo_without_usable_pairs_is_a_clear_error(tmp_path, tiny_model_dir):
                         training={"method": "dpo"})
     with pytest.raises(QloraError, match="no usable preference pair"):
         train(load_recipe(path), run_name="bad", live=False)
+
+
+def test_data_preview_shows_both_answers_of_a_pair(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from qlora4080.cli import app
+
+    outcome = CliRunner().invoke(app, ["data", "preview", str(dpo_recipe(tmp_path, tiny_model_dir)), "-n", "2"],
+                                 env={"COLUMNS": "200"})
+    assert outcome.exit_code == 0, outcome.output
+    first = json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[0])
+    assert f"{first['id']} chosen" in outcome.output and f"{first['id']} rejected" in outcome.output
+    assert "2 pairs from" in outcome.output and "what DPO scores" in outcome.output

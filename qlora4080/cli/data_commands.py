@@ -137,7 +137,7 @@ def data_preview(
     n: int = typer.Option(3, "-n", min=1, help="How many conversations to show."),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
 ) -> None:
-    """Show rendered training samples with the trained (loss) tokens highlighted. Loads the tokenizer only."""
+    """Show rendered training samples with the trained (loss) tokens highlighted (for DPO: both answers of each pair)."""
     from ..backends.loading import load_tokenizer, model_source
     from ..data.conversations import read_conversations
     from ..data.preview import preview_rows, render_row
@@ -154,6 +154,18 @@ def data_preview(
         path = build_data(loaded).train_file
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
     tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
+    if loaded.training.method == "dpo":
+        from ..preference.pairs import read_pairs
+        from ..preference.preview import pair_preview_rows
+
+        pairs = read_pairs(path)
+        for problem in pairs.rejected[:5]:
+            console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
+        for row in pair_preview_rows(pairs.pairs[:n], tokenizer, loaded.model.max_seq_len):
+            console.print(render_row(row))
+        console.print(f"{min(n, len(pairs.pairs))} pairs from {path}: the highlighted answer is what DPO scores, "
+                      "chosen against rejected")
+        return
     records = read_conversations(path).records[:n]
     rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)
     for row in rows:
