@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .backends import BackendName
 from .data.vocabulary import TrainOn
 from .errors import QloraError
+from .recipe.schema import TrainingMethod
 
 if TYPE_CHECKING:
     from .recipe import ModelSection
@@ -45,7 +46,7 @@ class CheckpointMeta(BaseModel):
     dtype: Dtype = "auto"
     max_seq_len: int = 1024
     train_on: TrainOn = "assistant"
-    method: Literal["sft", "dpo"] = "sft"
+    method: TrainingMethod = "sft"
     """How the adapter was trained: on conversations (sft) or on preference pairs (dpo)."""
     started_from: str | None = None
     """The checkpoint whose adapter this run continued (for dpo: the reference model), absolute."""

@@ -41,7 +41,7 @@ def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
         optimizer=optimizer,
         backend=backend if backend in ("hf", "unsloth") else "hf",
         # DPO: chosen and rejected in one batch (the reference pass runs without gradients, so it adds no activations)
-        sequences_per_row=2 if t.method == "dpo" else 1,
+        sequences_per_row=1 if t.method == "sft" else 2,
         reference_adapter=t.method == "dpo" and recipe.model.adapter is not None,
     )
 

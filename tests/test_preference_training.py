@@ -75,6 +75,19 @@ def test_dpo_makes_the_model_prefer_the_chosen_answers(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
+def test_orpo_needs_no_reference_and_moves_the_preference(tmp_path, tiny_model_dir, smol_tokenizer):
+    recipe = load_recipe(dpo_recipe(tmp_path, tiny_model_dir), ["training.method=orpo", "preference.beta=0.5"])
+    rows = tokenize_pairs(read_pairs(tmp_path / "pairs.jsonl").pairs, smol_tokenizer, 128).rows
+    result = train(recipe, run_name="orpo", live=False)
+    assert list(result.model.peft_config) == ["default"]  # no reference copy: ORPO is reference-free
+    base, trained = pair_log_probs(result.model, rows, adapter_off=True), pair_log_probs(result.model, rows)
+    assert preference_score(trained).mean_margin > preference_score(base).mean_margin + 1.0
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/accuracies" in r for r in records)
+    assert CheckpointMeta.load(result.checkpoint_dir).method == "orpo"
+
+
+@pytest.mark.slow
 def test_an_sft_adapter_is_the_reference(tmp_path, tiny_model_dir, tiny_checkpoint, smol_tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -1,10 +1,11 @@
-"""A preference-tuning run (DPO): every stage of an SFT run but the data, the adapter and the trainer.
+"""A preference-tuning run (DPO, ORPO): every stage of an SFT run but the data and the trainer.
 
 Starting from an SFT checkpoint (`[model] adapter`), the SFT adapter is loaded
 trainable and TRL's DPOTrainer copies it into a frozen "ref" adapter, so the
 reference policy is the SFT model itself, not the bare base. Without one, a
 fresh adapter is attached and the reference is the base model (the fresh
-adapter's B matrices are zero, so the two start equal).
+adapter's B matrices are zero, so the two start equal). ORPO needs no
+reference: it adds an odds-ratio penalty to SFT on the chosen answers.
 """
 
 from __future__ import annotations
@@ -63,12 +64,23 @@ class PreferenceRun(TrainingRun):
         return TokenizedSplit(Dataset.from_list(tokens.rows), len(tokens.rows), total, answers, tokens.truncated)
 
     def make_trainer(self, callbacks: list[TrainerCallback]) -> CountingTrainer:
-        from .trainer import build_dpo_config, preference_trainer_class
+        from .trainer import build_dpo_config, build_orpo_config, orpo_trainer_class, preference_trainer_class
 
-        config = build_dpo_config(self.recipe, self.hardware, self.dirs.checkpoint,
-                                  has_eval=self.eval_split is not None, backend=self.backend_name)
+        evaluating = self.eval_split is not None
+        eval_dataset = self.eval_split.dataset if self.eval_split else None
+        if self.recipe.training.method == "orpo":
+            from .tokens import orpo_columns
+
+            orpo_config = build_orpo_config(self.recipe, self.hardware, self.dirs.checkpoint, has_eval=evaluating,
+                                            backend=self.backend_name)
+            return orpo_trainer_class()(
+                model=self.model, args=orpo_config, train_dataset=orpo_columns(self.train_split.dataset),
+                eval_dataset=orpo_columns(eval_dataset) if eval_dataset is not None else None,
+                processing_class=self.tokenizer, callbacks=callbacks,
+            )
+        config = build_dpo_config(self.recipe, self.hardware, self.dirs.checkpoint, has_eval=evaluating,
+                                  backend=self.backend_name)
         return preference_trainer_class()(
-            model=self.model, args=config, train_dataset=self.train_split.dataset,
-            eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
-            callbacks=callbacks,
+            model=self.model, args=config, train_dataset=self.train_split.dataset, eval_dataset=eval_dataset,
+            processing_class=self.tokenizer, callbacks=callbacks,
         )

@@ -16,6 +16,8 @@ from ..data.render import render_conversation
 from ..data.vocabulary import IGNORE_INDEX
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from ..model_types import Tokenizer
     from .pairs import PreferencePair
 
@@ -73,3 +75,19 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, max_seq_le
         result.rows.append(row)
         result.kept.append(pair)
     return result
+
+
+def orpo_columns(dataset: Dataset) -> Dataset:
+    """The same pairs in the columns TRL's ORPOTrainer reads: each answer as a whole sequence with its labels."""
+
+    def expand(row: dict[str, list[int]]) -> dict[str, list[int]]:
+        prompt = row["prompt_ids"]
+        columns = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+        for side in ("chosen", "rejected"):
+            answer = row[f"{side}_ids"]
+            columns[f"{side}_input_ids"] = prompt + answer
+            columns[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+            columns[f"{side}_labels"] = [IGNORE_INDEX] * len(prompt) + answer
+        return columns
+
+    return dataset.map(expand, remove_columns=dataset.column_names)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from ..data.vocabulary import IGNORE_INDEX
 from ..hardware import Hardware
 from ..recipe import Recipe
 
 if TYPE_CHECKING:
     from trl import DPOConfig
+    from trl.experimental.orpo import ORPOConfig
 
     from ..training.trainer import CountingTrainer
 
@@ -52,3 +54,47 @@ def preference_trainer_class() -> type[CountingTrainer]:
             return super().training_step(model, inputs, num_items_in_batch)
 
     return cast("type[CountingTrainer]", QloraDPOTrainer)
+
+
+def build_orpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> ORPOConfig:
+    from ..training.config import trainer_arguments
+
+    _silence_experimental_notice()
+    from trl.experimental.orpo import ORPOConfig
+
+    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
+    return ORPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=recipe.preference.beta,
+                      remove_unused_columns=False)
+
+
+def orpo_trainer_class() -> type[CountingTrainer]:
+    """TRL's ORPOTrainer (reference-free) on pairs qlora4080 tokenized, counting tokens for the panel."""
+    _silence_experimental_notice()
+    from trl.experimental.orpo import ORPOTrainer
+
+    class QloraORPOTrainer(ORPOTrainer):
+        tokens_seen: int = 0
+        trained_tokens_seen: int = 0
+
+        def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
+            # rows arrive tokenized by qlora4080's renderer (tokens.orpo_columns): keep them as they are
+            if "chosen_labels" in feature:
+                return feature
+            return super().tokenize_row(feature, model)
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            for side in ("chosen", "rejected"):
+                if f"{side}_attention_mask" in inputs:
+                    self.tokens_seen += int(inputs[f"{side}_attention_mask"].sum())
+                if f"{side}_labels" in inputs:
+                    self.trained_tokens_seen += int((inputs[f"{side}_labels"] != IGNORE_INDEX).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return cast("type[CountingTrainer]", QloraORPOTrainer)
+
+
+def _silence_experimental_notice() -> None:
+    """trl prints a notice when its experimental package (where ORPO lives) is imported; the run log says enough."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -16,6 +16,7 @@ from ..data.vocabulary import DataFormat, TrainOn
 from ..toml_io import dumps_toml
 
 BUILTIN_PREFIX = "builtin:"
+TrainingMethod = Literal["sft", "dpo", "orpo"]
 
 
 
@@ -139,9 +140,10 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    method: Literal["sft", "dpo"] = "sft"
+    method: TrainingMethod = "sft"
     """sft: learn the assistant turns of conversations; dpo: learn to prefer the chosen answer of preference pairs
-    ({"prompt", "chosen", "rejected"} lines), usually starting from an SFT adapter (model.adapter)."""
+    ({"prompt", "chosen", "rejected"} lines) against a reference model, usually an SFT adapter (model.adapter);
+    orpo: the same pairs without a reference model (an odds-ratio penalty added to SFT on the chosen answers)."""
     epochs: float = Field(default=1.0, gt=0)
     """Passes over the training data (ignored when max_steps > 0)."""
     max_steps: int = Field(default=-1, ge=-1)
@@ -180,9 +182,10 @@ class PreferenceSection(Section):
     """Settings of preference tuning (training.method = "dpo")."""
 
     beta: float = Field(default=0.1, gt=0)
-    """How far the policy may move from the reference: higher keeps it closer (DPO's beta)."""
+    """dpo: how far the policy may move from the reference, higher keeps it closer; orpo: the weight of the
+    odds-ratio term beside the SFT loss (ORPO's lambda)."""
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair"] = "sigmoid"
-    """The preference loss: sigmoid is the original DPO; ipo, hinge, robust, ... are TRL's variants of it."""
+    """dpo only: sigmoid is the original DPO; ipo, hinge, robust, ... are TRL's variants of it."""
     precompute_reference: bool = False
     """Compute the reference log-probabilities once before training instead of at every step."""
 
@@ -232,12 +235,13 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _method_fits_the_data(self) -> Recipe:
-        if self.training.method == "dpo":
+        method = self.training.method
+        if method != "sft":
             if self.data.sources:
-                raise ValueError('training.method = "dpo" reads preference pairs from data.train / data.validation; '
+                raise ValueError(f'training.method = "{method}" reads preference pairs from data.train / data.validation; '
                                  "[[data.sources]] builds conversations for sft")
             if self.data.packing:
-                raise ValueError('data.packing packs conversations for sft; set it to false for training.method = "dpo"')
+                raise ValueError(f'data.packing packs conversations for sft; set it to false for training.method = "{method}"')
         return self
 
     def resolve_path(self, relative: str) -> Path:

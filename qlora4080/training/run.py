@@ -76,7 +76,7 @@ def train(
 
 def _run_class(recipe: Recipe) -> type[TrainingRun]:
     """The staged run for the recipe's training method: SFT, or preference tuning on top of it."""
-    if recipe.training.method == "dpo":
+    if recipe.training.method in ("dpo", "orpo"):
         from ..preference.run import PreferenceRun
 
         return PreferenceRun
