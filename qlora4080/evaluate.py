@@ -135,6 +135,8 @@ METRICS = [
     ("json_same_keys_rate", "JSON same keys as reference", "{:.1%}"),
     ("preference_accuracy", "prefers the chosen answer (log-prob)", "{:.1%}"),
     ("mean_margin", "mean log-prob margin, chosen - rejected", "{:.3f}"),
+    ("reward_accuracy", "prefers chosen more than the model it started from", "{:.1%}"),
+    ("reward_margin", "margin gained over the model it started from", "{:.3f}"),
 ]
 
 

@@ -47,10 +47,17 @@ def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len:
     scores["adapter" if chat.has_adapter else "model"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
     report: dict[str, object] = {}
     records: dict[str, list[dict[str, object]]] = {}
+    # DPO's own measure: does the model prefer the chosen answer more than the model it started from does?
+    # (the plain comparison saturates once the starting model already prefers every chosen answer)
+    reference = scores.get("sft", scores.get("base"))
     for name, logps in scores.items():
         score = preference_score(logps)
-        report[name] = {"pairs": score.pairs, "preference_accuracy": score.accuracy, "mean_margin": score.mean_margin,
-                        "failures": {}}
+        metrics: dict[str, object] = {"pairs": score.pairs, "preference_accuracy": score.accuracy,
+                                      "mean_margin": score.mean_margin, "failures": {}}
+        if reference is not None and name in ("adapter", "model"):  # the trained model against where it started
+            relative = preference_score(logps, reference)
+            metrics |= {"reward_accuracy": relative.accuracy, "reward_margin": relative.mean_margin}
+        report[name] = metrics
         records[name] = [{"id": pair.id, "margin": c - r, "prefers_chosen": c > r}
                          for pair, c, r in zip(tokenized.kept, logps.chosen, logps.rejected)]
     report["records"] = records

@@ -149,7 +149,13 @@ class TrainingRun:
             raise QloraError(f"the adapter in {folder} was trained on {meta.base_model}, but [model] name is "
                              f"{self.recipe.model.name}", where="[model] adapter",
                              hint=f"set [model] name = \"{meta.base_model}\", or pick an adapter trained on this model")
-        return PeftModel.from_pretrained(self.model, folder, is_trainable=True)
+        model = PeftModel.from_pretrained(self.model, folder, is_trainable=True)
+        shape = model.peft_config["default"]
+        lora = self.recipe.lora
+        if (getattr(shape, "r", lora.r), getattr(shape, "lora_alpha", lora.alpha)) != (lora.r, lora.alpha):
+            self.log.line(f"note: [lora] r={lora.r} alpha={lora.alpha} is not used: the adapter keeps its own shape "
+                          f"(r={getattr(shape, 'r', '?')}, alpha={getattr(shape, 'lora_alpha', '?')})", style="yellow")
+        return model
 
     def build_trainer(self, live: bool | None, extra_callbacks: list[TrainerCallback]) -> None:
         """The method's trainer wired to the panel, the logs and Ctrl-C."""
@@ -189,7 +195,8 @@ class TrainingRun:
 
         t = self.recipe.training
         steps = self.trainer.args.max_steps if self.trainer.args.max_steps > 0 else f"{t.epochs:g} epoch(s) of"
-        stage(f"Training: {self.train_split.conversations} conversations, batch {t.batch_size} x "
+        unit = "conversations" if t.method == "sft" else "preference pairs"
+        stage(f"Training: {self.train_split.conversations} {unit}, batch {t.batch_size} x "
               f"grad-accum {t.grad_accum}, {steps} steps, lr {t.learning_rate}")
         started = time.monotonic()
         try:
@@ -225,7 +232,7 @@ class TrainingRun:
             return {}
         with self.stages.stage("Evaluating on the validation file"):
             metrics = self.trainer.evaluate()
-            if "eval_loss" in metrics:
+            if "eval_loss" in metrics and self.recipe.training.method == "sft":  # a preference loss is no perplexity
                 metrics["eval_perplexity"] = from_loss(metrics["eval_loss"])
         return metrics
 
