@@ -12,8 +12,7 @@ from conftest import CLI, DEMO_DATA
 from qlora4080.data.conversations import read_conversations
 from qlora4080.data.render import render_conversation
 from qlora4080.evaluate import evaluate, perplexity, to_eval_records, write_report
-from qlora4080.infer import generate_answers
-from qlora4080.infer import generate, load_for_chat
+from qlora4080.infer import generate, generate_answers, load_for_chat
 
 
 @pytest.fixture(scope="module")
