@@ -8,12 +8,15 @@
    training variant):
    - raw-tokenizer     the floor: the tokenizer call (`tokenizer(texts)`) on the already rendered text
    - raw-backend       a lower floor: the Rust backend's encode_batch_fast on the same text
-   - qlora4080         render_conversations (ids + labels, any template; what training runs:
-                       one render per conversation, checked against the exact method)
+   - qlora4080         render_or_reject (ids + labels, any template; what training runs, with a
+                       fresh FastPathState per call as training has: one render per conversation,
+                       checked against the exact method)
    - qlora4080-exact   the exact method alone (every prompt prefix rendered), the reference
    - trl-generation    apply_chat_template(return_assistant_tokens_mask=True) with
                        TRL's generation-marked training template
-   Best of --repeats rounds each; every round runs all rows in turn.
+   Best of --repeats rounds each; every round runs all rows in turn. `x_raw_time` divides the
+   best times; `x_raw_time_paired` is the median over rounds of the row's time over the tokenizer
+   call's time in the same round, which load from other processes on a shared machine moves less.
 2. Padding waste: share of pad tokens in batches of the demo recipe's batch size
    over a realistic length mix, with packing off (dataset order) and on
    (qlora4080.data.packing, best-fit decreasing to max_len).
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,8 +68,9 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from qlora4080.builtin_models import resolve_builtin
+    from qlora4080.data.fast_masks import FastPathState
     from qlora4080.data.packing import best_fit_decreasing, padding_share
-    from qlora4080.data.render import render_conversation, render_conversations
+    from qlora4080.data.render import render_conversation, render_or_reject
 
     templates = Path(trl.__file__).parent / "chat_templates"
     tokenizer = AutoTokenizer.from_pretrained(resolve_builtin("smollm2-135m-instruct"))
@@ -82,11 +88,17 @@ def main() -> None:
     def raw_backend() -> int:
         return sum(len(e.ids) for e in backend.encode_batch_fast(rendered, add_special_tokens=False))
 
+    offered = FastPathState()  # the fast path's tally over every timed call
+
     def ours() -> int:
-        return sum(len(r["input_ids"]) for r in render_conversations(chats, tokenizer))
+        state = FastPathState()
+        rendered = render_or_reject(chats, tokenizer, fast_state=state)
+        offered.tried, offered.fast = offered.tried + state.tried, offered.fast + state.fast
+        offered.disabled = offered.disabled or state.disabled
+        return sum(len(r["input_ids"]) for r in rendered if isinstance(r, dict))
 
     def ours_exact() -> int:
-        return sum(len(r["input_ids"]) for r in render_conversations(chats, tokenizer, fast=False))
+        return sum(len(r["input_ids"]) for r in render_or_reject(chats, tokenizer, fast=False) if isinstance(r, dict))
 
     def trl_path() -> int:
         total = 0
@@ -97,26 +109,30 @@ def main() -> None:
 
     runs = {"raw-tokenizer": raw, "raw-backend": raw_backend, "qlora4080": ours, "qlora4080-exact": ours_exact,
             "trl-generation": trl_path}
-    best: dict[str, float] = {name: float("inf") for name in runs}
+    load_before = os.getloadavg()  # other processes on the machine move these timings: say how busy it was
+    timed: dict[str, list[float]] = {name: [] for name in runs}
     counted: dict[str, int] = {}
     for _ in range(args.repeats):  # rounds interleave the rows, so a slow moment of the VM hits all of them
         for name, run in runs.items():
             started = time.perf_counter()
             counted[name] = run()
-            best[name] = min(best[name], time.perf_counter() - started)
+            timed[name].append(time.perf_counter() - started)
+    best = {name: min(times) for name, times in timed.items()}
     rows = {}
     for name, seconds in best.items():
         rows[name] = {"seconds": round(seconds, 3), "tokens": counted[name],
                       "conversations_per_s": round(len(chats) / seconds, 1), "tokens_per_s": round(counted[name] / seconds)}
         print(name, rows[name], flush=True)
-    for row in rows.values():
+    for name, row in rows.items():
         row["x_raw_time"] = round(row["seconds"] / rows["raw-tokenizer"]["seconds"], 2)
         row["x_backend_time"] = round(row["seconds"] / rows["raw-backend"]["seconds"], 2)
-    from qlora4080.data.fast_masks import template_facts
-
-    facts = template_facts(tokenizer)
-    fast_share = {"fast_path": facts.fast, "offered": facts.tried, "disabled": facts.disabled} if facts else None
-    same = render_conversations(chats, tokenizer) == render_conversations(chats, tokenizer, fast=False)
+        row["seconds_each_round"] = [round(seconds, 3) for seconds in timed[name]]
+        row["x_raw_time_paired"] = round(statistics.median(
+            mine / raw for mine, raw in zip(timed[name], timed["raw-tokenizer"])), 2)
+    print("time vs the tokenizer call (best / paired median):",
+          {name: (row["x_raw_time"], row["x_raw_time_paired"]) for name, row in rows.items()}, flush=True)
+    fast_share = {"fast_path": offered.fast, "offered": offered.tried, "disabled": offered.disabled}
+    same = render_or_reject(chats, tokenizer) == render_or_reject(chats, tokenizer, fast=False)
     print("fast path", fast_share, "identical to exact:", same)
 
     # padding waste on the same conversations' lengths, batch 4 like the demo, max_len 1024
@@ -133,6 +149,9 @@ def main() -> None:
 
     result = {"command": "python bench/data_prep.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.machine()}, torch {torch.__version__}, transformers {__import__('transformers').__version__}, trl {trl.__version__}",
+              "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: both cores)"),
+              "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
+                                         "after": [round(x, 2) for x in os.getloadavg()]},
               "conversations": len(chats), "repeats": args.repeats, "throughput": rows,
               "fast_path": fast_share, "fast_identical_to_exact": same, "padding": padding}
     args.out.parent.mkdir(parents=True, exist_ok=True)

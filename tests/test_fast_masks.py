@@ -18,7 +18,8 @@ import pytest
 from conftest import REPO
 
 from qlora4080.data import fast_masks
-from qlora4080.data.render import TemplateError, render_many
+from qlora4080.data.fast_masks import FastPathState
+from qlora4080.data.render import TemplateError, render_or_reject
 from qlora4080.errors import QloraError
 
 TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -86,12 +87,12 @@ def test_fast_path_equals_exact_method(smol_tokenizer, family, train_on):
     tokenizer = _tokenizer(smol_tokenizer, family)
     chats = _conversations(150, system=FAMILIES[family][2])
     try:
-        exact = render_many(chats, tokenizer, train_on, fast=False)
+        exact = render_or_reject(chats, tokenizer, train_on, fast=False)
     except TemplateError:  # the template cannot be split this way at all: the fast path must refuse too
         with pytest.raises(TemplateError):
-            render_many(chats, tokenizer, train_on)
+            render_or_reject(chats, tokenizer, train_on)
         return
-    fast = render_many(chats, tokenizer, train_on)
+    fast = render_or_reject(chats, tokenizer, train_on)
     assert _same(fast, exact)
     assert isinstance(fast[-1], dict) and any(isinstance(r, QloraError) for r in fast)  # the question-only chat
 
@@ -100,19 +101,19 @@ def test_fast_path_equals_exact_method(smol_tokenizer, family, train_on):
 def test_fast_path_is_really_taken_for_chatml_and_gemma(smol_tokenizer, family):
     tokenizer = _tokenizer(smol_tokenizer, family)
     chats = _conversations(200, system=FAMILIES[family][2])
-    render_many(chats, tokenizer)
-    facts = fast_masks.template_facts(tokenizer)
-    assert facts is not None and not facts.disabled
-    assert facts.fast > 0.9 * facts.tried  # only the tricky few took the exact path
+    state = FastPathState()
+    render_or_reject(chats, tokenizer, fast_state=state)
+    assert not state.disabled
+    assert state.fast > 0.9 * state.tried  # only the tricky few took the exact path
 
 
 def test_tokenizer_that_splits_the_header_differently_in_context_falls_back(smol_tokenizer):
     # SmolLM2's tokenizer writes "\n\n" as one token alone but as two before a word: Llama-3's header ends with it.
     tokenizer = _tokenizer(smol_tokenizer, "llama3")
     chats = _conversations(150, system=True)
-    assert _same(render_many(chats, tokenizer), render_many(chats, tokenizer, fast=False))
-    facts = fast_masks.template_facts(tokenizer)
-    assert facts is not None and facts.fast == 0 and "fit the fast path" in facts.disabled
+    state = FastPathState()
+    assert _same(render_or_reject(chats, tokenizer, fast_state=state), render_or_reject(chats, tokenizer, fast=False))
+    assert state.fast == 0 and "fit the fast path" in state.disabled
 
 
 def test_template_that_drops_earlier_reasoning_is_mapped_in_a_batch(smol_tokenizer):
@@ -125,8 +126,8 @@ def test_template_that_drops_earlier_reasoning_is_mapped_in_a_batch(smol_tokeniz
                       {"role": "assistant", "content": "4", "reasoning_content": "Two plus two."},
                       {"role": "user", "content": "3+3?"},
                       {"role": "assistant", "content": "6", "reasoning_content": "Three plus three."}])
-    fast = render_many(chats, tokenizer)
-    assert _same(fast, render_many(chats, tokenizer, fast=False))
+    fast = render_or_reject(chats, tokenizer)
+    assert _same(fast, render_or_reject(chats, tokenizer, fast=False))
     ids, labels = fast[80]["input_ids"], fast[80]["labels"]
     trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
     assert trained == "4<|im_end|><think>\nThree plus three.\n</think>\n\n6<|im_end|>"
@@ -136,21 +137,25 @@ def test_template_that_cannot_be_mapped_still_raises_in_a_batch(smol_tokenizer):
     tokenizer = copy.deepcopy(smol_tokenizer)
     tokenizer.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     with pytest.raises(TemplateError, match="ignores add_generation_prompt"):
-        render_many(_conversations(100, system=False), tokenizer)
+        render_or_reject(_conversations(100, system=False), tokenizer)
 
 
 def test_a_systematic_difference_disables_the_fast_path(smol_tokenizer, monkeypatch):
     tokenizer = _tokenizer(smol_tokenizer, "chatml-smollm2")
     chats = _conversations(150, system=True)
-    exact = render_many(chats, tokenizer, fast=False)
+    exact = render_or_reject(chats, tokenizer, fast=False)
     # Pretend the whole-text tokenization differs from piecewise: every fast result gets a wrong first id.
     real_accept = fast_masks._accept
 
-    def corrupt(located, results):
-        real_accept(located, results)
-        for index, *_ in located:
-            results[index]["input_ids"] = [0] + results[index]["input_ids"][1:]
+    def corrupt(ids, labels):
+        return real_accept([0] + ids[1:], labels)
 
     monkeypatch.setattr(fast_masks, "_accept", corrupt)
-    assert _same(render_many(chats, tokenizer), exact)  # caught by the verification sample
-    assert "differs between the fast and the exact path" in fast_masks.template_facts(tokenizer).disabled
+    state = FastPathState()
+    assert _same(render_or_reject(chats, tokenizer, fast_state=state), exact)  # caught by the verification sample
+    assert "differs between the fast and the exact path" in state.disabled
+    # The state remembers it for the dataset's later batches; a fresh call (another dataset) tries again.
+    assert _same(render_or_reject(chats, tokenizer, fast_state=state), exact)
+    monkeypatch.setattr(fast_masks, "_accept", real_accept)
+    again = FastPathState()
+    assert _same(render_or_reject(chats, tokenizer, fast_state=again), exact) and not again.disabled

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI
 
-from qlora4080.data.pipeline import build_data, interleave
+from qlora4080.data.mixing import interleave
+from qlora4080.data.pipeline import build_data
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe
 from qlora4080.toml_io import dumps_toml

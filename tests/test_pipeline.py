@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_DATA, write_recipe
 
-from qlora4080.data.pipeline import build_data, conversation_key, dedup_across_pools, interleave, resample, split
+from qlora4080.data.mixing import conversation_key, dedup_across_pools, interleave, resample, split
+from qlora4080.data.pipeline import build_data
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe
 from qlora4080.toml_io import dumps_toml
@@ -180,3 +181,20 @@ def test_headline_recipe_builds_offline_from_its_three_normalized_sources(tmp_pa
     emoji_answers = {r["messages"][1]["content"] for r in by_source["emoji"]}
     assert any("🎯" in a and "专心" not in a for a in emoji_answers)  # answer_zh empty -> answer_en
     assert any("一次只做一件事" in a for a in emoji_answers)
+
+
+def test_a_message_that_is_not_an_object_is_a_rejected_line_not_a_crash(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    good = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(12)]
+    path.write_text("\n".join(json.dumps(r) for r in [{"messages": ["hi", {"role": "assistant", "content": "x"}]}, *good]))
+    build = build_data(load_recipe(_recipe(tmp_path, [{"path": str(path), "format": "messages"}])))
+    assert (build.pools[0].rejected, build.pools[0].kept) == (1, 12)
+    rejects = [json.loads(line) for line in (build.folder / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(1, "message 0 is not an object")]
+
+
+def test_build_files_are_written_whole_with_no_temporary_left(tmp_path, sources):
+    build = build_data(load_recipe(_recipe(tmp_path, sources)))
+    assert not [p.name for p in build.folder.iterdir() if p.name.startswith(".")]
+    assert json.loads((build.folder / "manifest.json").read_text())["key"] in build.folder.name

@@ -21,7 +21,7 @@ from qlora4080.data.check import check_file
 from qlora4080.data.conversations import Conversations, read_conversations
 from qlora4080.data.dataset import tokenize_conversations
 from qlora4080.data.pipeline import build_data
-from qlora4080.data.render import render_many
+from qlora4080.data.render import MaskReport, render_or_reject
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe
 from qlora4080.training.data_setup import prepare_data
@@ -196,17 +196,17 @@ def test_conversation_the_template_refuses_is_dropped_and_the_others_keep_their_
     rows = [_chat(i, " BOOM" if i in bad else "") for i in range(1, count + 1)]
     source = read_conversations(_write(tmp_path / "chats.jsonl", rows))
 
-    split = tokenize_conversations(source, tokenizer, 128, "assistant")
+    report = MaskReport()
+    split = tokenize_conversations(source, tokenizer, 128, "assistant", report=report)
     assert [(d.line, d.reason) for d in split.dropped] == [(i, "the chat template refused the conversation: no") for i in sorted(bad)]
     assert str(split.dropped[0]) == f"{source.path}:3: the chat template refused the conversation: no"
 
     good = [r["messages"] for i, r in enumerate(rows, start=1) if i not in bad]
-    expected = render_many(good, smol_tokenizer, "assistant", fast=False)  # every prefix rendered, unmodified template
+    expected = render_or_reject(good, smol_tokenizer, "assistant", fast=False)  # every prefix rendered, unmodified template
     assert split.dataset["input_ids"] == [e["input_ids"] for e in expected]
     assert split.dataset["labels"] == [e["labels"] for e in expected]
     if count > fast_masks.MIN_BATCH:  # the one-render path stayed on: one bad record does not send the batch elsewhere
-        facts = fast_masks.template_facts(tokenizer)
-        assert not facts.disabled and facts.fast >= count - len(bad) - 10
+        assert report.fast >= count - len(bad) - 10
 
 
 def test_refused_records_are_dropped_per_source_in_the_build_token_table(tmp_path, smol_tokenizer):

@@ -19,7 +19,7 @@ from qlora4080.data.render import (
     TemplateError,
     end_of_turn_ids,
     render_conversation,
-    render_conversations,
+    render_or_raise,
 )
 from qlora4080.errors import QloraError
 
@@ -132,7 +132,7 @@ def test_template_that_rewrites_earlier_turns_is_mapped_in_the_full_render_with_
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     report = MaskReport()
-    rendered = render_conversations([MULTI], tokenizer, report=report)[0]
+    rendered = render_or_raise([MULTI], tokenizer, report=report)[0]
     assert _trained_text(tokenizer, rendered) == "Blue.<|im_end|>Green, like grass.<|im_end|>"
     assert tokenizer.decode(rendered["input_ids"]) == tokenizer.apply_chat_template(MULTI, tokenize=False)
     assert report.turns["full render"] >= 1
@@ -201,7 +201,7 @@ def test_template_that_drops_earlier_reasoning_trains_each_turn_as_the_full_rend
                 {"role": "user", "content": "3+3?"},
                 {"role": "assistant", "content": "6", "reasoning_content": "Three plus three."}]
     report = MaskReport()
-    trained = _trained_text(tokenizer, render_conversations([messages], tokenizer, report=report)[0])
+    trained = _trained_text(tokenizer, render_or_raise([messages], tokenizer, report=report)[0])
     assert trained == "4<|im_end|><think>\nThree plus three.\n</think>\n\n6<|im_end|>"
     assert (report.reasoning_turns, report.reasoning_dropped) == (2, 1)
     assert any("keeps reasoning only in the last assistant turn" in w for w in report.warnings())
@@ -210,12 +210,12 @@ def test_template_that_drops_earlier_reasoning_trains_each_turn_as_the_full_rend
 
 
 def test_a_template_that_refuses_system_gets_it_folded_into_the_first_user_turn_for_training_and_chat(smol_tokenizer):
-    from qlora4080.data.render import MaskReport, render_many, render_prompt
+    from qlora4080.data.render import MaskReport, render_or_reject, render_prompt
 
     tokenizer = _tokenizer_for(smol_tokenizer, "gemma")
     system, user = WITH_SYSTEM[0]["content"], WITH_SYSTEM[1]["content"]
     report = MaskReport()
-    rendered = render_many([WITH_SYSTEM, SINGLE], tokenizer, report=report)
+    rendered = render_or_reject([WITH_SYSTEM, SINGLE], tokenizer, report=report)
     assert all(isinstance(r, dict) for r in rendered), rendered
     text = tokenizer.decode(rendered[0]["input_ids"])
     assert f"<start_of_turn>user\n{system}\n\n{user}" in text

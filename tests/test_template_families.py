@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from qlora4080.data import fast_masks
-from qlora4080.data.render import IGNORE_INDEX, MaskReport, render_many
+from qlora4080.data.fast_masks import FastPathState
+from qlora4080.data.render import IGNORE_INDEX, MaskReport, render_or_reject
 from qlora4080.data.templates import fold_system_prompt
 
 TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -254,7 +255,7 @@ def conversation(name: str, shape: str) -> tuple[list[dict[str, Any]], list[dict
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, train_on: str = "assistant",
             fast: bool = False, copies: int = 1) -> list[Any]:
-    return render_many([messages] * copies, tokenizer, train_on, [tools] * copies, fast=fast)
+    return render_or_reject([messages] * copies, tokenizer, train_on, [tools] * copies, fast=fast)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -311,7 +312,7 @@ def test_families_once_refused_train_every_turn_of_a_long_conversation(smol_toke
 def test_a_generation_prompt_the_history_lacks_is_warned_about_once(smol_tokenizer, name):
     tokenizer = family_tokenizer(smol_tokenizer, name)
     report = MaskReport()
-    render_many([MULTI, SINGLE, SYSTEM] * 10, tokenizer, report=report)
+    render_or_reject([MULTI, SINGLE, SYSTEM] * 10, tokenizer, report=report)
     warnings = report.warnings()
     prompt_warnings = [w for w in warnings if "generation prompt adds" in w]
     assert len(prompt_warnings) == 1 and "<think>" in prompt_warnings[0]
@@ -322,7 +323,7 @@ def test_a_generation_prompt_the_history_lacks_is_warned_about_once(smol_tokeniz
 def test_a_template_that_keeps_prefixes_has_no_warning(smol_tokenizer):
     tokenizer = family_tokenizer(smol_tokenizer, "qwen2.5")
     report = MaskReport()
-    render_many([MULTI, SINGLE] * 10, tokenizer, report=report)
+    render_or_reject([MULTI, SINGLE] * 10, tokenizer, report=report)
     assert report.warnings() == []
     assert report.turns and set(report.turns) <= {"prefix", "fast"}
 
@@ -331,7 +332,7 @@ def test_a_template_that_keeps_prefixes_has_no_warning(smol_tokenizer):
 def test_reasoning_the_template_drops_is_counted_and_warned(smol_tokenizer, name):
     tokenizer = family_tokenizer(smol_tokenizer, name)
     report = MaskReport()
-    render_many([reasoning_conversation(name)], tokenizer, report=report)
+    render_or_reject([reasoning_conversation(name)], tokenizer, report=report)
     dropped = 2 if name == "deepseek-r1-distill" else 1  # DeepSeek drops it from every turn, the others from history
     assert (report.reasoning_turns, report.reasoning_dropped) == (2, dropped)
     assert any("train their answer only" in w for w in report.warnings())
@@ -343,7 +344,7 @@ def test_gpt_oss_tool_history_is_located_in_the_full_render(smol_tokenizer):
     messages = tool_conversation("gpt-oss")
     messages[1] = {**messages[1], "thinking": "I should call the tool."}
     report = MaskReport()
-    rendered = render_many([messages], tokenizer, "assistant", [TOOLS], report=report)[0]
+    rendered = render_or_reject([messages], tokenizer, "assistant", [TOOLS], report=report)[0]
     assert trained_turns(tokenizer, smol_tokenizer, rendered) == TOOL_TURNS["gpt-oss"]
     assert report.turns["full render"] == 1
     assert any("renders a conversation differently" in w for w in report.warnings())
@@ -351,11 +352,41 @@ def test_gpt_oss_tool_history_is_located_in_the_full_render(smol_tokenizer):
 
 @pytest.mark.parametrize("name", ["deepseek-v3", "nemotron-3-nano", "phi3", "gpt-oss", "qwen3"])
 def test_the_fast_path_is_taken_for_the_new_families(smol_tokenizer, name):
-    tokenizer = copy.deepcopy(family_tokenizer(smol_tokenizer, name))  # fresh fast-path facts
+    tokenizer = family_tokenizer(smol_tokenizer, name)
     chats = [MULTI, SINGLE, SYSTEM, reasoning_conversation(name)] * 25
-    fast = render_many(chats, tokenizer)
-    assert fast == render_many(chats, tokenizer, fast=False)
-    facts = fast_masks.template_facts(tokenizer)
+    state = FastPathState()
+    fast = render_or_reject(chats, tokenizer, fast_state=state)
+    assert fast == render_or_reject(chats, tokenizer, fast=False)
     # gpt-oss writes a last turn with analysis as two assistant messages (two headers): that one goes the exact way
     exact_ones = 25 if name == "gpt-oss" else 0
-    assert facts is not None and not facts.disabled and facts.fast >= facts.tried - exact_ones - 5
+    assert not state.disabled and state.fast >= state.tried - exact_ones - 5
+
+
+@pytest.mark.parametrize("name", ["phi3", "phi3.5"])
+def test_phi3_markers_that_strip_the_newline_after_them(smol_tokenizer, name):
+    # Phi-3's published tokenizer.json adds <|user|>, <|assistant|>, <|system|> and <|end|> with "rstrip": true, so
+    # "<|end|>\n<|user|>\n" tokenizes as two tokens: the newlines are part of the markers' matches.
+    from tokenizers import AddedToken
+
+    from qlora4080.data.render import render_prompt
+
+    tokenizer = copy.deepcopy(family_tokenizer(smol_tokenizer, name))
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        AddedToken(token, rstrip=True, lstrip=False, normalized=False, special=True) for token in PHI]})
+    assert all(tokenizer.added_tokens_decoder[tokenizer.convert_tokens_to_ids(token)].rstrip for token in PHI)
+    for messages in (SINGLE, MULTI, SYSTEM):
+        exact = render_or_reject([messages], tokenizer, fast=False)[0]
+        assert isinstance(exact, dict)
+        assert trained_turns(tokenizer, smol_tokenizer, exact) == expected_turns(name, messages)
+        # The ids are the whole render tokenized at once, as chat and eval tokenize a prompt: no newline token
+        # after a marker that would strip it (piece by piece, the text after each turn would start with one).
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        assert exact["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = render_prompt(messages[:last], tokenizer)
+        assert exact["input_ids"][:len(prompt)] == prompt
+        assert exact["labels"][len(prompt) - 1] == IGNORE_INDEX and exact["labels"][len(prompt)] != IGNORE_INDEX
+    state = FastPathState()
+    batch = [MULTI, SINGLE, SYSTEM] * 10
+    assert render_or_reject(batch, tokenizer, fast_state=state) == render_or_reject(batch, tokenizer, fast=False)
+    assert not state.disabled and state.fast == state.tried == len(batch)  # one render each, equal to the exact path

@@ -23,7 +23,7 @@ from test_template_families import (
 )
 
 from qlora4080.data import fast_masks
-from qlora4080.data.render import render_many
+from qlora4080.data.render import render_or_reject
 
 MARKUP = ["<|im_end|>", "<|im_start|>assistant\n", "<｜Assistant｜>", "<｜end▁of▁sentence｜>", "</think>", "<think>",
           "{{ }}", "{% raw %}", "<|end|>", "<|eot_id|>", "<end_of_turn>", "<|return|>", "<|assistant|>\n"]
@@ -54,14 +54,14 @@ def test_trained_text_is_each_answer_and_its_end_of_turn(smol_tokenizer, name):
     @given(messages=conversations(FAMILIES[name].system), last_only=st.booleans())
     def check(messages: list[dict[str, Any]], last_only: bool) -> None:
         train_on = "last_assistant" if last_only else "assistant"
-        rendered = render_many([messages], tokenizer, train_on, fast=False)[0]
+        rendered = render_or_reject([messages], tokenizer, train_on, fast=False)[0]
         assert isinstance(rendered, dict), rendered
         assert trained_turns(tokenizer, smol_tokenizer, rendered) == expected_turns(name, messages, train_on)
         assert decode(tokenizer, smol_tokenizer, rendered["input_ids"]) == tokenizer.apply_chat_template(
             messages, tokenize=False)
         copies = fast_masks.MIN_BATCH
-        assert render_many([messages] * copies, tokenizer, train_on) == [rendered] * copies
-        facts = fast_masks.template_facts(tokenizer)
-        assert facts is None or "differs" not in facts.disabled  # the fast path never disagreed with the exact one
+        state = fast_masks.FastPathState()
+        assert render_or_reject([messages] * copies, tokenizer, train_on, fast_state=state) == [rendered] * copies
+        assert "differs" not in state.disabled  # the fast path never disagreed with the exact one
 
     check()

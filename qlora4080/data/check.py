@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .formats import FormatError, detect_format, to_messages
 from .jsonl import BAD_JSON, BAD_UTF8, read_records
 from .validate import validate_messages
 
-__all__ = ["CheckResult", "check_file", "read_records"]
+__all__ = ["CheckResult", "check_file"]
 
 
 @dataclass
@@ -30,7 +31,8 @@ class CheckResult:
                        for r in self.rejected)
 
 
-def check_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> CheckResult:
+def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None = None) -> CheckResult:
+    """Every record of the file through the build's normalizing and validation: how many fit, and why the others not."""
     rows = list(read_records(path))
     detected = fmt == "auto"
     if detected:

@@ -6,15 +6,19 @@ Shape of a line: {"id"?, "messages": [{"role", "content", "tool_calls"?,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from ..errors import QloraError
 from .jsonl import read_jsonl
+from .templates import Tools
 from .validate import ROLES, validate_messages
+from .vocabulary import Message
 
-__all__ = ["ROLES", "Conversations", "Rejected", "read_conversations", "validate_messages"]
+__all__ = ["ROLES", "Conversations", "Rejected", "read_conversations", "record_messages", "record_tools",
+           "validate_messages"]
 
 
 @dataclass
@@ -30,7 +34,8 @@ class Rejected:
 @dataclass
 class Conversations:
     path: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, object]] = field(default_factory=list)
+    """Each record as read (its "id" filled in when the line had none); see record_messages / record_tools."""
     lines: list[int] = field(default_factory=list)
     """The file line of each record, for messages about it later."""
     rejected: list[Rejected] = field(default_factory=list)
@@ -61,3 +66,13 @@ def read_conversations(path: Path) -> Conversations:
             hint='each line must be {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}',
         )
     return result
+
+
+def record_messages(record: Mapping[str, object]) -> list[Message]:
+    """The conversation of a record read_conversations (or a data build) accepted, so already validated."""
+    return cast("list[Message]", record["messages"])
+
+
+def record_tools(record: Mapping[str, object]) -> Tools | None:
+    """The tool definitions a record offers its chat template, if any."""
+    return cast("Tools | None", record.get("tools"))  # as written: the chat template reads it

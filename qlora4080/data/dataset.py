@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import QloraError
-from .conversations import Conversations, Rejected
-from .render import IGNORE_INDEX, MaskReport, TrainOn, render_many
+from .conversations import Conversations, Rejected, record_messages, record_tools
+from .render import MaskReport, render_or_reject
+from .vocabulary import IGNORE_INDEX, TrainOn
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from .templates import Tokenizer
 
 
 @dataclass
 class TokenizedSplit:
-    dataset: Any  # datasets.Dataset with input_ids, labels
+    dataset: Dataset  # input_ids, labels
     conversations: int
     tokens: int
     trained_tokens: int
@@ -41,7 +47,7 @@ class SourceTokens:
 
 
 def tokenize_conversations(
-    source: Conversations, tokenizer: Any, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start",
+    source: Conversations, tokenizer: Tokenizer, max_seq_len: int, train_on: TrainOn, truncation: str = "keep_start",
     allow_empty: bool = False, report: MaskReport | None = None,
 ) -> TokenizedSplit:
     """Render and mask every conversation; longer ones keep their first max_seq_len tokens or are dropped.
@@ -56,8 +62,8 @@ def tokenize_conversations(
 
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     dropped: list[Rejected] = []
-    rendered_all = render_many([r["messages"] for r in source.records], tokenizer, train_on,
-                               [r.get("tools") for r in source.records], report=report)
+    rendered_all = render_or_reject([record_messages(r) for r in source.records], tokenizer, train_on,
+                                    [record_tools(r) for r in source.records], report=report)
     by_source: dict[str, SourceTokens] = {}
     for line, record, rendered in zip(source.lines, source.records, rendered_all):
         tally = by_source.setdefault(str(record.get("source") or source.path.name), SourceTokens())
@@ -104,7 +110,7 @@ def tokenize_conversations(
     )
 
 
-def tokens_by_source(files: list[Path], tokenizer: Any, max_seq_len: int, train_on: TrainOn,
+def tokens_by_source(files: list[Path], tokenizer: Tokenizer, max_seq_len: int, train_on: TrainOn,
                      truncation: str = "keep_start", report: MaskReport | None = None,
                      ) -> tuple[dict[str, SourceTokens], list[Rejected]]:
     """What tokenization does to each source of a data build (train and validation together), and its drops."""

@@ -1,320 +1,280 @@
 """One template render per conversation instead of one per turn: a faster way to the exact masks.
 
-The exact method (render.py) renders every prompt prefix of a conversation,
+The exact method (exact_masks.py) renders every prompt prefix of a conversation,
 about k+1 renders for k assistant turns, and tokenizes each piece on its own.
 This path reaches the same input_ids and labels with one render and one fast
 whole-text tokenization per conversation:
 
 1. render the whole conversation once through the compiled template (chunks
    are tokenized on a second thread while the next chunk renders);
-2. find each assistant turn in that text: it starts right after the j-th
-   assistant header H (learned once per template, templates.py) and ends at
-   its end-of-turn marker after its answer (turns.py, the same code the exact
-   path uses) -- the exact method's span whenever the template renders
-   prefixes consistently;
-3. find the same spans in the token ids: the j-th run of H's tokens, and as many
-   marker tokens after it as the trained text contains. A record where this
-   mapping is not certain (H's tokens not found as often as H's text, a turn
-   without an end-of-turn marker, tool calls) goes down the exact path.
+2. find each assistant turn in that text, and then in its tokens (fast_spans.py):
+   the exact method's span whenever the template renders prefixes
+   consistently; a record where the mapping is not certain goes down the
+   exact path.
 
 What one render cannot see -- that the prompt rendered alone is exactly the
 text before the turn, and that whole-text and piecewise tokenization agree --
 is checked by running the exact method on the first conversation of every
-shape (roles, tool calls, reasoning, tools) and on every VERIFY_EVERY-th one. A
-single difference sends the whole batch, and later batches with this template,
-down the exact path: a template or tokenizer that splits differently in
-general never uses this path. Records outside the sample rely on the checks of
-step 3; `render_many(..., fast=False)` renders everything the exact way.
+shape (roles, tool calls, reasoning, tools) and on every VERIFY_EVERY-th one;
+that check renders while the tokenizer thread still has chunks to do. A single
+difference sends the whole batch, and the later batches that share its
+FastPathState (one dataset), down the exact path: a template or tokenizer that
+splits differently in general never uses this path. Records outside the
+sample rely on the checks of step 2; `render_or_reject(..., fast=False)`
+renders everything the exact way.
 """
 
 from __future__ import annotations
 
-import re
-import weakref
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import count
+from typing import TYPE_CHECKING, cast
 
 from ..errors import QloraError
-from .template_profile import TemplateProfile, template_profile
-from .templates import (
-    IGNORE_INDEX,
-    TemplateError,
-    TrainOn,
-    compiled_renderer,
-    marker_tokens,
-    special_pattern,
-)
-from .turns import Span, turn_span
+from .compiled_template import compiled_renderer
+from .fast_spans import TemplateFacts, backend_of, locate_turns, template_facts
+from .templates import IGNORE_INDEX, Outcome, Render, Rendered, TemplateError, Tools
+from .turns import Notes
 from .validate import structure_problem
+from .vocabulary import Message, TrainOn
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from .templates import Tokenizer
 
 VERIFY_EVERY = 64
 MIN_BATCH = 16
-CHUNK = 256  # conversations rendered while the previous chunk is tokenized
-PROBE = 64  # a template whose first PROBE conversations mostly miss the fast path stops trying it
-Rendered = dict[str, list[int]]
-Notes = dict[int, tuple[list[str], list[Span]]]  # record index -> (how each trained turn was located, its span)
+PROBE = 64  # a dataset whose first PROBE conversations mostly miss the fast path stops trying it
+CHUNK = 256  # conversations rendered while the previous chunk is tokenized (the first chunk is the probe's)
+
+ExactMethod = Callable[[Sequence[int]], Callable[[], list[Outcome]]]
+"""exact(indices) renders and cuts those conversations the exact way now and returns the step that tokenizes them
+(the fast path runs that step on its tokenizer thread). Raises TemplateError when the template cannot be mapped."""
 
 
 @dataclass
-class TemplateFacts:
-    """What the fast path learns once per tokenizer and template."""
+class FastPathState:
+    """Which path the batches of one dataset take, found out while rendering it.
 
-    profile: TemplateProfile
-    header_ids: list[int]
-    marker_ids: frozenset[int]
-    marker_pattern: re.Pattern[str]
-    fallback: re.Pattern[str] | None  # the tokenizer's special tokens, for a template without end-of-turn markers
-    disabled: str = ""  # why this template takes the exact path, once found out
+    render_or_reject makes a fresh one per call unless given one, so earlier,
+    unrelated calls never decide the path; pass the same object to every batch
+    of one dataset to probe and verify the template once for all of them.
+    """
+
+    disabled: str = ""  # why these batches take the exact path, once found out
     tried: int = 0  # conversations offered to the fast path so far
     fast: int = 0  # ... and those it rendered (the rest took the exact path)
 
-    @property
-    def generation_prompt(self) -> str:
-        return self.profile.generation_prompt
-
-
-_FACTS: weakref.WeakKeyDictionary[Any, dict[str, TemplateFacts | None]] = weakref.WeakKeyDictionary()
-
-
-def template_facts(tokenizer: Any, examples: Sequence[Sequence[Mapping[str, Any]]] = ()) -> TemplateFacts | None:
-    """The template's header and the tokenizer's marker tokens; None when no fast path applies."""
-    template = getattr(tokenizer, "chat_template", None)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if not isinstance(template, str) or backend is None:
-        return None
-    try:
-        known = _FACTS.setdefault(tokenizer, {})
-    except TypeError:
-        known = {}
-    if template not in known:
-        try:
-            profile = template_profile(tokenizer, examples)
-        except QloraError:  # the exact path says why
-            return None
-        known[template] = _learn_facts(tokenizer, backend, profile)
-    return known[template]
-
-
-def _learn_facts(tokenizer: Any, backend: Any, profile: TemplateProfile) -> TemplateFacts | None:
-    markers = marker_tokens(tokenizer)
-    marker_ids = frozenset(i for i in (backend.token_to_id(s) for s in markers) if i is not None)
-    if not markers or not marker_ids:
-        return None
-    facts = TemplateFacts(
-        profile=profile,
-        header_ids=backend.encode(profile.header, add_special_tokens=False).ids,
-        marker_ids=marker_ids,
-        marker_pattern=re.compile("|".join(re.escape(s) for s in markers)),  # longest first, as the tokenizer splits
-        fallback=special_pattern(tokenizer),
-    )
-    if not set(profile.closers + profile.tool_closers) <= set(markers):
-        facts.disabled = "the template's end-of-turn markers are not single tokens of this tokenizer"
-    return facts
-
 
 def render_batch(
-    conversations: Sequence[Sequence[Mapping[str, Any]]],
-    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    tokenizer: Tokenizer,
     train_on: TrainOn,
-    tools: Sequence[Any],
-    exact: Any,
-    profile: TemplateProfile | None = None,
-) -> tuple[list[Rendered | QloraError], Notes]:
+    tools: Sequence[Tools | None],
+    exact: ExactMethod,
+    state: FastPathState,
+) -> tuple[list[Outcome], Notes]:
     """input_ids + labels for every conversation (or the error that rejects it), fast where proven equal.
 
-    `exact(indices)` runs the exact method on those conversations and returns
-    their results (or errors); it raises TemplateError when the template cannot
-    be mapped, which then stops the batch as it would without this path.
+    `exact` is the exact method on chosen conversations (see ExactMethod); a
+    TemplateError it raises stops the batch as it would without this path.
+    `state` says, and learns, whether this dataset's batches take this path.
     Also returns, for each record this path rendered, how its turns were located.
     """
+    everything = range(len(conversations))
     if len(conversations) < MIN_BATCH:  # the verification sample would be most of it: render exactly
-        return exact(range(len(conversations))), {}
+        return exact(everything)(), {}
     facts = template_facts(tokenizer, conversations[:3])
-    if facts is None or facts.disabled:
-        return exact(range(len(conversations))), {}
-    notes: Notes = {}
-    if facts.tried < PROBE < len(conversations):
-        # Try a first slice; a template this path rarely fits would otherwise cost a render more per record.
-        head = _render_fast_or_exact(conversations[:PROBE], tokenizer, train_on, tools[:PROBE], exact, facts, notes)
-        if not facts.disabled and facts.fast < facts.tried / 2:
-            facts.disabled = f"only {facts.fast} of the first {facts.tried} conversations fit the fast path"
-        rest = _offset(exact, PROBE)
-        if facts.disabled:
-            return head + rest(range(len(conversations) - PROBE)), notes
-        tail_notes: Notes = {}
-        tail = _render_fast_or_exact(conversations[PROBE:], tokenizer, train_on, tools[PROBE:], rest, facts, tail_notes)
-        notes.update({PROBE + index: note for index, note in tail_notes.items()})
-        return head + tail, notes
-    return _render_fast_or_exact(conversations, tokenizer, train_on, tools, exact, facts, notes), notes
-
-
-def _offset(exact: Any, offset: int) -> Any:
-    return lambda indices: exact([offset + i for i in indices])
-
-
-def _render_fast_or_exact(conversations: Sequence[Sequence[Mapping[str, Any]]], tokenizer: Any, train_on: TrainOn,
-                          tools: Sequence[Any], exact: Any, facts: TemplateFacts, notes: Notes,
-                          ) -> list[Rendered | QloraError]:
+    if facts is not None and facts.unusable:
+        state.disabled = state.disabled or facts.unusable
+    if facts is None or state.disabled:
+        return exact(everything)(), {}
     try:
         render = compiled_renderer(tokenizer)
     except TemplateError:
-        return exact(range(len(conversations)))
-    results: list[Rendered | QloraError | None] = [None] * len(conversations)
-    found: Notes = {}
-    # Rendering is Python, tokenizing is Rust without the GIL: tokenize each chunk on a second thread
-    # while the next one renders, and locate turns in each tokenized chunk while later ones tokenize.
-    # Only that thread touches the tokenizer until all chunks are done.
-    with ThreadPoolExecutor(max_workers=1) as tokenizing:
-        chunks = []
-        for begin in range(0, len(conversations), CHUNK):
-            texts: list[str | None] = []
-            for messages, record_tools in zip(conversations[begin:begin + CHUNK], tools[begin:begin + CHUNK]):
-                try:
-                    plain = messages if all(type(m) is dict for m in messages) else [dict(m) for m in messages]
-                    texts.append(render(plain, record_tools, False))
-                except QloraError:  # e.g. the template raised on this one: the exact path decides (and names why)
-                    texts.append(None)
-            chunks.append((begin, texts, tokenizing.submit(_encode, tokenizer, [t or "" for t in texts])))
-        for begin, texts, future in chunks:
-            located: list[tuple[int, list[int], list[tuple[int, int]]]] = []
-            for index, text, encoding in zip(range(begin, begin + len(texts)), texts, future.result()):
-                messages = conversations[index]
-                problem = structure_problem(messages)
-                if problem:  # the same rejection the exact path gives
-                    results[index] = QloraError(problem)
-                    continue
-                if text is None:
-                    continue
-                ids = encoding.ids
-                spans = _locate(messages, text, ids, train_on, facts)
-                if spans is not None:
-                    token_spans, char_spans = spans
-                    located.append((index, ids, token_spans))
-                    found[index] = (["fast"] * len(char_spans), char_spans)
-            _accept(located, results)
-    facts.tried += len(conversations)
-    facts.fast += sum(isinstance(r, dict) for r in results)
-
-    verify = _verification_sample(conversations, tools)
-    pending = sorted(set(verify) | {i for i, r in enumerate(results) if r is None})
-    exact_results = dict(zip(pending, exact(pending)))
-    for index in verify:
-        fast, reference = results[index], exact_results[index]
-        if fast is not None and _differs(fast, reference):
-            facts.disabled = f"conversation {index} differs between the fast and the exact path"
-            return exact(range(len(conversations)))
-    for index in pending:
-        results[index] = exact_results[index]
-    notes.update(found)  # those in the sample were found equal to the exact path's
-    return results  # type: ignore[return-value]
+        return exact(everything)(), {}
+    return _FastBatch(conversations, tokenizer, train_on, tools, exact, facts, state, render).run()
 
 
-def _locate(messages: Sequence[Mapping[str, Any]], text: str, ids: list[int], train_on: TrainOn,
-            facts: TemplateFacts) -> tuple[list[tuple[int, int]], list[Span]] | None:
-    """Token spans [start, end) to train (and their text spans), or None to leave the record to the exact path."""
-    if train_on == "all":
-        return [(0, len(ids))], []
-    profile = facts.profile
-    assistants = []
-    for index, message in enumerate(messages):
-        if message.get("role") == "assistant":
-            if message.get("tool_calls") or not isinstance(message.get("content"), str):
-                return None
-            assistants.append(index)
-    header = profile.header
-    headers = _find_all(text, header)
-    runs = _runs(ids, facts.header_ids)
-    if not len(runs) == len(headers) == len(assistants):
-        # One header per assistant turn, in text and in tokens, or the mapping is not certain: a header
-        # tokenized differently in context (merged with what follows), or its text inside a message.
-        return None
-    first_chosen = 0 if train_on == "assistant" else len(assistants) - 1
-    end = profile.limit(text)
-    token_spans: list[tuple[int, int]] = []
-    spans: list[Span] = []
-    for number, index in enumerate(assistants):
-        limit = headers[number + 1] if number + 1 < len(headers) else end
-        span = turn_span(text, headers[number] + len(header), limit, messages[index], index == len(messages) - 1,
-                         profile, facts.fallback)
-        if span is None or not span.closed:
-            return None
-        if number < first_chosen:
-            continue
-        token_start = runs[number] + len(facts.header_ids)
-        markers_inside = len(facts.marker_pattern.findall(text, span.start, span.end))
-        token_end = _after_nth_special(ids, token_start, markers_inside, facts.marker_ids)
-        if token_end is None:
-            return None
-        token_spans.append((token_start, token_end))
-        spans.append(span)
-    return token_spans, spans
+@dataclass
+class _Chunk:
+    begin: int
+    texts: list[str | None]  # None: not rendered (rejected for its turn order, or the template raised)
+    encodings: Future[list[Encoding]]
 
 
-def _find_all(text: str, needle: str) -> list[int]:
-    """Start positions of every (non-overlapping) occurrence of `needle` in `text`."""
-    starts, position = [], text.find(needle)
-    while position >= 0 and needle:
-        starts.append(position)
-        position = text.find(needle, position + len(needle))
-    return starts
+@dataclass
+class _FastBatch:
+    """One batch through the fast path: render, tokenize on a second thread, locate, verify against the exact path."""
+
+    conversations: Sequence[Sequence[Message]]
+    tokenizer: Tokenizer
+    train_on: TrainOn
+    tools: Sequence[Tools | None]
+    exact: ExactMethod
+    facts: TemplateFacts
+    state: FastPathState
+    render: Render
+    results: list[Outcome | None] = field(default_factory=list)
+    found: Notes = field(default_factory=dict)
+    unrendered: list[int] = field(default_factory=list)
+    misses: list[int] = field(default_factory=list)  # rendered, but left to the exact path by the checks of step 2
+    located: int = 0  # conversations [0, located) have been through _locate_chunk
+    tallied: int = 0  # ... and [0, tallied) counted into state.tried / state.fast
+
+    def run(self) -> tuple[list[Outcome], Notes]:
+        size = len(self.conversations)
+        self.results = [None] * size
+        probing = self.state.tried < PROBE < size
+        sample = _verification_sample(self.conversations, self.tools)
+        reference: dict[int, Outcome] = {}
+        probe_failed = False
+        # Rendering is Python, tokenizing is Rust without the GIL: the tokenizer thread encodes each chunk
+        # while the next one renders, and is the only thread that touches the tokenizer until it is shut down.
+        with ThreadPoolExecutor(max_workers=1) as tokenizing:
+            waiting: deque[_Chunk] = deque()
+            for begin, end in _chunk_bounds(size):
+                texts = self._render_chunk(begin, end)
+                waiting.append(_Chunk(begin, texts, tokenizing.submit(_encode, self.tokenizer, texts)))
+                if len(waiting) > 1:  # locate the chunk before this one while the tokenizer works on this one
+                    self._locate_chunk(waiting.popleft())
+                if probing and self.located >= PROBE:  # the first chunk, PROBE conversations, is located
+                    probing, probe_failed = False, self._probe_failed()
+                    if probe_failed:
+                        for chunk in waiting:
+                            chunk.encodings.cancel()
+                        break
+            else:
+                # Render the check's conversations now, while the tokenizer still has chunks to do; their
+                # tokenization is queued after those chunks.
+                checked = sorted(set(sample) | set(self.unrendered))
+                check = tokenizing.submit(self.exact(checked))
+                while waiting:
+                    self._locate_chunk(waiting.popleft())
+                reference.update(zip(checked, check.result()))
+        if probe_failed:
+            return self._after_failed_probe(sample)
+        self._count()
+        if self.misses:
+            reference.update(zip(self.misses, self.exact(self.misses)()))
+        return self._finish(sample, reference, range(size))
+
+    def _render_chunk(self, begin: int, end: int) -> list[str | None]:
+        texts: list[str | None] = []
+        for index in range(begin, end):
+            messages = self.conversations[index]
+            problem = structure_problem(messages)
+            if problem:  # the same rejection the exact path gives, without rendering
+                self.results[index] = QloraError(problem)
+                texts.append(None)
+                continue
+            try:
+                # The compiled template reads plain dicts; anything else is copied into one, as transformers would.
+                plain = messages if all(type(m) is dict for m in messages) else [
+                    cast(Message, dict(m)) for m in messages]
+                texts.append(self.render(plain, self.tools[index], False))
+            except QloraError:  # e.g. the template raised on this one: the exact path decides (and names why)
+                texts.append(None)
+                self.unrendered.append(index)
+        return texts
+
+    def _locate_chunk(self, chunk: _Chunk) -> None:
+        for index, text, encoding in zip(count(chunk.begin), chunk.texts, chunk.encodings.result()):
+            if text is None:
+                continue
+            ids = encoding.ids
+            located = locate_turns(self.conversations[index], text, ids, self.train_on, self.facts)
+            if located is None:
+                self.misses.append(index)
+                continue
+            token_spans, spans = located
+            labels = [IGNORE_INDEX] * len(ids)
+            for a, b in token_spans:
+                labels[a:b] = ids[a:b]
+            self.results[index] = _accept(ids, labels)
+            self.found[index] = (["fast"] * len(spans), spans)
+        self.located = chunk.begin + len(chunk.texts)
+
+    def _count(self) -> None:
+        """Add the conversations located since the last count to the state's tally."""
+        self.state.tried += self.located - self.tallied
+        self.state.fast += sum(isinstance(r, dict) for r in self.results[self.tallied:self.located])
+        self.tallied = self.located
+
+    def _probe_failed(self) -> bool:
+        """Whether the probe's conversations mostly missed the fast path (which then stays off for this state)."""
+        self._count()
+        if self.state.fast < self.state.tried / 2:
+            self.state.disabled = (f"only {self.state.fast} of the first {self.state.tried} conversations "
+                                   "fit the fast path")
+        return bool(self.state.disabled)
+
+    def _after_failed_probe(self, sample: list[int]) -> tuple[list[Outcome], Notes]:
+        """The probed head keeps its checked fast results; everything after it goes the exact way."""
+        head = range(PROBE)
+        checked = sorted({i for i in sample if i < PROBE} | {i for i in self.unrendered if i < PROBE}
+                         | {i for i in self.misses if i < PROBE})
+        reference = dict(zip(checked, self.exact(checked)()))
+        results, notes = self._finish([i for i in sample if i < PROBE], reference, head)
+        rest = self.exact(range(PROBE, len(self.conversations)))()
+        return results + rest, notes
+
+    def _finish(self, sample: Sequence[int], reference: Mapping[int, Outcome],
+                indices: range) -> tuple[list[Outcome], Notes]:
+        """Compare the sample with the exact path; fill in what the fast path left, or give it all to the exact path."""
+        for index in sample:
+            fast = self.results[index]
+            if fast is not None and _differs(fast, reference[index]):
+                self.state.disabled = f"conversation {index} differs between the fast and the exact path"
+                return self.exact(indices)(), {}
+        for index, outcome in reference.items():
+            self.results[index] = outcome
+        # Those in the sample were found equal to the exact path's; the exact path's own notes stand for the rest.
+        notes = {index: note for index, note in self.found.items() if index in indices}
+        return cast("list[Outcome]", self.results[indices.start:indices.stop]), notes
 
 
-def _runs(ids: list[int], pattern: list[int]) -> list[int]:
-    """Start positions of every (non-overlapping) occurrence of `pattern` in `ids`."""
-    if not pattern:
-        return []
-    starts, first, width, position = [], pattern[0], len(pattern), 0
-    while True:
-        try:
-            position = ids.index(first, position)
-        except ValueError:
-            return starts
-        if ids[position:position + width] == pattern:
-            starts.append(position)
-            position += width
-        else:
-            position += 1
+def _chunk_bounds(size: int) -> Iterator[tuple[int, int]]:
+    """[begin, end) of each chunk: a small first one, the probe's (it also starts the tokenizer early), then CHUNK-sized ones."""
+    begin, end = 0, min(PROBE, size)
+    while begin < size:
+        yield begin, end
+        begin, end = end, min(end + CHUNK, size)
 
 
-def _after_nth_special(ids: list[int], start: int, n: int, special_ids: frozenset[int]) -> int | None:
-    seen = 0
-    for position in range(start, len(ids)):
-        if ids[position] in special_ids:
-            seen += 1
-            if seen == n:
-                return position + 1
-    return None
+def _accept(ids: list[int], labels: list[int]) -> Rendered:
+    """A conversation the fast path rendered (a seam for tests)."""
+    return {"input_ids": ids, "labels": labels}
 
 
-def _accept(located: list[tuple[int, list[int], list[tuple[int, int]]]], results: list[Any]) -> None:
-    for index, ids, spans in located:
-        labels = [IGNORE_INDEX] * len(ids)
-        for a, b in spans:
-            labels[a:b] = ids[a:b]
-        results[index] = {"input_ids": ids, "labels": labels}
-
-
-def _encode(tokenizer: Any, texts: list[str]) -> list[Any]:
+def _encode(tokenizer: Tokenizer, texts: Sequence[str | None]) -> list[Encoding]:
     """The Rust tokenizer on many texts at once, without offsets (what the tokenizer call does, faster)."""
     if not texts:
         return []
-    backend = tokenizer.backend_tokenizer
+    backend = backend_of(tokenizer)
+    assert backend is not None  # template_facts found it, or this path would not run
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: tokenizers >= 0.21
-    return encode(texts, add_special_tokens=False)
+    return cast("list[Encoding]", encode([t or "" for t in texts], add_special_tokens=False))
 
 
-def _shape(messages: Sequence[Mapping[str, Any]], tools: Any) -> tuple[Any, ...]:
-    return (tools is not None, *((m.get("role"), bool(m.get("tool_calls")),
-                                  bool(m.get("reasoning_content") or m.get("thinking") or m.get("reasoning")),
-                                  isinstance(content := m.get("content"), str) and "</think>" in content, "name" in m)
-                                 for m in messages))
+def _shape(messages: Sequence[Message], tools: Tools | None) -> tuple[object, ...]:
+    shape: list[object] = [tools is not None]
+    for message in messages:
+        fields: Mapping[str, object] = message  # "thinking" and "reasoning" are read too, though Message does not name them
+        content = fields.get("content")
+        shape.append((fields.get("role"), bool(fields.get("tool_calls")),
+                      bool(fields.get("reasoning_content") or fields.get("thinking") or fields.get("reasoning")),
+                      isinstance(content, str) and "</think>" in content, "name" in fields))
+    return tuple(shape)
 
 
-def _verification_sample(conversations: Sequence[Sequence[Mapping[str, Any]]], tools: Sequence[Any]) -> list[int]:
+def _verification_sample(conversations: Sequence[Sequence[Message]], tools: Sequence[Tools | None]) -> list[int]:
     """The first conversation of every shape, and every VERIFY_EVERY-th one."""
-    seen: set[tuple[Any, ...]] = set()
+    seen: set[tuple[object, ...]] = set()
     chosen = []
     for index, (messages, record_tools) in enumerate(zip(conversations, tools)):
         shape = _shape(messages, record_tools)
@@ -324,10 +284,10 @@ def _verification_sample(conversations: Sequence[Sequence[Mapping[str, Any]]], t
     return chosen
 
 
-def _differs(fast: Rendered | QloraError, reference: Rendered | QloraError) -> bool:
+def _differs(fast: Outcome, reference: Outcome) -> bool:
     if isinstance(fast, QloraError) or isinstance(reference, QloraError):
         return isinstance(fast, QloraError) != isinstance(reference, QloraError)
     return fast["input_ids"] != reference["input_ids"] or fast["labels"] != reference["labels"]
 
 
-__all__ = ["VERIFY_EVERY", "Notes", "TemplateError", "render_batch", "template_facts"]
+__all__ = ["MIN_BATCH", "PROBE", "VERIFY_EVERY", "ExactMethod", "FastPathState", "render_batch"]

@@ -1,18 +1,22 @@
-"""Reading record files: every line comes back with its number, parsed or with the reason it is not.
+"""Record files: read with every line's number and problem, written whole or not at all.
 
 The one reader of local JSONL and JSON data files (training and eval files,
 `data check`, `data build`, batch prompts). Lines are read as bytes and decoded
 one by one, so a line that is not UTF-8 is a rejection with its line and
 column while the other lines still load; a UTF-8 byte order mark (which some
 Windows editors write) is accepted at the start of the file.
+
+Writing goes to a temporary file beside the target, renamed over it at the
+end, so a reader (or a later `train` reusing a build) never sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from ..errors import QloraError
 
@@ -21,7 +25,8 @@ BAD_UTF8 = "not valid UTF-8"
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-Row = tuple[int, Any, str | None]
+Row = tuple[int, object, str | None]
+"""(line or row number, the parsed record or None, None or why the line cannot be read)."""
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
@@ -87,3 +92,25 @@ def _refuse_utf16(path: Path, first: bytes) -> None:
     if first.startswith(UTF16_BOMS):
         raise QloraError("the file is UTF-16 (it starts with a UTF-16 byte order mark); data files must be UTF-8",
                          where=str(path), hint=f"convert it, e.g. iconv -f UTF-16 -t UTF-8 {path} > converted.jsonl")
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
+    """One JSON object per line (UTF-8, not ASCII-escaped), replacing `path` atomically."""
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` into `path` (UTF-8) through a temporary file in the same folder and os.replace.
+
+    The rename is atomic on one file system, so `path` holds either its old
+    content or all of the new one, even when the process dies while writing.
+    """
+    # A name of our own, opened exclusively (mkstemp would make the file private to its owner; this keeps the umask).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with temporary.open("x", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

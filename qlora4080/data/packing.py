@@ -15,10 +15,13 @@ predicted from the previous sample's last token.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from .render import IGNORE_INDEX
+from .vocabulary import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -40,7 +43,7 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
-def pack_rows(rows: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
+def pack_rows(rows: Sequence[Mapping[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
     """Rows with input_ids + labels -> packed rows with input_ids, labels, position_ids, seq_lengths."""
     packed = []
     for group in best_fit_decreasing([len(row["input_ids"]) for row in rows], max_len):
@@ -58,7 +61,7 @@ def pack_rows(rows: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[s
     return packed
 
 
-def block_causal_mask(seq_lengths: Sequence[Sequence[int]], width: int, dtype: Any) -> Any:
+def block_causal_mask(seq_lengths: Sequence[Sequence[int]], width: int, dtype: torch.dtype) -> torch.Tensor:
     """Float mask [batch, 1, width, width]: 0 where a token may attend (same sample, not in the future), min elsewhere.
 
     Padding after the last sample attends only to itself, so no row is fully
@@ -89,12 +92,12 @@ class PackedCollator:
     trainer takes out before the forward pass.
     """
 
-    def __init__(self, pad_token_id: int, dtype: Any = None, with_mask: bool = True):
+    def __init__(self, pad_token_id: int, dtype: torch.dtype | None = None, with_mask: bool = True):
         self.pad_token_id = pad_token_id
         self.dtype = dtype
         self.with_mask = with_mask
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         import torch
 
         width = max(len(f["input_ids"]) for f in features)

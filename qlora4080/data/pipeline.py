@@ -5,17 +5,7 @@ decides its content (each source's settings and file bytes, mix, sizes, seed),
 so the same recipe and seed give byte-identical outputs and `train` reuses a
 build whose manifest matches instead of rebuilding.
 
-Mixing: weights are relative (normalized to 1; all zero means equal); a pool
-of weight 0 next to weighted ones stays out of the mix (its `in_mix` is 0).
-- interleave: pools are drawn at random in proportion to their weights; a pool
-  that runs out is no longer drawn and the others go on by their relative
-  weights until every pool is used up, so each kept record is in the mix
-  exactly once (nothing repeated, nothing left out);
-- resample: exact per-pool counts of `total` (default 0.9 x all records),
-  sampling with replacement only when a pool is smaller than its share.
-The second dedup removes the same conversation arriving from two pools; the
-repeats resample made on purpose stay. The split keeps every copy of a
-conversation on one side, so validation never contains a training record.
+How pools are mixed, deduplicated across and split: mixing.py.
 """
 
 from __future__ import annotations
@@ -23,20 +13,35 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 from ..errors import QloraError
 from ..recipe import Recipe, SourceSection
 from ..runlock import holding
 from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
-from .jsonl import read_records
+from .jsonl import Row, read_records, write_jsonl, write_text_atomically
+from .mixing import BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
 from .validate import CONTROL_CHARS, validate_messages
+from .vocabulary import Message
 
 BUILD_FORMAT = 2  # 2: interleave uses every record; assistant-first conversations are rejected
+
+
+class Manifest(TypedDict):
+    """<build>/manifest.json: what a build was made from and what it holds (written last)."""
+
+    format: int  # BUILD_FORMAT
+    key: str  # build_key(recipe)
+    seed: int
+    mix: str
+    sources: list[dict[str, object]]  # each [[data.sources]] entry as the recipe set it
+    pools: list[dict[str, object]]  # PoolStats of each source
+    counts: dict[str, int]  # "train", "validation", "rejected"
+    sha256: dict[str, str]  # "train", "validation": of the JSONL files
 
 
 @dataclass
@@ -57,22 +62,20 @@ class Build:
     validation_file: Path
     pools: list[PoolStats] = field(default_factory=list)
     reused: bool = False
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(kw_only=True)
 
 
-def conversation_key(messages: list[dict[str, Any]]) -> str:
-    """Stable hash of roles, contents and tool calls: the dedup key."""
-    canonical = [[m.get("role"), m.get("content"), m.get("tool_calls")] for m in messages]
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean(messages: Sequence[Message]) -> list[Message]:
     """Strip control characters; drop turns left empty (an assistant turn with tool calls is kept)."""
-    cleaned = []
+    cleaned: list[Message] = []
     for message in messages:
-        message = dict(message)
-        if isinstance(message.get("content"), str):
-            message["content"] = CONTROL_CHARS.sub("", message["content"]).strip()
+        if not isinstance(message, dict):  # not a message at all: left for validate_messages to name
+            cleaned.append(message)
+            continue
+        message = message.copy()  # the caller's record stays as read
+        content = message.get("content")
+        if isinstance(content, str):
+            message["content"] = CONTROL_CHARS.sub("", content).strip()
         if not message.get("content") and not message.get("tool_calls"):
             continue
         cleaned.append(message)
@@ -81,7 +84,7 @@ def clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_key(recipe: Recipe) -> str:
     data = recipe.data
-    parts: list[Any] = [BUILD_FORMAT, data.mix, data.total, data.valid_ratio, data.valid_min, recipe.training.seed]
+    parts: list[object] = [BUILD_FORMAT, data.mix, data.total, data.valid_ratio, data.valid_min, recipe.training.seed]
     for source in data.sources:
         parts.append(source.model_dump(mode="json"))
         if source.path:
@@ -106,8 +109,8 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
 
 
 def _reuse(folder: Path, manifest_path: Path) -> Build:
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    pools = [PoolStats(**p) for p in manifest["pools"]]
+    manifest = cast(Manifest, json.loads(manifest_path.read_text(encoding="utf-8")))  # this module wrote it
+    pools = [PoolStats(**p) for p in manifest["pools"]]  # type: ignore[arg-type]  # PoolStats' own fields
     return Build(folder, folder / "train.jsonl", folder / "validation.jsonl", pools, reused=True, manifest=manifest)
 
 
@@ -116,7 +119,7 @@ def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[
 
     data = recipe.data
     rng = random.Random(recipe.training.seed)
-    pools: list[list[dict[str, Any]]] = []
+    pools: list[list[BuildRecord]] = []
     stats: list[PoolStats] = []
     rejects: list[Rejected] = []
     for source in data.sources:
@@ -143,17 +146,18 @@ def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[
 
     files = {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
     for name, rows in (("train", train), ("validation", validation)):
-        _write_jsonl(files[name], rows)
+        write_jsonl(files[name], rows)
         Dataset.from_list(rows).save_to_disk(str(folder / name))
-    _write_jsonl(folder / "rejects.jsonl", [{"file": str(r.path), "line": r.line, "reason": r.reason} for r in rejects])
-    manifest = {
+    write_jsonl(folder / "rejects.jsonl", [{"file": str(r.path), "line": r.line, "reason": r.reason} for r in rejects])
+    manifest: Manifest = {
         "format": BUILD_FORMAT, "key": build_key(recipe), "seed": recipe.training.seed, "mix": data.mix,
         "sources": [s.model_dump(mode="json", exclude_none=True) for s in data.sources],
         "pools": [asdict(s) for s in stats],
         "counts": {"train": len(train), "validation": len(validation), "rejected": len(rejects)},
         "sha256": {name: _file_digest(path) for name, path in files.items()},
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    # Written last, and whole or not at all: a manifest means a finished build that `train` may reuse.
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
     return Build(folder, files["train"], files["validation"], stats, manifest=manifest)
 
 
@@ -168,35 +172,38 @@ def _require_distinct_names(sources: list[SourceSection]) -> None:
         seen[source.label] = number
 
 
-def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[dict[str, Any]], PoolStats, list[Rejected]]:
+def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[BuildRecord], PoolStats, list[Rejected]]:
     rows, origin = _read_source(recipe, source)
     stats = PoolStats(name=source.label)
     fmt = source.format
     if fmt == "auto":
         fmt = detect_format([row for _, row, problem in rows if problem is None]) or "messages"
     stats.format = fmt
-    pool, rejects, seen = [], [], set()
+    pool: list[BuildRecord] = []
+    rejects: list[Rejected] = []
+    seen: set[str] = set()
     for number, row, problem in rows:
         stats.read += 1
-        messages = None
+        messages: list[Message] = []
         if problem is None:
             try:
                 messages = clean(to_messages(row, fmt, source.columns, source.max_answer_chars))
                 problem = validate_messages(messages)
             except FormatError as exc:
                 problem = str(exc)
-        if problem:
+        if problem or not isinstance(row, dict):  # to_messages refuses anything but an object
             stats.rejected += 1
-            rejects.append(Rejected(origin, number, problem))
+            rejects.append(Rejected(origin, number, problem or "expected a JSON object"))
             continue
         key = conversation_key(messages)
         if key in seen:
             stats.duplicates += 1
             continue
         seen.add(key)
-        extra_tags = row.get("tags") if isinstance(row.get("tags"), list) else []
-        record = {"id": f"{stats.name}-{number}", "messages": messages, "source": stats.name,
-                  "tags": sorted(set(source.tags) | set(map(str, extra_tags)))}
+        extra_tags = row.get("tags")
+        record: BuildRecord = {
+            "id": f"{stats.name}-{number}", "messages": messages, "source": stats.name,
+            "tags": sorted(set(source.tags) | set(map(str, extra_tags if isinstance(extra_tags, list) else [])))}
         if row.get("tools"):
             record["tools"] = row["tools"]
         pool.append(record)
@@ -208,7 +215,7 @@ def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[dict[str, An
     return pool, stats, rejects
 
 
-def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[tuple[int, Any, str | None]], Path]:
+def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[Row], Path]:
     if source.hub:
         return _read_hub(source), Path(f"hub:{source.hub}")
     path = recipe.resolve_path(source.path or "")
@@ -221,7 +228,7 @@ def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[tuple[int,
     return list(read_records(path)), path
 
 
-def _read_hub(source: SourceSection) -> list[tuple[int, Any, str | None]]:
+def _read_hub(source: SourceSection) -> list[Row]:
     from datasets import load_dataset
 
     from ..hub import cache_only_unless_reachable, hub_host
@@ -237,73 +244,6 @@ def _read_hub(source: SourceSection) -> list[tuple[int, Any, str | None]]:
                 hint="hub datasets need network; download it once and point the source at a local file: path = \"data/file.jsonl\"",
             ) from exc
     return [(index, row, None) for index, row in enumerate(table, start=1)]
-
-
-def _normalized(weights: list[float]) -> list[float]:
-    total = sum(weights)
-    return [1 / len(weights)] * len(weights) if total == 0 else [w / total for w in weights]
-
-
-def interleave(pools: list[list[dict[str, Any]]], weights: list[float], rng: random.Random) -> list[dict[str, Any]]:
-    """Every record of every weighted pool exactly once, in an order drawn by weight.
-
-    Each next record comes from a pool chosen at random in proportion to the
-    weights of the pools that still have records, so while all pools last the
-    mix follows the weights, and when one runs out the rest go on by their
-    relative weights (stopping at the first empty pool would drop most of a
-    big pool next to a small one).
-    """
-    order = [rng.sample(pool, len(pool)) for pool in pools]
-    probs = _normalized(weights)
-    active = [i for i, p in enumerate(probs) if p > 0 and order[i]]
-    mixed: list[dict[str, Any]] = []
-    taken = [0] * len(pools)
-    while len(active) > 1:
-        index = rng.choices(active, weights=[probs[i] for i in active])[0]
-        mixed.append(order[index][taken[index]])
-        taken[index] += 1
-        if taken[index] == len(order[index]):
-            active.remove(index)
-    for index in active:  # the last pool left: the rest of it, in its shuffled order
-        mixed += order[index][taken[index]:]
-    return mixed
-
-
-def resample(pools: list[list[dict[str, Any]]], weights: list[float], rng: random.Random, total: int | None) -> list[dict[str, Any]]:
-    size = total or int(0.9 * sum(len(p) for p in pools))
-    mixed = []
-    for pool, share in zip(pools, _normalized(weights)):
-        count = round(size * share)
-        if not pool or count == 0:
-            continue
-        if count <= len(pool):
-            mixed += rng.sample(pool, count)
-        else:
-            mixed += rng.sample(pool, len(pool)) + rng.choices(pool, k=count - len(pool))
-    rng.shuffle(mixed)
-    return mixed
-
-
-def dedup_across_pools(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    owner: dict[str, str] = {}
-    kept = []
-    for record in records:
-        key = conversation_key(record["messages"])
-        if owner.setdefault(key, record["id"]) == record["id"]:
-            kept.append(record)
-    return kept
-
-
-def split(records: list[dict[str, Any]], ratio: float, floor: int, rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    ids = sorted({r["id"] for r in records})
-    rng.shuffle(ids)
-    wanted = min(max(floor, round(ratio * len(ids))), len(ids) // 2)
-    held = set(ids[:wanted])
-    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _file_digest(path: Path) -> str:

@@ -2,35 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from ..errors import QloraError
-from .render import IGNORE_INDEX, MaskReport, render_many
+from .conversations import record_messages, record_tools
+from .render import MaskReport, render_or_reject
+from .vocabulary import IGNORE_INDEX, TrainOn
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from .templates import Tokenizer
 
 
-def segments(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[str, bool]]:
+class _PreviewRowRequired(TypedDict):
+    id: object  # the record's id, as written
+    tokens: int
+    trained: int
+    cut: int  # tokens past max_seq_len
+    segments: list[tuple[str, bool]]  # the text in runs, each trained or not
+
+
+class PreviewRow(_PreviewRowRequired, total=False):
+    """One record as `data preview` shows it."""
+
+    skipped: str  # why training skips this record
+    strategy: str  # how its assistant turns were located
+    notes: list[str]  # the first row only: the template's summary line and warnings
+
+
+def segments(ids: list[int], labels: list[int], tokenizer: Tokenizer) -> list[tuple[str, bool]]:
     """The rendered text cut into runs of trained / untrained tokens, each decoded as a whole."""
     runs = []
     position = 0
     for trained, group in groupby(labels, key=lambda label: label != IGNORE_INDEX):
         length = len(list(group))
-        runs.append((tokenizer.decode(ids[position : position + length]), trained))
+        text = tokenizer.decode(ids[position : position + length])
+        runs.append((text if isinstance(text, str) else "".join(text), trained))
         position += length
     return runs
 
 
-def preview_rows(records: list[dict[str, Any]], tokenizer: Any, max_seq_len: int, train_on: str) -> list[dict[str, Any]]:
+def preview_rows(records: Sequence[Mapping[str, object]], tokenizer: Tokenizer, max_seq_len: int,
+                 train_on: TrainOn) -> list[PreviewRow]:
     """One row per record; a record training would drop (the template refuses it) is a row that says why.
 
     Each row names how its assistant turns were located ("prefix", "full render");
     the first row also carries the template's notes (`notes`: a summary line,
     then every warning once), which render_row prints above it.
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[PreviewRow] = []
     report = MaskReport(per_record=True)
-    results = render_many([r["messages"] for r in records], tokenizer, train_on, [r.get("tools") for r in records],
-                          report=report)
+    results = render_or_reject([record_messages(r) for r in records], tokenizer, train_on,
+                               [record_tools(r) for r in records], report=report)
     for index, (record, rendered) in enumerate(zip(records, results)):
         if isinstance(rendered, QloraError):
             rows.append({"id": record.get("id"), "tokens": 0, "trained": 0, "cut": 0, "skipped": rendered.message,
@@ -50,7 +76,7 @@ def preview_rows(records: list[dict[str, Any]], tokenizer: Any, max_seq_len: int
     return rows
 
 
-def render_row(row: dict[str, Any]) -> Any:
+def render_row(row: PreviewRow) -> RenderableType:
     """A Rich panel: trained text in bold green on a dark background, the rest dimmed (the template's notes above)."""
     from rich.console import Group
     from rich.panel import Panel

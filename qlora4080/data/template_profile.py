@@ -31,9 +31,9 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .templates import (
     MARKUP,
@@ -43,6 +43,10 @@ from .templates import (
     marker_tokens,
     render_text,
 )
+from .vocabulary import Message
+
+if TYPE_CHECKING:
+    from .templates import Tokenizer
 
 ONE, TWO = "qlora-probe-answer-one", "qlora-probe-answer-two"
 THOUGHT = "qlora-probe-thought"
@@ -71,10 +75,14 @@ class TemplateProfile:
         return len(text)
 
 
-_PROFILES: weakref.WeakKeyDictionary[Any, dict[str, TemplateProfile]] = weakref.WeakKeyDictionary()
+class _ProbeRender(Protocol):
+    def __call__(self, messages: list[Message], add_generation_prompt: bool = False) -> str: ...
 
 
-def template_profile(tokenizer: Any, examples: Sequence[Sequence[Mapping[str, Any]]] = ()) -> TemplateProfile:
+_PROFILES: weakref.WeakKeyDictionary[Tokenizer, dict[str, TemplateProfile]] = weakref.WeakKeyDictionary()
+
+
+def template_profile(tokenizer: Tokenizer, examples: Sequence[Sequence[Message]] = ()) -> TemplateProfile:
     """The template's profile, learned once per tokenizer and template; TemplateError when it cannot be mapped.
 
     `examples` (conversations of the dataset) are used as probes when the
@@ -93,7 +101,7 @@ def template_profile(tokenizer: Any, examples: Sequence[Sequence[Mapping[str, An
     return known[key]
 
 
-def template_warnings(tokenizer: Any) -> list[str]:
+def template_warnings(tokenizer: Tokenizer) -> list[str]:
     """Once-per-template warnings about how masks are built for this tokenizer's chat template ([] when none).
 
     Cheap after the first call (cached); raises TemplateError for a template that cannot be mapped.
@@ -101,17 +109,17 @@ def template_warnings(tokenizer: Any) -> list[str]:
     return list(template_profile(tokenizer).warnings)
 
 
-def _openings(examples: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[dict[str, Any]]]:
+def _openings(examples: Sequence[Sequence[Message]]) -> list[list[Message]]:
     """Probe openings: a plain user turn, then the messages before the first answer of a few examples."""
-    openings = [[{"role": "user", "content": "Hi"}]]
+    openings: list[list[Message]] = [[{"role": "user", "content": "Hi"}]]
     for messages in examples[:3]:
         roles = [m.get("role") for m in messages]
         if "assistant" in roles and roles.index("assistant") > 0:
-            openings.append([dict(m) for m in messages[: roles.index("assistant")]])
+            openings.append(list(messages[: roles.index("assistant")]))
     return openings
 
 
-def _learn(tokenizer: Any, examples: Sequence[Sequence[Mapping[str, Any]]]) -> TemplateProfile:
+def _learn(tokenizer: Tokenizer, examples: Sequence[Sequence[Message]]) -> TemplateProfile:
     refusal: TemplateRefusal | None = None
     for opening in _openings(examples):
         try:
@@ -123,8 +131,8 @@ def _learn(tokenizer: Any, examples: Sequence[Sequence[Mapping[str, Any]]]) -> T
                         hint=TEMPLATE_HINT)
 
 
-def _learn_from(tokenizer: Any, opening: list[dict[str, Any]]) -> TemplateProfile:
-    def render(messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+def _learn_from(tokenizer: Tokenizer, opening: list[Message]) -> TemplateProfile:
+    def render(messages: list[Message], add_generation_prompt: bool = False) -> str:
         return render_text(tokenizer, messages, None, add_generation_prompt)
 
     prompt, bare = render(opening, True), render(opening)
@@ -137,7 +145,7 @@ def _learn_from(tokenizer: Any, opening: list[dict[str, Any]]) -> TemplateProfil
         )
     markers = marker_tokens(tokenizer)
     body = prompt[: len(prompt) - len(generation_prompt)]
-    one = opening + [{"role": "assistant", "content": ONE}]
+    one: list[Message] = [*opening, {"role": "assistant", "content": ONE}]
     full = render(one)  # the answer as the last turn
     base = _base(full, body, opening)
     if base is None or full.find(ONE, base) < 0:
@@ -186,7 +194,7 @@ def _learn_from(tokenizer: Any, opening: list[dict[str, Any]]) -> TemplateProfil
     )
 
 
-def _base(full: str, body: str, opening: list[dict[str, Any]]) -> int | None:
+def _base(full: str, body: str, opening: list[Message]) -> int | None:
     """Where the assistant turn starts in `full`: after `body`, the conversation before it as the prompt renders it."""
     if full.startswith(body):
         return len(body)
@@ -258,14 +266,15 @@ def _closer_at_end(text: str, markers: tuple[str, ...]) -> str | None:
     return match.group(0) if match else None
 
 
-def _tool_closers(render: Any, opening: list[dict[str, Any]], markers: tuple[str, ...], end_suffix: str) -> list[str]:
+def _tool_closers(render: _ProbeRender, opening: list[Message], markers: tuple[str, ...], end_suffix: str) -> list[str]:
     """The marker that ends a turn of tool calls, when the template renders tool calls (else [])."""
-    call = {"name": TOOL, "arguments": {"city": "Oslo"}}
-    for content, arguments in ((None, call["arguments"]), ("", call["arguments"]), (None, '{"city": "Oslo"}')):
-        message = {"role": "assistant", "content": content,
-                   "tool_calls": [{"type": "function", "function": {**call, "arguments": arguments}}]}
+    city = {"city": "Oslo"}
+    for content, arguments in ((None, city), ("", city), (None, '{"city": "Oslo"}')):
+        # A turn of only tool calls carries content None in real data, which Message does not spell out.
+        message = cast(Message, {"role": "assistant", "content": content, "tool_calls": [
+            {"type": "function", "function": {"name": TOOL, "arguments": arguments}}]})
         try:
-            text = render(opening + [message])
+            text = render([*opening, message])
         except TemplateRefusal:
             continue
         if TOOL not in text:
@@ -277,16 +286,17 @@ def _tool_closers(render: Any, opening: list[dict[str, Any]], markers: tuple[str
     return []
 
 
-def _reasoning_handling(render: Any, opening: list[dict[str, Any]]) -> str:
+def _reasoning_handling(render: _ProbeRender, opening: list[Message]) -> str:
     """Does the template render an assistant turn's reasoning: in every turn, only the last one, or never?"""
-    forms = [{key: THOUGHT, "content": ONE} for key in REASONING_KEYS]
-    forms.append({"content": f"<think>\n{THOUGHT}\n</think>\n\n{ONE}"})
+    # The reasoning under each key templates read it from ("thinking" and "reasoning" are not Message fields).
+    forms = [cast(Message, {"role": "assistant", key: THOUGHT, "content": ONE}) for key in REASONING_KEYS]
+    forms.append({"role": "assistant", "content": f"<think>\n{THOUGHT}\n</think>\n\n{ONE}"})
     for form in forms:
-        last = opening + [{"role": "assistant", **form}]
+        last = [*opening, form]
         try:
             if THOUGHT not in render(last):
                 continue
-            earlier = render(last + [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": TWO}])
+            earlier = render([*last, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": TWO}])
         except TemplateRefusal:
             continue
         return "kept" if THOUGHT in earlier else "last turn only"

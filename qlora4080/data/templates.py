@@ -1,8 +1,9 @@
-"""Chat-template primitives shared by the exact path (render.py) and the one-render path (fast_masks.py).
+"""Chat-template primitives shared by the exact path (exact_masks.py) and the one-render path (fast_masks.py).
 
-Rendering (exactly as transformers does, or through the compiled template),
-the tokenizer's special and marker tokens, the errors a template can cause,
-and the label constants. What a template does around an assistant turn is
+Rendering exactly as transformers does, the tokenizer's special, marker and
+whitespace-stripping tokens, the errors a template can cause, and what a
+rendered conversation is. The template compiled for many fast renders is in
+compiled_template.py; what a template does around an assistant turn is
 learned in template_profile.py.
 """
 
@@ -10,16 +11,38 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, TypedDict, cast
 
 from ..errors import QloraError
+from .vocabulary import IGNORE_INDEX, TRAIN_ON_CHOICES, Message, TrainOn
 
-IGNORE_INDEX = -100
-TrainOn = Literal["assistant", "last_assistant", "all"]
-TRAIN_ON_CHOICES: tuple[str, ...] = ("assistant", "last_assistant", "all")
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from transformers import PreTrainedTokenizerBase
+
+    Tokenizer: TypeAlias = PreTrainedTokenizerBase
+
+Tools = list[dict[str, object]]
+"""Tool (function) definitions a record offers the model, as chat templates read them."""
+
+Render = Callable[[Sequence[Message], Tools | None, bool], str]
+"""render(messages, tools, add_generation_prompt) -> the conversation as text."""
+
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 MARKUP = re.compile(r"<[^<>\s]{1,64}>")  # what an end-of-turn marker looks like when the tokenizer lacks it
+
+
+class Rendered(TypedDict):
+    """One conversation as training sees it: token ids, and the same ids as labels where they carry loss."""
+
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on every token that must not carry loss
+
+
+Outcome = Rendered | QloraError
+"""One conversation's ids and labels, or the error that rejects that record."""
 
 
 class TemplateError(QloraError):
@@ -34,7 +57,8 @@ class TemplateRefusal(QloraError):
     """
 
 
-def render_text(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
+def render_text(tokenizer: Tokenizer, messages: Sequence[Message], tools: Tools | None,
+                add_generation_prompt: bool) -> str:
     """The chat template applied exactly as transformers applies it (what chat and eval use too)."""
     if not getattr(tokenizer, "chat_template", None):  # no conversation could render: stop, not drop each one
         raise TemplateError(
@@ -42,41 +66,20 @@ def render_text(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_
             hint="use an instruct/chat model, or set [model] chat_template to a .jinja file",
         )
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        # transformers annotates the conversation as plain string dicts; templates read every Message field.
+        text = tokenizer.apply_chat_template(cast("list[dict[str, str]]", list(messages)),
+                                             tools=cast("list[dict[str, object] | Callable[..., object]]", tools),
+                                             tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja raise_exception(...) and friends: about this conversation, not the template
         raise TemplateRefusal(f"the chat template refused the conversation: {exc}") from exc
+    return cast(str, text)  # tokenize=False: always the text
 
 
-def compiled_renderer(tokenizer: Any) -> Callable[[list[dict[str, Any]], Any, bool], str]:
-    """render(messages, tools, add_generation_prompt) through the compiled template, set up once for many calls.
-
-    Failures raise TemplateError so that callers can leave the decision to the exact path.
-    """
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-    except ImportError:  # a transformers without it: the exact path only
-        return lambda messages, tools, add_generation_prompt: render_text(tokenizer, messages, tools, add_generation_prompt)
-    try:
-        compiled = _compile_jinja_template(tokenizer.chat_template)
-    except Exception as exc:
-        raise TemplateError(f"fast render failed: {exc}") from exc
-    specials = dict(tokenizer.special_tokens_map)
-
-    def render(messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool) -> str:
-        try:
-            return compiled.render(messages=messages, tools=tools, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **specials)
-        except Exception as exc:  # let the exact path decide what the template really does
-            raise TemplateError(f"fast render failed: {exc}") from exc
-
-    return render
+_TOKENS_CACHE: weakref.WeakKeyDictionary[Tokenizer, tuple[tuple[str, ...], tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary())
 
 
-_TOKENS_CACHE: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], tuple[str, ...]]] = weakref.WeakKeyDictionary()
-
-
-def _token_sets(tokenizer: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _token_sets(tokenizer: Tokenizer) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         return _TOKENS_CACHE[tokenizer]
     except (KeyError, TypeError):
@@ -99,20 +102,51 @@ def _longest_first(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted((n for n in names if n), key=lambda n: (-len(n), n)))
 
 
-def special_tokens(tokenizer: Any) -> tuple[str, ...]:
+def special_tokens(tokenizer: Tokenizer) -> tuple[str, ...]:
     """Special tokens of the tokenizer (named ones and added ones marked special), longest first."""
     return _token_sets(tokenizer)[0]
 
 
-def marker_tokens(tokenizer: Any) -> tuple[str, ...]:
+def marker_tokens(tokenizer: Tokenizer) -> tuple[str, ...]:
     """Every token the tokenizer matches as a whole before splitting (added tokens, special or not), longest first."""
     return _token_sets(tokenizer)[1]
 
 
-_PATTERN_CACHE: weakref.WeakKeyDictionary[Any, re.Pattern[str] | None] = weakref.WeakKeyDictionary()
+# What the tokenizers library strips next to an added token with rstrip / lstrip: Rust's char::is_whitespace
+# (Python's str.isspace also counts \x1c-\x1f, which it keeps).
+STRIPPED_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
-def special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+class StripMarkers(NamedTuple):
+    """Added tokens that swallow the whitespace beside them (Phi-3's `<|end|>`, `<|user|>`... strip on the right)."""
+
+    right: tuple[str, ...]  # rstrip: the whitespace after the token is part of its match
+    left: tuple[str, ...]  # lstrip: the whitespace before it
+
+
+_STRIP_CACHE: weakref.WeakKeyDictionary[Tokenizer, StripMarkers] = weakref.WeakKeyDictionary()
+
+
+def strip_markers(tokenizer: Tokenizer) -> StripMarkers:
+    """The tokenizer's added tokens that strip whitespace on their right or left (none for most tokenizers)."""
+    try:
+        return _STRIP_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    tokens = list(getattr(tokenizer, "added_tokens_decoder", {}).values())
+    result = StripMarkers(_longest_first({str(t.content) for t in tokens if getattr(t, "rstrip", False)}),
+                          _longest_first({str(t.content) for t in tokens if getattr(t, "lstrip", False)}))
+    try:
+        _STRIP_CACHE[tokenizer] = result
+    except TypeError:
+        pass
+    return result
+
+
+_PATTERN_CACHE: weakref.WeakKeyDictionary[Tokenizer, re.Pattern[str] | None] = weakref.WeakKeyDictionary()
+
+
+def special_pattern(tokenizer: Tokenizer) -> re.Pattern[str] | None:
     """A regex matching the tokenizer's special tokens (longest first), or None when it has none."""
     try:
         return _PATTERN_CACHE[tokenizer]
@@ -127,22 +161,16 @@ def special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     return pattern
 
 
-__all__ = [
-    "IGNORE_INDEX", "MARKUP", "REASONING_KEYS", "TRAIN_ON_CHOICES", "TemplateError", "TemplateRefusal", "TrainOn",
-    "compiled_renderer", "marker_tokens", "render_text", "special_pattern", "special_tokens",
-]
+_SYSTEM_ROLE: weakref.WeakKeyDictionary[Tokenizer, tuple[str, bool]] = weakref.WeakKeyDictionary()
 
 
-_SYSTEM_ROLE: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
-
-
-def refuses_system_role(tokenizer: Any) -> bool:
+def refuses_system_role(tokenizer: Tokenizer) -> bool:
     """Whether the chat template raises on a system message but renders the same chat without it (Gemma)."""
     template = getattr(tokenizer, "chat_template", None) or ""
     cached = _SYSTEM_ROLE.get(tokenizer)
     if cached is not None and cached[0] == template:
         return cached[1]
-    user = {"role": "user", "content": "Hello"}
+    user: Message = {"role": "user", "content": "Hello"}
     try:
         render_text(tokenizer, [{"role": "system", "content": "Be brief."}, user], None, True)
         refuses = False
@@ -158,12 +186,13 @@ def refuses_system_role(tokenizer: Any) -> bool:
     return refuses
 
 
-def fold_system_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> Sequence[Mapping[str, Any]]:
+def fold_system_prompt(messages: Sequence[Message], tokenizer: Tokenizer) -> Sequence[Message]:
     """For a template that refuses a system role, open the first user turn with the system text instead.
 
     That is the usual practice for Gemma, whose template raises "System role not
     supported". Training and chat/eval both render through here, so the model is
-    asked the way it was trained. Other templates get the messages unchanged.
+    asked the way it was trained. Other templates get the messages unchanged
+    (the same object, not a copy).
     """
     if not messages or messages[0].get("role") != "system" or not refuses_system_role(tokenizer):
         return messages
@@ -171,6 +200,32 @@ def fold_system_prompt(messages: Sequence[Mapping[str, Any]], tokenizer: Any) ->
     rest = list(messages[1:])
     for index, message in enumerate(rest):
         if message.get("role") == "user":
-            rest[index] = {**message, "content": f"{system}\n\n{message.get('content') or ''}" if system else message.get("content")}
+            if system:
+                rest[index] = {**message, "content": f"{system}\n\n{message.get('content') or ''}"}
             break
     return rest
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MARKUP",
+    "REASONING_KEYS",
+    "STRIPPED_WHITESPACE",
+    "TRAIN_ON_CHOICES",
+    "Message",
+    "Outcome",
+    "Render",
+    "Rendered",
+    "StripMarkers",
+    "TemplateError",
+    "TemplateRefusal",
+    "Tools",
+    "TrainOn",
+    "fold_system_prompt",
+    "marker_tokens",
+    "refuses_system_role",
+    "render_text",
+    "special_pattern",
+    "special_tokens",
+    "strip_markers",
+]

@@ -22,10 +22,10 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from .template_profile import TemplateProfile
 from .templates import REASONING_KEYS
+from .vocabulary import Message
 
 STRATEGIES = {
     "prefix": "after the prompt's prefix render",
@@ -42,10 +42,15 @@ class Span:
     reasoning: bool | None  # None: the message has no reasoning; else whether the trained text holds it
 
 
-def reasoning_text(message: Mapping[str, Any]) -> str | None:
+Notes = dict[int, tuple[list[str], list[Span]]]
+"""record index -> (how each of its trained turns was located: a STRATEGIES key, and the turn's span)."""
+
+
+def reasoning_text(message: Message) -> str | None:
     """The reasoning an assistant message carries (a reasoning field, or a `<think>` block in its content)."""
+    fields: Mapping[str, object] = message  # "thinking" and "reasoning" are read too, though Message does not name them
     for key in REASONING_KEYS:
-        value = message.get(key)
+        value = fields.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
     content = message.get("content")
@@ -55,7 +60,7 @@ def reasoning_text(message: Mapping[str, Any]) -> str | None:
     return None
 
 
-def turn_span(text: str, start: int, limit: int, message: Mapping[str, Any], is_last: bool,
+def turn_span(text: str, start: int, limit: int, message: Message, is_last: bool,
               profile: TemplateProfile, fallback: re.Pattern[str] | None) -> Span | None:
     """The trained span of one assistant turn whose answer starts at `start` (its header just before), or None.
 
@@ -66,13 +71,14 @@ def turn_span(text: str, start: int, limit: int, message: Mapping[str, Any], is_
     """
     closers = (profile.tool_closer_pattern if message.get("tool_calls") else profile.closer_pattern) or fallback
     content = message.get("content")
-    text_content = isinstance(content, str)
+    content = content if isinstance(content, str) else None
     reasoning = None
-    if (message.get("reasoning_content") or message.get("thinking") or message.get("reasoning")
-            or (text_content and "</think>" in content)):  # REASONING_KEYS, spelled out: this runs per turn
+    fields: Mapping[str, object] = message  # "thinking" and "reasoning" are read too, though Message does not name them
+    if (fields.get("reasoning_content") or fields.get("thinking") or fields.get("reasoning")
+            or (content is not None and "</think>" in content)):  # REASONING_KEYS, spelled out: this runs per turn
         reasoning = reasoning_text(message)
     position, anchored = start, False
-    if text_content and (anchor := content.strip()):
+    if content is not None and (anchor := content.strip()):
         candidates = [anchor]
         if "</think>" in anchor:  # the template may render only what follows the reasoning
             candidates.append(anchor.rsplit("</think>", 1)[1].strip())
@@ -107,7 +113,7 @@ def _clear(text: str, a: int, b: int, closers: re.Pattern[str], reasoning: str |
 class MaskReport:
     """What building the masks of a dataset found: how turns were located, and warnings worth printing once.
 
-    Pass one to `render_many(..., report=report)` (or `render_conversations`)
+    Pass one to `render_or_reject(..., report=report)` (or `render_or_raise`)
     and print `report.lines()` (or just `report.warnings()`) after it.
     """
 

@@ -10,20 +10,22 @@ words. Reasons name the message index; callers add the file and line.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import cast
+
+from .vocabulary import Message
 
 ROLES = ("system", "user", "assistant", "tool")
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """What `data build` strips from every message (pipeline.clean); a turn of only these is empty."""
 
 
-def is_blank(content: Any) -> bool:
+def is_blank(content: object) -> bool:
     """Text with nothing left once whitespace and control characters go (what the build's cleaning drops)."""
     return isinstance(content, str) and not CONTROL_CHARS.sub("", content).strip()
 
 
-def validate_messages(messages: Any) -> str | None:
+def validate_messages(messages: object) -> str | None:
     """Why this message list cannot be trained on, or None when it can."""
     if not isinstance(messages, list) or not messages:
         return "'messages' must be a non-empty list"
@@ -38,16 +40,17 @@ def validate_messages(messages: Any) -> str | None:
             return f"message {index} ({role}) has no 'content'"
         if content is not None and not isinstance(content, str):
             return f"message {index} ({role}) 'content' must be a string"
-    problem = structure_problem(messages)
+    checked = cast("list[Message]", messages)  # every message is an object with a known role and text content
+    problem = structure_problem(checked)
     if problem:
         return problem
-    for index, message in enumerate(messages):
+    for index, message in enumerate(checked):
         if message["role"] == "assistant" and is_blank(message.get("content") or "") and not message.get("tool_calls"):
             return f"message {index} (assistant) is empty"
     return None
 
 
-def structure_problem(messages: Sequence[Mapping[str, Any]]) -> str | None:
+def structure_problem(messages: Sequence[Message]) -> str | None:
     """Why the order of turns cannot be rendered and masked, or None.
 
     A conversation must open (after any system messages) with a user turn:
@@ -73,6 +76,6 @@ def structure_problem(messages: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
-def _dropped_by_cleaning(message: Mapping[str, Any]) -> bool:
+def _dropped_by_cleaning(message: Message) -> bool:
     """A turn `data build` leaves out: no text and no tool calls."""
     return is_blank(message.get("content")) and not message.get("tool_calls")
