@@ -104,4 +104,4 @@ def test_package_level_train_stays_callable_after_training(trained):
     import qlora4080
     import qlora4080.training.run
 
-    assert callable(qlora4080.train) and qlora4080.train.__module__ == "qlora4080"
+    assert callable(qlora4080.train) and qlora4080.train is qlora4080.training.run.train
