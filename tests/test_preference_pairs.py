@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import json
-from pathlib import Path
 
 import pytest
+from test_render import FAMILIES, _tokenizer_for
 
 from qlora4080.preference.pairs import read_pairs, to_pair
 from qlora4080.preference.tokens import tokenize_pair, tokenize_pairs
 
-TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
-# template file, special tokens to add, end-of-turn text the answer must end with
-FAMILIES = {
-    "chatml-smollm2": (None, [], "<|im_end|>"),
-    "llama3": ("llama3.jinja", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>"),
-    "gemma": ("gemma.jinja", ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
-    "qwen2.5": ("qwen2_5.jinja", [], "<|im_end|>"),
-    "phi3": ("phi3.jinja", ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], "<|end|>"),
-}
-
-
-def _tokenizer_for(base, family: str):
-    template, specials, _ = FAMILIES[family]
-    if template is None:
-        return base
-    tokenizer = copy.deepcopy(base)
-    tokenizer.add_special_tokens({"additional_special_tokens": specials})
-    tokenizer.chat_template = (TRL_TEMPLATES / template).read_text(encoding="utf-8")
-    return tokenizer
+# the template families of the SFT mask tests: (template file, special tokens, end-of-turn text, system role)
 
 
 def test_explicit_prompt_with_strings():
