@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_render import FAMILIES, _tokenizer_for
+from test_render import FAMILIES, _tokenizer_for  # the SFT mask tests' template families
 
 from qlora4080.preference.pairs import read_pairs, to_pair
 from qlora4080.preference.tokens import tokenize_pair, tokenize_pairs
-
-# the template families of the SFT mask tests: (template file, special tokens, end-of-turn text, system role)
 
 
 def test_explicit_prompt_with_strings():
