@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data.render import IGNORE_INDEX, render_conversation, special_tokens
+from .data.render import render_conversation, special_tokens
 from .eval_rules import Generated, json_check, usability_failures
 from .infer import ChatModel, adapter_switch, generate_answers
 from .perplexity import from_loss
+from .scoring import labelled_log_probs
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message, TrainOn
@@ -57,21 +58,9 @@ def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: TrainOn 
     for record in records:
         rendered = render_conversation(record.messages, chat.tokenizer, train_on=train_on, tools=record.tools)
         rows.append((rendered["input_ids"][:max_seq_len], rendered["labels"][:max_seq_len]))
-    total_nll, total_tokens = 0.0, 0
-    pad = chat.tokenizer.pad_token_id
     with torch.inference_mode(), adapter_switch(chat, use_adapter):
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch], device=chat.model.device)
-            labels = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for _, l in batch], device=chat.model.device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=chat.model.device)
-            logits = chat.model(input_ids=ids, attention_mask=mask).logits.float()
-            shifted, targets = logits[:, :-1], labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1),
-                                                    ignore_index=IGNORE_INDEX, reduction="sum")
-            total_nll += float(nll)
-            total_tokens += int((targets != IGNORE_INDEX).sum())
+        scored = labelled_log_probs(chat.model, rows, batch_size=batch_size)
+    total_nll, total_tokens = -sum(total for total, _ in scored), sum(count for _, count in scored)
     mean = total_nll / max(total_tokens, 1)
     return {"perplexity": from_loss(mean), "mean_nll": mean, "tokens": total_tokens}
 

@@ -152,11 +152,16 @@ def adapter_switch(chat: ChatModel, use_adapter: bool) -> AbstractContextManager
     """A context in which the model answers with its adapter (the default) or as the bare base model."""
     if not chat.has_adapter or use_adapter:
         return nullcontext()
+    return adapter_off(chat.model, chat.description)
+
+
+def adapter_off(model: Model, description: str = "the model") -> AbstractContextManager[object]:
+    """A context in which a peft model answers as its bare base model."""
     from peft import PeftModel
 
-    if not isinstance(chat.model, PeftModel):
-        raise QloraError(f"{chat.description} has no adapter to switch off")
-    return chat.model.disable_adapter()
+    if not isinstance(model, PeftModel):
+        raise QloraError(f"{description} has no adapter to switch off")
+    return model.disable_adapter()
 
 
 def _streamer(tokenizer: Tokenizer, on_text: Callable[[str], None]) -> TextStreamer:

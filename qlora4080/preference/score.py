@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..data.vocabulary import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from ..model_types import Model
 
@@ -25,23 +27,13 @@ def answer_log_probs(model: Model, rows: Sequence[dict[str, list[int]]], key: st
     """Sum of log p(answer token | everything before it) for rows[i]["prompt_ids"] + rows[i][key]."""
     import torch
 
-    pad = 0
-    device = next(model.parameters()).device
-    totals: list[float] = []
-    switch: AbstractContextManager[object] = model.disable_adapter() if adapter_off else nullcontext()
+    from ..infer import adapter_off as base_model_of
+    from ..scoring import labelled_log_probs
+
+    labelled = [(row["prompt_ids"] + row[key], [IGNORE_INDEX] * len(row["prompt_ids"]) + row[key]) for row in rows]
+    switch: AbstractContextManager[object] = base_model_of(model) if adapter_off else nullcontext()
     with torch.inference_mode(), switch:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            sequences = [row["prompt_ids"] + row[key] for row in batch]
-            width = max(len(s) for s in sequences)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            for row_index, row in enumerate(batch):
-                first = len(row["prompt_ids"]) - 1  # the logit at position t predicts token t + 1
-                totals.append(float(log_probs[row_index, first : first + len(row[key])].sum()))
-    return totals
+        return [total for total, _ in labelled_log_probs(model, labelled, batch_size=batch_size)]
 
 
 @dataclass(frozen=True)
