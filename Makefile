@@ -12,12 +12,12 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 LOCK := requirements/lock.txt
 
 ifeq ($(GPU),1)
-EXTRAS ?= dev,gpu
+EXTRAS ?= dev,gpu,trackers
 VENV_FLAGS ?= --system-site-packages
 # Only used when the machine has no torch at all: PyPI's default Linux build is a CUDA one.
 TORCH_SPEC ?= torch>=2.4,<2.15
 else
-EXTRAS ?= dev
+EXTRAS ?= dev,trackers
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 endif

@@ -1,6 +1,7 @@
 """Regenerate requirements/lock.txt: one exact version of every package qlora4080 installs.
 
     python requirements/lock.py          (any Python 3.10+ with pip >= 23; needs the package index)
+    python requirements/lock.py --keep   (the same, but every package already locked keeps its version)
 
 How: pip resolves pyproject.toml's dependencies plus the `gpu` and `dev` extras
 in dry-run mode, with torch pinned to the CPU build (the resolution needs *a*
@@ -37,7 +38,7 @@ RESOLVE_WITH_TORCH = "torch==2.13.0"
 # Built against one torch release each: they come with the machine's torch, never from the lock.
 TORCH_BOUND = {"torch", "torchvision", "torchaudio", "triton", "pytorch-triton", "xformers"}
 TORCH_BOUND_PREFIXES = ("nvidia-", "cuda-")
-EXTRAS = ("gpu", "dev")
+EXTRAS = ("gpu", "dev", "trackers")
 
 
 def canonical(name: str) -> str:
@@ -72,10 +73,12 @@ def resolve(requirements: list[str], constraints: list[Path] = ()) -> dict[str, 
 
 
 def main() -> None:
-    pins = resolve(project_requirements() + [RESOLVE_WITH_TORCH])
+    # --keep: resolve with the current lock as constraints, so adding a package moves no other pin.
+    constraints = [LOCK] if "--keep" in sys.argv[1:] else []
+    pins = resolve(project_requirements() + [RESOLVE_WITH_TORCH], constraints)
     lines = [
         "# One exact version of every package qlora4080 installs, CPU and GPU alike.",
-        "# Regenerate: python requirements/lock.py   (resolves pyproject.toml + [gpu,dev] against the index)",
+        "# Regenerate: python requirements/lock.py   (resolves pyproject.toml + [gpu,dev,trackers] against the index)",
         "# Use as constraints: pip install -c requirements/lock.txt -e '.[dev]'   (make venv does this)",
         "# torch, torchvision, triton, xformers and CUDA libraries are left out on purpose: they follow",
         "# the torch the machine has (see requirements/torch_pin.py).",
