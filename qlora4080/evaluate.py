@@ -1,4 +1,5 @@
-"""`qlora4080 eval`: perplexity on assistant tokens, usability and JSON validity of generated answers.
+"""`qlora4080 eval`: perplexity on assistant tokens, usability and JSON validity of generated answers,
+exact match of the final number on records tagged math and token F1 on short answers (task_metrics.py).
 
 Perplexity uses exactly the training masks (render_conversation), so it
 measures what was trained. Generation is greedy and batched with left padding.
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data.render import render_conversation, special_tokens
+from .errors import QloraError
 from .eval_rules import Generated, json_check, usability_failures
 from .infer import ChatModel, adapter_switch, generate_answers
 from .perplexity import from_loss
 from .scoring import labelled_log_probs
+from .task_metrics import TaskTally
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message, TrainOn
@@ -37,16 +40,28 @@ class EvalRecord:
     tools: list[dict[str, object]] | None = None
 
 
-def to_eval_records(records: list[dict[str, Any]], limit: int | None = None) -> list[EvalRecord]:
+def to_eval_records(records: list[dict[str, Any]], limit: int | None = None, *, source: str = "the data") -> list[EvalRecord]:
+    """Records as read by read_conversations (validated), the last assistant turn held out as the reference."""
     result = []
     for record in records[:limit] if limit else records:
         messages = record["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         result.append(EvalRecord(
             id=str(record.get("id")), messages=messages, prompt=messages[:last],
-            reference=messages[last].get("content") or "", tags=list(record.get("tags") or []), tools=record.get("tools"),
+            reference=messages[last].get("content") or "", tags=_tags(record, source), tools=record.get("tools"),
         ))
     return result
+
+
+def _tags(record: dict[str, Any], source: str) -> list[str]:
+    """A record's tags; one tag written as a plain string is that tag (not its letters)."""
+    tags = record.get("tags") or []
+    if isinstance(tags, str):
+        return [tags]
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise QloraError(f"'tags' of record {record.get('id')!r} must be a list of strings, got {tags!r}",
+                         where=source, hint='write "tags": ["math"]; exact match and F1 are chosen by tag')
+    return tags
 
 
 def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: TrainOn = "assistant", max_seq_len: int = 2048,
@@ -66,10 +81,11 @@ def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: TrainOn 
 
 
 def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Usability and JSON metrics for one model's answers, plus a per-record table."""
+    """Usability, JSON and task metrics (exact match, F1) for one model's answers, plus a per-record table."""
     specials = special_tokens(chat.tokenizer)
     failures: Counter[str] = Counter()
     usable = json_total = json_valid = keys_total = keys_match = 0
+    tasks = TaskTally()
     rows = []
     for record, answer in zip(records, answers):
         reasons = usability_failures(answer, specials)
@@ -85,6 +101,7 @@ def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) 
                 keys_total += 1
                 keys_match += same_keys
                 row["json_same_keys"] = same_keys
+        row |= tasks.add(record.tags, answer.text, record.reference)
         rows.append(row)
     metrics: dict[str, Any] = {
         "records": len(records),
@@ -96,7 +113,7 @@ def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) 
         metrics["json_records"] = json_total
     if keys_total:
         metrics["json_same_keys_rate"] = keys_match / keys_total
-    return metrics, rows
+    return metrics | tasks.metrics(), rows
 
 
 def evaluate(chat: ChatModel, records: list[EvalRecord], *, baseline: bool = False, max_new_tokens: int = 256,
@@ -122,11 +139,15 @@ METRICS = [
     ("usability_rate", "usability rate", "{:.1%}"),
     ("json_valid_rate", "JSON valid (tagged json)", "{:.1%}"),
     ("json_same_keys_rate", "JSON same keys as reference", "{:.1%}"),
+    ("exact_match_rate", "exact match, final number (tagged math)", "{:.1%}"),
+    ("token_f1", "token F1 (tagged math/short)", "{:.3f}"),
     ("preference_accuracy", "prefers the chosen answer (log-prob)", "{:.1%}"),
     ("mean_margin", "mean log-prob margin, chosen - rejected", "{:.3f}"),
     ("reward_accuracy", "prefers chosen more than the model it started from", "{:.1%}"),
     ("reward_margin", "margin gained over the model it started from", "{:.3f}"),
 ]
+COUNTED_BY = {"exact_match_rate": "exact_match_records", "token_f1": "f1_records"}
+"""Metrics whose label shows how many records they were computed on (the same for every model)."""
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -143,6 +164,7 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         values = [report[c].get(key) for c in columns]
         if all(v is None for v in values):
             continue
+        label = _with_count(label, {report[c].get(COUNTED_BY[key]) for c in columns} if key in COUNTED_BY else set())
         row = [label, *("-" if v is None else fmt.format(v) for v in values)]
         if compared and values[-1] is not None and values[-2] is not None:
             delta = values[-1] - values[-2]
@@ -155,6 +177,13 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if compared else []))
             rows[-1][1 + columns.index(column)] = str(count)
     return header, rows
+
+
+def _with_count(label: str, counts: set[int | None]) -> str:
+    """The label with its record count, "token F1 (tagged math/short, 19 records)", when every model has that count."""
+    if len(counts) != 1 or None in counts:
+        return label
+    return f"{label[:-1]}, {counts.pop()} records)"
 
 
 def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Path, Path]:
