@@ -171,7 +171,7 @@ def test_bad_train_on_and_format_list_the_choices(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, sources))
     assert info.value.message == ("[[data.sources]] #1 format = 'csv': Input should be 'auto', 'messages', 'sharegpt', 'alpaca', "
-                                  "'prompt_completion', 'columns', 'cmath', 'mawps' or 'emoji'")
+                                  "'prompt_completion', 'columns', 'cmath', 'mawps', 'emoji' or 'pairs'")
     assert info.value.where.endswith("r.toml:9")
 
 
@@ -182,7 +182,7 @@ def test_train_on_and_formats_are_the_data_layers_own():
     from qlora4080.recipe import DataSection, SourceSection
 
     assert get_args(DataSection.model_fields["train_on"].annotation) == TRAIN_ON_CHOICES
-    assert get_args(SourceSection.model_fields["format"].annotation) == ("auto", *FORMATS)
+    assert get_args(SourceSection.model_fields["format"].annotation) == ("auto", *FORMATS, "pairs")
 
 
 def test_overrides_as_a_mapping(tmp_path):

@@ -101,6 +101,19 @@ def test_resume_applies_and_records_safe_changes(tmp_path: Path, tiny_model_dir:
     assert notes == ["resume: training.logging_steps changed from 1 to 3"]
 
 
+def test_a_run_from_before_a_key_existed_resumes_when_the_key_keeps_its_default(tmp_path: Path, tiny_model_dir: Path) -> None:
+    recipe_path = write_recipe(tmp_path, str(tiny_model_dir))
+    snapshot = tmp_path / RECIPE_SNAPSHOT
+    newer_keys = ("early_stopping_patience", "early_stopping_threshold", "sft_weight", "report_to")
+    lines = load_recipe(recipe_path).to_toml().splitlines()
+    older = [line for line in lines if not line.startswith(newer_keys)]
+    assert len(lines) - len(older) == len(newer_keys)  # the snapshot really lacks them
+    snapshot.write_text("\n".join(older) + "\n")
+    assert check_resume(load_recipe(recipe_path), snapshot, "r") == []
+    with pytest.raises(QloraError, match="training.early_stopping_threshold: run has 0.0, now 0.5"):
+        check_resume(load_recipe(recipe_path, ["training.early_stopping_threshold=0.5"]), snapshot, "r")
+
+
 def test_printed_resume_command_repeats_the_overrides(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe_path = write_recipe(tmp_path, str(tiny_model_dir))
     recipe = load_recipe(recipe_path, ["training.max_steps=7", "output.runs_dir=my runs"])

@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 @friendly_errors
 def data_check(
     file: Path = typer.Argument(..., help="JSONL (one record a line) or .json (one array)."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji, "
+                                                         "pairs (preference pairs for dpo/orpo)."),
     column: list[str] | None = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
     show: int = typer.Option(5, "--show", min=0, help="How many problems to list."),
 ) -> None:
-    """Validate a data file: every record must become a trainable conversation. Exit 1 when any is rejected."""
+    """Validate a data file: every record must become a trainable conversation (or preference pair). Exit 1 when any is rejected."""
     from rich.table import Table
 
     from ..data.check import check_file
@@ -109,11 +110,18 @@ def _print_token_table(loaded: Recipe, build: Build) -> None:
              "(training downloads it and reports the same counts in train.log; run data build again afterwards)")
         return
     report = MaskReport()
-    by_source, dropped = tokens_by_source([build.train_file, build.validation_file], tokenizer,
-                                          loaded.model.max_seq_len, loaded.data.train_on, loaded.data.truncation,
-                                          report=report)
-    console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
-                  f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
+    files = [build.train_file, build.validation_file]
+    if loaded.training.method == "sft":
+        by_source, dropped = tokens_by_source(files, tokenizer, loaded.model.max_seq_len, loaded.data.train_on,
+                                              loaded.data.truncation, report=report)
+        console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
+                      f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
+    else:
+        from ..preference.tokens import pair_tokens_by_source
+
+        by_source, dropped = pair_tokens_by_source(files, tokenizer, loaded.model.max_seq_len)
+        console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}; "
+                      "pairs: tokens count both answers with their prompt, trained counts the answers)")
     table = Table()
     for column in ("source", "kept", "dropped", "truncated", "tokens", "trained"):
         table.add_column(column, justify="left" if column == "source" else "right")
@@ -154,7 +162,7 @@ def data_preview(
         path = build_data(loaded).train_file
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
     tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
-    if loaded.training.method == "dpo":
+    if loaded.training.method != "sft":
         from ..preference.pairs import read_pairs
         from ..preference.preview import pair_preview_rows
 
@@ -163,8 +171,8 @@ def data_preview(
             console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
         for row in pair_preview_rows(pairs.pairs[:n], tokenizer, loaded.model.max_seq_len):
             console.print(render_row(row))
-        console.print(f"{min(n, len(pairs.pairs))} pairs from {path}: the highlighted answer is what DPO scores, "
-                      "chosen against rejected")
+        console.print(f"{min(n, len(pairs.pairs))} pairs from {path}: the highlighted answer is what "
+                      f"{loaded.training.method.upper()} scores, chosen against rejected")
         return
     records = read_conversations(path).records[:n]
     rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)

@@ -1,4 +1,8 @@
-"""`qlora4080 data check FILE`: does every record of a file normalize into a trainable conversation?"""
+"""`qlora4080 data check FILE`: does every record of a file normalize into a trainable conversation (or pair)?
+
+A file of preference pairs ("chosen" and "rejected" in most records, or
+--format pairs) is checked by the reader dpo and orpo train with.
+"""
 
 from __future__ import annotations
 
@@ -33,20 +37,29 @@ class CheckResult:
 
 def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None = None) -> CheckResult:
     """Every record of the file through the build's normalizing and validation: how many fit, and why the others not."""
+    from ..preference.pairs import mostly_pairs, to_pair, with_pair_fields
+
     rows = list(read_records(path))
     detected = fmt == "auto"
-    if detected:
-        found = detect_format([record for _, record, problem in rows if problem is None])
+    parsed = [record for _, record, problem in rows if problem is None]
+    if detected and mostly_pairs(parsed):
+        fmt = "pairs"
+    elif detected:
+        found = detect_format(parsed)
         if found is None:
             raise QloraError(
-                "could not detect the format: the first records fit none of messages, sharegpt, prompt_completion, alpaca",
+                "could not detect the format: the first records fit none of messages, sharegpt, prompt_completion, alpaca, "
+                "pairs",
                 where=str(path), hint="pass --format (and --column field=name for other shapes)",
             )
         fmt = found
     result = CheckResult(path=path, format=fmt, detected=detected)
     for number, record, problem in rows:
         result.read += 1
-        if problem is None:
+        if problem is None and fmt == "pairs":
+            pair = to_pair(with_pair_fields(record, columns or {}), "") if isinstance(record, dict) else "expected a JSON object"
+            problem = pair if isinstance(pair, str) else None
+        elif problem is None:
             try:
                 problem = validate_messages(to_messages(record, fmt, columns))
             except FormatError as exc:

@@ -11,6 +11,9 @@ of weight 0 next to weighted ones stays out of the mix (its `in_mix` is 0).
 The second dedup removes the same conversation arriving from two pools; the
 repeats resample made on purpose stay. The split keeps every copy of a
 conversation on one side, so validation never contains a training record.
+
+Records are conversations (sft) or preference pairs (dpo, orpo); everything
+here works on either, telling them apart by their fields.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from typing import TypedDict, TypeVar
+from typing import TypedDict, TypeVar, final
 
 from .vocabulary import Message
 
@@ -33,10 +36,26 @@ class _BuildRecordRequired(TypedDict):
     tags: list[str]
 
 
+@final  # final, so `"messages" in record` tells a conversation from a pair for mypy too
 class BuildRecord(_BuildRecordRequired, total=False):
     """One line of a build's train.jsonl / validation.jsonl."""
 
     tools: object  # the record's tool definitions, as written
+
+
+@final
+class PairBuildRecord(TypedDict):
+    """One line of a preference build's train.jsonl / validation.jsonl (preference/pairs.py reads it back)."""
+
+    id: str
+    prompt: list[Message]
+    chosen: list[Message]  # one assistant message, in TRL's conversational shape
+    rejected: list[Message]
+    source: str
+    tags: list[str]
+
+
+AnyBuildRecord = TypeVar("AnyBuildRecord", BuildRecord, PairBuildRecord)
 
 
 def conversation_key(messages: Sequence[Message]) -> str:
@@ -90,18 +109,26 @@ def resample(pools: list[list[Item]], weights: list[float], rng: random.Random, 
     return mixed
 
 
-def dedup_across_pools(records: list[BuildRecord]) -> list[BuildRecord]:
+def record_key(record: BuildRecord | PairBuildRecord) -> str:
+    """The dedup key of a conversation, or of a pair (its prompt and both answers, in order)."""
+    if "messages" in record:
+        return conversation_key(record["messages"])
+    return conversation_key([*record["prompt"], *record["chosen"], {"role": "rejected", "content": ""},
+                             *record["rejected"]])
+
+
+def dedup_across_pools(records: list[AnyBuildRecord]) -> list[AnyBuildRecord]:
     owner: dict[str, str] = {}
     kept = []
     for record in records:
-        key = conversation_key(record["messages"])
+        key = record_key(record)
         if owner.setdefault(key, record["id"]) == record["id"]:
             kept.append(record)
     return kept
 
 
-def split(records: list[BuildRecord], ratio: float, floor: int, rng: random.Random,
-          ) -> tuple[list[BuildRecord], list[BuildRecord]]:
+def split(records: list[AnyBuildRecord], ratio: float, floor: int, rng: random.Random,
+          ) -> tuple[list[AnyBuildRecord], list[AnyBuildRecord]]:
     ids = sorted({r["id"] for r in records})
     rng.shuffle(ids)
     wanted = min(max(floor, round(ratio * len(ids))), len(ids) // 2)
@@ -109,4 +136,5 @@ def split(records: list[BuildRecord], ratio: float, floor: int, rng: random.Rand
     return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
 
 
-__all__ = ["BuildRecord", "conversation_key", "dedup_across_pools", "interleave", "resample", "split"]
+__all__ = ["BuildRecord", "PairBuildRecord", "conversation_key", "dedup_across_pools", "interleave", "record_key", "resample",
+           "split"]

@@ -1,5 +1,9 @@
 """Sources -> normalize -> clean -> tag -> dedup per pool -> save pools -> mix -> dedup again -> split -> export.
 
+For training.method = "dpo" / "orpo" the records are preference pairs: each
+source is read by preference/sources.py instead of the conversation
+normalizers below; mixing, dedup, split and the manifest are the same.
+
 A build lives in <build_dir>/<key>/, where the key hashes everything that
 decides its content (each source's settings and file bytes, mix, sizes, seed),
 so the same recipe and seed give byte-identical outputs and `train` reuses a
@@ -16,7 +20,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypedDict, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from ..errors import QloraError
 from ..recipe import Recipe, SourceSection
@@ -24,9 +28,12 @@ from ..runlock import holding
 from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
 from .jsonl import Row, read_records, write_jsonl, write_text_atomically
-from .mixing import BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
+from .mixing import AnyBuildRecord, BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
 from .validate import CONTROL_CHARS, validate_messages
 from .vocabulary import Message
+
+if TYPE_CHECKING:
+    from .mixing import PairBuildRecord
 
 BUILD_FORMAT = 2  # 2: interleave uses every record; assistant-first conversations are rejected
 
@@ -85,6 +92,8 @@ def clean(messages: Sequence[Message]) -> list[Message]:
 def build_key(recipe: Recipe) -> str:
     data = recipe.data
     parts: list[object] = [BUILD_FORMAT, data.mix, data.total, data.valid_ratio, data.valid_min, recipe.training.seed]
+    if recipe.training.method != "sft":  # the same sources read as pairs make another build
+        parts.append("pairs")
     for source in data.sources:
         parts.append(source.model_dump(mode="json"))
         if source.path:
@@ -115,20 +124,45 @@ def _reuse(folder: Path, manifest_path: Path) -> Build:
 
 
 def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[[PoolStats], None] | None) -> Build:
-    from datasets import Dataset
+    if recipe.training.method == "sft":
+        return _mix_and_write(recipe, folder, manifest_path, _load_pools(recipe, _load_pool, on_pool))
+    from ..preference.sources import load_pair_pool
 
-    data = recipe.data
-    rng = random.Random(recipe.training.seed)
-    pools: list[list[BuildRecord]] = []
+    def load_pairs(recipe: Recipe, source: SourceSection) -> Pool[PairBuildRecord]:
+        return load_pair_pool(*_read_source(recipe, source), source)
+
+    return _mix_and_write(recipe, folder, manifest_path, _load_pools(recipe, load_pairs, on_pool))
+
+
+Pool = tuple[list[AnyBuildRecord], PoolStats, list[Rejected]]
+"""One source's kept records, its counts, and why each other record was refused."""
+
+
+Pools = tuple[list[list[AnyBuildRecord]], list[PoolStats], list[Rejected]]
+"""Every source's Pool, field by field."""
+
+
+def _load_pools(recipe: Recipe, load: Callable[[Recipe, SourceSection], Pool[AnyBuildRecord]],
+                on_pool: Callable[[PoolStats], None] | None) -> Pools[AnyBuildRecord]:
+    pools: list[list[AnyBuildRecord]] = []
     stats: list[PoolStats] = []
     rejects: list[Rejected] = []
-    for source in data.sources:
-        pool, pool_stats, pool_rejects = _load_pool(recipe, source)
+    for source in recipe.data.sources:
+        pool, pool_stats, pool_rejects = load(recipe, source)
         pools.append(pool)
         stats.append(pool_stats)
         rejects += pool_rejects
         if on_pool:
             on_pool(pool_stats)
+    return pools, stats, rejects
+
+
+def _mix_and_write(recipe: Recipe, folder: Path, manifest_path: Path, loaded: Pools[AnyBuildRecord]) -> Build:
+    from datasets import Dataset
+
+    data = recipe.data
+    rng = random.Random(recipe.training.seed)
+    pools, stats, rejects = loaded
     folder.mkdir(parents=True, exist_ok=True)
     for pool, pool_stats in zip(pools, stats):
         if pool:
@@ -172,7 +206,7 @@ def _require_distinct_names(sources: list[SourceSection]) -> None:
         seen[source.label] = number
 
 
-def _load_pool(recipe: Recipe, source: SourceSection) -> tuple[list[BuildRecord], PoolStats, list[Rejected]]:
+def _load_pool(recipe: Recipe, source: SourceSection) -> Pool[BuildRecord]:
     rows, origin = _read_source(recipe, source)
     stats = PoolStats(name=source.label)
     fmt = source.format

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 
 def looks_like_pairs(path: Path) -> bool:
     """Whether a JSONL file holds preference pairs ("chosen"/"rejected") rather than conversations."""
-    from ..data.jsonl import read_jsonl
+    from itertools import islice
 
-    for _, record, _problem in read_jsonl(path):
-        if isinstance(record, dict):
-            return "chosen" in record and "rejected" in record
-    return False
+    from ..data.jsonl import read_jsonl
+    from .pairs import mostly_pairs
+
+    return mostly_pairs([record for _, record, _problem in islice(read_jsonl(path), 20)])
 
 
 def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len: int, baseline: bool = False,

@@ -9,11 +9,15 @@ Two shapes are read, the two that preference datasets come in:
 - `{"chosen", "rejected"}` as two whole conversations that share everything
   but the last assistant turn (UltraFeedback-binarized style): the shared
   messages are the prompt.
+
+A file is read directly (`[data] train = "pairs.jsonl"`) or through
+`[[data.sources]]` (preference/sources.py), whose build writes each pair back
+in the first shape, prompt and answers as message lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -38,6 +42,25 @@ class PairFile:
     path: Path
     pairs: list[PreferencePair] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "system")
+"""The fields a pair record is read from; a source's `columns` can map each to another name."""
+
+
+def mostly_pairs(records: Sequence[object]) -> bool:
+    """Do most of the first records hold a preference pair ("chosen" and "rejected")?"""
+    sample = [r for r in records[:20] if isinstance(r, dict)]
+    return bool(sample) and sum("chosen" in r and "rejected" in r for r in sample) * 2 > len(sample)
+
+
+def with_pair_fields(record: Mapping[str, object], columns: Mapping[str, str]) -> dict[str, object]:
+    """The record with its fields renamed to PAIR_FIELDS as `columns` ({"chosen": "good", ...}) says."""
+    renamed = dict(record)
+    for ours, theirs in columns.items():
+        if theirs in record:
+            renamed[ours] = record[theirs]
+    return renamed
 
 
 def read_pairs(path: Path) -> PairFile:

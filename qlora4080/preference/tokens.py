@@ -10,6 +10,7 @@ preference stage scores the same tokens the SFT stage taught.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.render import render_conversation
@@ -18,6 +19,8 @@ from ..data.vocabulary import IGNORE_INDEX
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from ..data.conversations import Rejected
+    from ..data.dataset import SourceTokens
     from ..model_types import Tokenizer
     from .pairs import PreferencePair
 
@@ -75,6 +78,40 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, max_seq_le
         result.rows.append(row)
         result.kept.append(pair)
     return result
+
+
+def pair_tokens_by_source(files: list[Path], tokenizer: Tokenizer, max_seq_len: int,
+                          ) -> tuple[dict[str, SourceTokens], list[Rejected]]:
+    """What tokenization does to each source of a pair build (train and validation together), and its drops.
+
+    tokens counts both sequences of a pair (prompt + chosen, prompt + rejected), as training runs them;
+    trained_tokens counts the answer tokens the preference loss scores.
+    """
+    from ..data.conversations import Rejected
+    from ..data.dataset import SourceTokens
+    from ..data.jsonl import read_jsonl
+    from .pairs import to_pair
+
+    merged: dict[str, SourceTokens] = {}
+    dropped: list[Rejected] = []
+    for path in files:
+        for number, record, _problem in read_jsonl(path):
+            pair = to_pair(record, f"line-{number}") if isinstance(record, dict) else "not a pair"
+            if isinstance(pair, str):  # a build writes only pairs that read back; anything else was edited by hand
+                dropped.append(Rejected(path, number, pair))
+                continue
+            assert isinstance(record, dict)
+            tally = merged.setdefault(str(record.get("source", path.stem)), SourceTokens())
+            tokenized = tokenize_pairs([pair], tokenizer, max_seq_len)
+            dropped += [Rejected(path, number, why) for _, why in tokenized.dropped]
+            tally.dropped += len(tokenized.dropped)
+            tally.truncated += tokenized.truncated
+            for row in tokenized.rows:
+                answers = len(row["chosen_ids"]) + len(row["rejected_ids"])
+                tally.kept += 1
+                tally.tokens += answers + 2 * len(row["prompt_ids"])
+                tally.trained_tokens += answers
+    return merged, dropped
 
 
 def orpo_columns(dataset: Dataset) -> Dataset:

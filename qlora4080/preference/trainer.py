@@ -9,10 +9,13 @@ from ..data.vocabulary import IGNORE_INDEX
 from ..hardware import Hardware
 from ..recipe import Recipe
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
 if TYPE_CHECKING:
     from trl import DPOConfig
     from trl.experimental.orpo import ORPOConfig
 
+    from ..model_types import Model
     from ..training.trainer import CountingTrainer
 
 
@@ -23,8 +26,13 @@ def build_dpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, ha
 
     shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
     preference = recipe.preference
-    return DPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=preference.beta,
-                     loss_type=[preference.loss_type], precompute_ref_log_probs=preference.precompute_reference)
+    # TRL combines several losses by weight; its "sft" loss is the chosen answers' mean negative log-likelihood.
+    losses: list[str] = [preference.loss_type]
+    weights = [1.0]
+    if preference.sft_weight > 0:
+        losses, weights = [*losses, "sft"], [*weights, preference.sft_weight]
+    return DPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=preference.beta, loss_type=losses,
+                     loss_weights=weights, precompute_ref_log_probs=preference.precompute_reference)
 
 
 def preference_trainer_class() -> type[CountingTrainer]:
@@ -45,6 +53,18 @@ def preference_trainer_class() -> type[CountingTrainer]:
             if "prompt_ids" in dataset.column_names:
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            # A DPO checkpoint holds TRL's frozen reference copy in a "ref" sub-folder. transformers takes such
+            # sub-folders for the checkpoint's only adapters and loads just them, so the trained adapter at the
+            # checkpoint's root would stay as the run began: load it too (found by the resume test).
+            target: Model = model if model is not None else self.model
+            root = Path(resume_from_checkpoint)
+            if hasattr(target, "load_adapter") and any((root / name).is_file() for name in ADAPTER_WEIGHTS):
+                active = target.active_adapter
+                target.load_adapter(str(root), active, is_trainable=True)
+                target.set_adapter(active)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             if "attention_mask" in inputs:

@@ -6,6 +6,7 @@ each field's one-line docstring is its documentation (shown in error hints).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from ..toml_io import dumps_toml
 
 BUILTIN_PREFIX = "builtin:"
 TrainingMethod = Literal["sft", "dpo", "orpo"]
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
 
 
 
@@ -79,8 +81,9 @@ class SourceSection(Section):
     """Split of a hub dataset."""
     name: str | None = None
     """Name of this pool in tables and tags; default: the file stem or the hub id."""
-    format: Literal["auto", DataFormat] = "auto"
-    """Shape of the records; auto detects messages, sharegpt, prompt_completion and alpaca."""
+    format: Literal["auto", DataFormat, "pairs"] = "auto"
+    """Shape of the records; auto detects messages, sharegpt, prompt_completion and alpaca (for sft), and reads
+    preference pairs (for dpo and orpo: "pairs", {"prompt", "chosen", "rejected"} or two whole conversations)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Field-name overrides for the format, e.g. {user = "question", assistant = "answer"}."""
     weight: float = Field(default=1.0, ge=0)
@@ -176,6 +179,20 @@ class TrainingSection(Section):
     """Keep at most this many intermediate checkpoints."""
     eval_steps: int = Field(default=0, ge=0)
     """Evaluate on the validation file every N steps; 0 = only at the end (when a validation file is set)."""
+    early_stopping_patience: int = Field(default=0, ge=0)
+    """Stop after this many evaluations in a row without the validation loss improving; 0 = off. Needs eval_steps > 0
+    and validation data. A checkpoint is then written at every evaluation (save_steps follows eval_steps) and the
+    best one, by validation loss, becomes the final adapter."""
+    early_stopping_threshold: float = Field(default=0.0, ge=0.0)
+    """How much lower than the best so far the validation loss must be to count as an improvement (resets the
+    patience); a smaller gain still updates the best checkpoint."""
+
+    @model_validator(mode="after")
+    def _early_stopping_evaluates(self) -> TrainingSection:
+        if self.early_stopping_patience and self.eval_steps == 0:
+            raise ValueError(f"training.early_stopping_patience = {self.early_stopping_patience} needs evaluations during "
+                             "training: set training.eval_steps (e.g. 50), or training.early_stopping_patience = 0")
+        return self
 
 
 class PreferenceSection(Section):
@@ -188,6 +205,10 @@ class PreferenceSection(Section):
     """dpo only: sigmoid is the original DPO; ipo, hinge, robust, ... are TRL's variants of it."""
     precompute_reference: bool = False
     """Compute the reference log-probabilities once before training instead of at every step."""
+    sft_weight: float = Field(default=0.0, ge=0)
+    """dpo only: weight of an SFT loss (the chosen answers' negative log-likelihood) added to the preference loss,
+    as RPO and LLaMA-Factory's pref_ftx do; it keeps the chosen answers likely while the rejected ones fall, so
+    greedy answers move toward the chosen ones. 0 = plain DPO."""
 
 
 class OutputSection(Section):
@@ -197,12 +218,36 @@ class OutputSection(Section):
     """Where adapters go (relative to the working directory)."""
     runs_dir: str = "runs"
     """Where logs and metrics go (relative to the working directory)."""
+    report_to: list[Tracker] = Field(default_factory=lambda: default_trackers())
+    """Experiment trackers that get the trainer's logs: "tensorboard" (runs/<run>/tensorboard), "wandb" (offline run in
+    runs/<run>/wandb) and "mlflow" (local store in runs/<run>/mlruns); [] for none. Default: ["tensorboard"] when it is
+    installed. wandb and mlflow need: pip install 'qlora4080[trackers]'."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[Tracker]) -> list[Tracker]:
+        # Checked here, before anything loads: a tracker that cannot import would otherwise fail after the model is loaded.
+        missing = [name for name in value if not tracker_installed(name)]
+        if missing:
+            raise ValueError(f"output.report_to names {', '.join(missing)}, which is not installed: "
+                             f"pip install 'qlora4080[trackers]' (or remove it from report_to)")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _safe_run_name(self) -> OutputSection:
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(problem)
         return self
+
+
+def tracker_installed(name: Tracker) -> bool:
+    """The tracker's package can be imported (looked up, not imported: `--help` and validation stay instant)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def default_trackers() -> list[Tracker]:
+    """TensorBoard when it is installed, as every run had before report_to existed."""
+    return ["tensorboard"] if tracker_installed("tensorboard") else []
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -237,11 +282,18 @@ class Recipe(Section):
     def _method_fits_the_data(self) -> Recipe:
         method = self.training.method
         if method != "sft":
-            if self.data.sources:
-                raise ValueError(f'training.method = "{method}" reads preference pairs from data.train / data.validation; '
-                                 "[[data.sources]] builds conversations for sft")
             if self.data.packing:
                 raise ValueError(f'data.packing packs conversations for sft; set it to false for training.method = "{method}"')
+            for number, source in enumerate(self.data.sources, start=1):
+                if source.format not in ("auto", "pairs"):
+                    raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "{source.format}", a '
+                                     f'conversation format, but training.method = "{method}" reads preference pairs: '
+                                     'set format = "pairs" (or leave it out)')
+        else:
+            for number, source in enumerate(self.data.sources, start=1):
+                if source.format == "pairs":
+                    raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "pairs", which is for '
+                                     'training.method = "dpo" or "orpo"; sft trains on conversations')
         return self
 
     def resolve_path(self, relative: str) -> Path:

@@ -19,7 +19,8 @@ else:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
 from ..errors import QloraError
-from ..recipe import Recipe
+from ..recipe import SECTIONS, Recipe
+from ..toml_io import dumps_toml
 
 # Changing these on resume leaves the adapter, the data order and the schedule as they were.
 SAFE_ON_RESUME = frozenset({
@@ -43,8 +44,20 @@ def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[object, o
     """key -> (value in the run's snapshot, value now), for every key that differs."""
     before = flatten(tomllib.loads(snapshot_text))
     now = flatten(tomllib.loads(recipe.to_toml()))
+    # A key the snapshot lacks was added to the recipe after the run started: the run had its default.
+    before |= {key: default for key in set(now) - set(before) if (default := schema_default(key)) is not None}
     return {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
             if before.get(key) != now.get(key) and not key.startswith(IGNORED_ON_RESUME)}
+
+
+def schema_default(key: str) -> object:
+    """The default of a recipe key ("training.early_stopping_patience"), as TOML reads it back; None if it has none."""
+    section, _, name = key.partition(".")
+    field = SECTIONS[section].model_fields.get(name) if section in SECTIONS else None
+    if field is None or field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    return tomllib.loads(dumps_toml({"v": value}))["v"] if value is not None else None
 
 
 def check_resume(recipe: Recipe, snapshot: Path, run_name: str) -> list[str]:

@@ -1,18 +1,22 @@
-"""Writes the DPO demo's preference pairs: one sentence about a person, a good card and a flawed one.
+"""Writes the DPO demo's preference pairs: a card must say null for what the sentence does not say.
 
 The SFT demo (recipes/data/json_cards) teaches the house style: answer with
-exactly {"name", "age", "job", "city"} as compact JSON and nothing else. These
-pairs sharpen it. "chosen" is the card exactly as the SFT data writes it, age a
-JSON number; "rejected" is the same card with one flaw the SFT model could
-plausibly produce, recorded in "flaw":
+exactly {"name", "age", "job", "city"} as compact JSON and nothing else. Every
+SFT sentence gives all four fields, so the SFT model has never seen one left
+out, and when a sentence leaves one out it invents it ("age": 30 for a person
+whose age nobody mentioned). It prefers the invented card by log-probability
+too, so DPO has something to change. Each pair records its "kind":
 
-- age_string:  "age": "44" instead of "age": 44
-- prose:       the card wrapped in a sentence ("Here is the card: {...}")
-- remark:      a trailing remark after the JSON ("{...} Hope this helps!")
+- missing_<field>: the sentence leaves out age, job or city; "chosen" says
+  null there, "rejected" invents a plausible value (the SFT model's mistake).
+- complete: the sentence gives all four; "chosen" is the card, "rejected" says
+  null for a field the sentence does give, so the preference is "null for what
+  is missing", not "null everywhere".
 
-The people, templates and card come from json_cards/generate.py (imported by
-path, so the two datasets never drift apart), drawn with another seed; a
-sentence that is also an SFT demo prompt is skipped, so every pair is new.
+Three pairs in four are missing_*, one in four complete. The names, jobs and
+cities come from json_cards/generate.py (imported by path, so the two datasets
+never drift apart), drawn with another seed; a sentence the SFT demo already
+trained on is drawn again, so every pair is new to the SFT model.
 
     python recipes/data/json_card_pairs/generate.py   # rewrites train.jsonl and validation.jsonl
 """
@@ -27,24 +31,35 @@ from types import ModuleType
 
 HERE = Path(__file__).parent
 SFT_DATA = HERE.parent / "json_cards"
-FLAWS = ("age_string", "prose", "remark")
+FIELDS = ("age", "job", "city")
 
-PROSE = [
-    "Here is the card: {card}",
-    "Sure! Here is the JSON card:\n{card}",
-    "Here's the information as JSON: {card}",
-    "The card for {name}:\n{card}",
-    "Of course. {card}",
-    "Based on the sentence, the card is {card}",
-]
-REMARKS = [
-    "{card}\n\nLet me know if you need anything else.",
-    "{card} Hope this helps!",
-    "{card}\n\nNote: the age is given in years.",
-    "{card}\nAll four fields were found in the sentence.",
-    "{card} (extracted from your message)",
-    "{card}\n\nIs there anything else you would like to know about {first}?",
-]
+# Sentences that leave one field out, in the shapes of the SFT demo's templates.
+LEAVING_OUT = {
+    "age": [
+        "{name} is a {job} from {city}.",
+        "Meet {name}: works as a {job}, lives in {city}.",
+        "My neighbour {name} is a {job} in {city}.",
+        "{city}-based {job} {name} joined the team today.",
+        "New member: {name}, {job}, from {city}.",
+        "Profile: {name} | {job} | {city}",
+    ],
+    "job": [
+        "{name} is {age} and lives in {city}.",
+        "Meet {name}: {age}, lives in {city}.",
+        "My neighbour {name} ({age}) lives in {city}.",
+        "New member: {name}, {age} years old, from {city}.",
+        "{name} moved to {city} at {age}.",
+        "Profile: {name} | {age} | {city}",
+    ],
+    "city": [
+        "{name} is a {age}-year-old {job}.",
+        "Meet {name}: {age}, works as a {job}.",
+        "My neighbour {name} ({age}) is a {job}.",
+        "New member: {name}, {job}, {age} years old.",
+        "Our {job}, {name}, turned {age} last week.",
+        "Profile: {name} | {age} | {job}",
+    ],
+}
 
 
 def sft_generator() -> ModuleType:
@@ -56,6 +71,12 @@ def sft_generator() -> ModuleType:
     return module
 
 
+def invented(field: str, person: dict, sft: ModuleType, rng: random.Random) -> object:
+    """A plausible value for `field` that differs from the person's own."""
+    choices = {"age": list(range(19, 72)), "job": sft.JOBS, "city": sft.CITIES}[field]
+    return rng.choice([value for value in choices if value != person[field]])
+
+
 def sft_prompts() -> set[str]:
     """Every user sentence of the SFT demo data (train and validation)."""
     prompts = set()
@@ -65,36 +86,37 @@ def sft_prompts() -> set[str]:
     return prompts
 
 
-def flawed(person: dict, flaw: str, rng: random.Random) -> str:
-    """The card with one flaw; `person` is the card's dict, age an int."""
-    card = json.dumps(person, ensure_ascii=False)
-    if flaw == "age_string":
-        return json.dumps({**person, "age": str(person["age"])}, ensure_ascii=False)
-    if flaw == "prose":
-        return rng.choice(PROSE).format(card=card, name=person["name"])
-    return rng.choice(REMARKS).format(card=card, first=person["name"].split()[0])
+def pair(kind: str, sft: ModuleType, rng: random.Random) -> dict:
+    person = {"name": f"{rng.choice(sft.FIRST)} {rng.choice(sft.LAST)}", "age": rng.randint(19, 71),
+              "job": rng.choice(sft.JOBS), "city": rng.choice(sft.CITIES)}
+    they = rng.choice(["She", "He"])
+    if kind == "complete":
+        sentence = rng.choice(sft.TEMPLATES).format(they=they, **person)
+        chosen, rejected = person, {**person, rng.choice(FIELDS): None}
+    else:
+        field = kind.removeprefix("missing_")
+        sentence = rng.choice(LEAVING_OUT[field]).format(**person)
+        chosen, rejected = {**person, field: None}, {**person, field: invented(field, person, sft, rng)}
+    return {"prompt": sentence, "chosen": json.dumps(chosen, ensure_ascii=False),
+            "rejected": json.dumps(rejected, ensure_ascii=False), "kind": kind}
 
 
 def main() -> None:
     sft = sft_generator()
-    taken = sft_prompts()
     rng = random.Random(8040)  # not the SFT demo's 4080
+    taken = sft_prompts()  # so every pair is new to the SFT model, and no pair is in both splits
+    kinds = ("missing_age", "missing_job", "missing_city", "complete")
     for split, count in (("train", 200), ("validation", 40)):
-        # An exact, shuffled mix: each flaw a third of the pairs.
-        flaws = [FLAWS[i % len(FLAWS)] for i in range(count)]
-        rng.shuffle(flaws)
+        # An exact, shuffled mix: each kind a quarter of the pairs.
+        order = [kinds[i % len(kinds)] for i in range(count)]
+        rng.shuffle(order)
         with (HERE / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
-            for index, flaw in enumerate(flaws):
-                while True:
-                    record = sft.card(rng)
-                    prompt, chosen = (message["content"] for message in record["messages"])
-                    if prompt not in taken:
-                        break
-                taken.add(prompt)
-                pair = {"id": f"json-card-pair-{split}-{index:04d}", "prompt": prompt, "chosen": chosen,
-                        "rejected": flawed(json.loads(chosen), flaw, rng), "flaw": flaw,
-                        "source": "json_card_pairs"}
-                handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
+            for index, kind in enumerate(order):
+                while (drawn := pair(kind, sft, rng))["prompt"] in taken:
+                    pass
+                taken.add(drawn["prompt"])
+                record = {"id": f"json-card-pair-{split}-{index:04d}", **drawn, "source": "json_card_pairs"}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
