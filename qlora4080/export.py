@@ -1,4 +1,5 @@
-"""`qlora4080 export`: merge the adapter into its base and save a standalone model (and GGUF where the tooling exists).
+"""`qlora4080 export`: merge the adapter into its base and save a standalone model (and GGUF where the tooling exists),
+and publish the adapter or the merged model to the hub with its model card.
 
 The base is always reloaded in 16-bit (fp32 on CPU) for merging, never in 4-bit:
 merging into quantized weights would round the LoRA update away. A model
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
+from .model_card import CARD_FILE, CARD_MARKER, card_for_checkpoint
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message
@@ -65,8 +67,9 @@ def read_meta(checkpoint: Path) -> CheckpointMeta:
 
 
 def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, prompt: str | None = None,
-                  max_new_tokens: int = 48) -> ExportResult:
-    """Merge, save, reload with plain transformers, and compare one greedy answer with base + adapter."""
+                  max_new_tokens: int = 48, repo_id: str | None = None) -> ExportResult:
+    """Merge, save (with a model card naming `repo_id` if given), reload with plain transformers, and compare one
+    greedy answer with base + adapter."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,6 +100,8 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     tokenizer.save_pretrained(out_dir)  # with the chat template used in training
     (out_dir / "qlora4080_export.json").write_text(json.dumps({"merged_from": str(checkpoint.resolve()), "base_model": meta.base_model,
                                                                "dtype": dtype}, indent=2), encoding="utf-8")
+    (out_dir / CARD_FILE).write_text(card_for_checkpoint(checkpoint, load_from=repo_id or str(out_dir), merged=True),
+                                     encoding="utf-8")
     del merged, model, base
 
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype),
@@ -106,6 +111,44 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     merged_answer = generate(ChatModel(reloaded, plain_tokenizer, "", False, end_of_turn_ids(plain_tokenizer)), question,
                              max_new_tokens=max_new_tokens)
     return ExportResult(out_dir, question[0]["content"], adapter_answer, merged_answer)
+
+
+def prepare_push(checkpoint: Path, repo_id: str) -> str:
+    """Everything `--push-to-hub` needs, checked in seconds before any merge: the checkpoint, the hub, a token."""
+    from .hub import check_can_push
+
+    read_meta(checkpoint)
+    return check_can_push(repo_id)
+
+
+def publish(checkpoint: Path, repo_id: str, *, token: str, private: bool = False, merged_dir: Path | None = None) -> PushResult:
+    """Upload the adapter folder (or the merged model in `merged_dir`) with a fresh model card. Returns the URL.
+
+    The card is written anew, so it carries the eval table of a later `qlora4080 eval`, unless the
+    folder's README.md is the user's own (it lacks the card's marker line): that one is uploaded as it is.
+    """
+    from .hub import push_folder
+
+    folder = merged_dir or checkpoint
+    own = _own_card(folder / CARD_FILE)
+    card = None if own else card_for_checkpoint(checkpoint, load_from=repo_id, merged=merged_dir is not None)
+    url = push_folder(folder, repo_id, token=token, private=private, card=card)
+    return PushResult(url=url, kept_own_card=own)
+
+
+@dataclass
+class PushResult:
+    url: str
+    kept_own_card: bool
+
+
+def _own_card(readme: Path) -> bool:
+    """A README.md written by hand: neither this project's card nor peft's placeholder."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return CARD_MARKER not in text and "[More Information Needed]" not in text
 
 
 def _first_prompt(meta: CheckpointMeta) -> str:

@@ -10,6 +10,7 @@ that need them, so `qlora4080 --help` and recipe checks stay instant.
     model_commands.py   chat, eval, generate, export: the commands that load a trained model
     data_commands.py    data check, data build, data preview
     info_commands.py    recipes, doctor
+    runs_commands.py    runs (list), runs compare, runs plot
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .friendly import friendly_errors, os_error
 
 # Importing a command module registers its commands; this order is the order of `qlora4080 --help`.
 # isort: off
-from . import train_commands, model_commands, data_commands, info_commands  # noqa: F401
+from . import train_commands, model_commands, data_commands, info_commands, runs_commands  # noqa: F401
 # isort: on
 
 __all__ = ["app", "friendly_errors", "os_error"]

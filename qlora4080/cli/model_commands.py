@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..console import console
+from ..console import console, warn
 from ..errors import QloraError
 from .app import app
 from .friendly import friendly_errors
@@ -72,7 +72,8 @@ def evaluate_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     out: Path | None = typer.Option(None, "--out", help="Folder for eval.json and eval.md (default <runs_dir>/<run>)."),
 ) -> None:
-    """Perplexity on assistant tokens, usability and JSON validity of generated answers; preference accuracy on pairs."""
+    """Perplexity on assistant tokens, usability and JSON validity of generated answers, exact match (math) and token F1;
+    preference accuracy on pairs."""
     from rich.progress import Progress
 
     from ..checkpoint import CheckpointMeta
@@ -95,7 +96,7 @@ def evaluate_command(
     conversations = read_conversations(source)
     for problem in conversations.rejected[:5]:
         console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
-    records = to_eval_records(conversations.records, limit)
+    records = to_eval_records(conversations.records, limit, source=str(source))
     model = load_for_chat(checkpoint)
     passes = 2 if (baseline and model.has_adapter) else 1
     with Progress(console=console, transient=True) as progress:
@@ -123,10 +124,15 @@ def _evaluate_pairs(checkpoint: str, source: Path, settings: CheckpointMeta, *, 
         raise QloraError(f"no usable preference pair in {source}", where=str(source),
                          hint='each line needs "prompt", "chosen" and "rejected"')
     pairs = read.pairs[:limit] if limit else read.pairs
+    sft = Path(settings.started_from) if settings.started_from else None
+    if baseline and sft is not None and not sft.is_dir():
+        warn(f"the checkpoint this run started from, {sft}, is not there any more: the table has no sft column, and "
+             "the rows 'than the model it started from' compare with the base model instead")
+        sft = None
     model = load_for_chat(checkpoint)
     with console.status(f"scoring {len(pairs)} pairs"):
         report = evaluate_pairs(model, pairs, max_seq_len=settings.max_seq_len, baseline=baseline, batch_size=batch_size,
-                                sft_adapter=Path(settings.started_from) if settings.started_from else None)
+                                sft_adapter=sft)
     _print_report(report, f"Preference evaluation on {len(pairs)} pairs of {source}")
     json_path, md_path = write_report(report, folder, str(source))
     console.print(f"saved {json_path} and {md_path}")
@@ -190,19 +196,26 @@ def export(
     gguf_dir: Path | None = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty output folder."),
     prompt: str | None = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="Upload to this hub repo (owner/name) with a model card: "
+                                           "the adapter, or with --merged the merged model."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
 ) -> None:
-    """Merge LoRA into the base and save a standalone model; verify it answers like base + adapter."""
-    from ..export import export_gguf, export_merged
+    """Merge LoRA into the base and save a standalone model (verified against base + adapter); publish to the hub."""
+    from ..export import export_gguf, export_merged, prepare_push, publish
 
-    if merged is None and gguf is None:
-        raise QloraError("nothing to export", hint="pass --merged OUT_DIR and/or --gguf QUANT")
+    if merged is None and gguf is None and push_to_hub is None:
+        raise QloraError("nothing to export", hint="pass --merged OUT_DIR, --gguf QUANT and/or --push-to-hub owner/name")
+    if private and push_to_hub is None:
+        raise QloraError("--private works with --push-to-hub", where="--private")
+    # No network or no token fails here, in seconds, before a merge that takes minutes.
+    token = prepare_push(checkpoint, push_to_hub) if push_to_hub is not None else None
     gguf_target = gguf_dir or Path(f"{merged or checkpoint}-gguf")
     if merged is not None:
         check_output_folder(merged, "--merged")
     if gguf is not None:
         check_output_folder(gguf_target, "--gguf-dir", given=gguf_dir is not None)
     if merged is not None:
-        result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt)
+        result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt, repo_id=push_to_hub)
         console.print(f"[green]merged model saved to {result.out_dir}[/]")
         console.print(f"check prompt: {result.prompt}", markup=False)
         console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
@@ -214,3 +227,9 @@ def export(
     if gguf is not None:
         path = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite)
         console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {gguf_target} && ollama create NAME -f Modelfile)")
+    if push_to_hub is not None and token is not None:
+        with console.status(f"uploading {merged or checkpoint} to {push_to_hub}"):
+            pushed = publish(checkpoint, push_to_hub, token=token, private=private, merged_dir=merged)
+        if pushed.kept_own_card:
+            console.print("README.md has no qlora4080 marker line, so your own card was uploaded as it is")
+        console.print(f"[green]uploaded to {pushed.url}[/]")

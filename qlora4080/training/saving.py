@@ -2,7 +2,7 @@
 
 The final save used to write straight into checkpoints/<run>/: a full or
 read-only disk at that moment lost hours of training when no periodic
-checkpoint was due. Now the adapter, tokenizer and metadata are written to a
+checkpoint was due. Now the adapter, tokenizer, metadata and model card are written to a
 staging folder beside their destination and moved into place file by file
 (os.replace is atomic on one filesystem). When that fails, the in-memory
 adapter is written to a rescue folder under the system temp directory, and the
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..errors import QloraError
 
 if TYPE_CHECKING:
+    from ..checkpoint import CheckpointMeta
     from ..model_types import Model, Tokenizer
 
 
@@ -35,6 +36,23 @@ def write_model_files(model: Model, tokenizer: Tokenizer, folder: Path, extra_fi
     tokenizer.save_pretrained(folder)
     for name, text in extra_files.items():
         (folder / name).write_text(text, encoding="utf-8")
+
+
+def model_card_file(meta: CheckpointMeta, folder: Path) -> dict[str, str]:
+    """{"README.md": the model card} to save with the adapter; {} (and a warning) if it cannot be written.
+
+    peft writes a placeholder README.md with every adapter; this card, saved
+    after it, replaces it. A card is worth less than the adapter, so a failure
+    here never stops the save.
+    """
+    from ..console import warn
+    from ..model_card import CARD_FILE, card_for_checkpoint
+
+    try:
+        return {CARD_FILE: card_for_checkpoint(folder, meta=meta, with_eval=False)}
+    except Exception as error:  # noqa: BLE001  e.g. an unreadable recipe snapshot: the adapter is saved without a card
+        warn(f"no model card written for {folder}: {error}")
+        return {}
 
 
 def save_adapter(model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str] | None = None,
