@@ -4,6 +4,10 @@ TRL's SFTConfig defaults to bf16=True and gradient_checkpointing=True. On a CPU
 both only cost time (bf16 autocast was measured ~17x slower than fp32 here),
 so CPU runs get fp32, no checkpointing and torch AdamW; CUDA runs get bf16
 (fp16 on older cards), checkpointing and 8-bit AdamW when bitsandbytes exists.
+
+Early stopping (training.early_stopping_patience) is transformers' own
+EarlyStoppingCallback on eval_loss with load_best_model_at_end, so the model
+left in memory, and saved as the adapter, is the best evaluation's.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.loading import compute_dtype_name
+from ..errors import QloraError
 from ..hardware import Hardware, has_module
 from ..recipe import Recipe
 from .compat import checkpointing_options
 
 if TYPE_CHECKING:
+    from transformers import TrainerCallback
     from trl import SFTConfig
 
 
@@ -59,6 +65,7 @@ def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, h
     t = recipe.training
     defaults = device_defaults(recipe, hardware)
     eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
+    stopping = early_stopping_on(recipe, has_eval=has_eval)
     return dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -81,15 +88,50 @@ def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, h
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        # Early stopping keeps the best evaluation's checkpoint, so every evaluation is saved (transformers also
+        # requires save_steps to be a multiple of eval_steps); the rotation by save_total_limit never drops the best.
+        save_steps=t.eval_steps if stopping else t.save_steps,
+        # With load_best_model_at_end and a limit of 1, transformers deletes every checkpoint but the best when training
+        # ends, Ctrl-C included: the checkpoint an interrupted run resumes from would go. 2 keep the best and the latest.
+        save_total_limit=max(t.save_total_limit, 2) if stopping else t.save_total_limit,
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
-        report_to="none",
+        load_best_model_at_end=stopping,
+        metric_for_best_model="eval_loss" if stopping else None,
+        greater_is_better=False if stopping else None,
+        report_to="none",  # the trackers' callbacks are added by training/trackers.py, configured for this run
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not hardware.is_cuda,
     )
+
+
+def early_stopping_on(recipe: Recipe, *, has_eval: bool) -> bool:
+    """Whether the run stops early; QloraError when the recipe asks for it but the run has nothing to evaluate."""
+    t = recipe.training
+    if not t.early_stopping_patience:
+        return False
+    if t.eval_steps == 0:  # the recipe validator refuses this at load time; a recipe built otherwise gets here
+        raise QloraError("early stopping needs evaluations during training, and training.eval_steps is 0",
+                         where="[training] early_stopping_patience",
+                         hint="set training.eval_steps (e.g. 50), or training.early_stopping_patience = 0")
+    if not has_eval:
+        raise QloraError("early stopping watches the validation loss, but this run has no validation data",
+                         where="[training] early_stopping_patience",
+                         hint='set data.validation = "validation.jsonl" (with [[data.sources]]: data.valid_ratio > 0), '
+                              "or training.early_stopping_patience = 0")
+    return True
+
+
+def early_stopping_callbacks(recipe: Recipe) -> list[TrainerCallback]:
+    """transformers' EarlyStoppingCallback as the recipe sets it; [] when early stopping is off."""
+    t = recipe.training
+    if not t.early_stopping_patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience,
+                                  early_stopping_threshold=t.early_stopping_threshold)]
 
 
 def build_sft_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> SFTConfig:
