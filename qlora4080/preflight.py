@@ -1,8 +1,14 @@
-"""Before anything loads: the hardware found, a VRAM estimate by component, a verdict, and fixes."""
+"""Before anything loads: the hardware found, a VRAM estimate by component, a verdict, and fixes.
+
+With several processes (one per GPU) the estimate is per device: each process
+holds a full copy of the model, its own LoRA optimizer state and its own batch.
+What grows with the processes is the global batch, said on its own line.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rich.table import Table
 
@@ -24,6 +30,12 @@ class Preflight:
     fits: bool | None
     overrides: list[str] | None
     problem: str | None = None
+    processes: int = 1
+    """Processes training together (one per GPU), each with the memory estimated above."""
+    global_batch: int = 1
+    """Sequences per optimizer step over all processes: per-device batch x grad-accum x processes."""
+    batch_formula: str = ""
+    """How `global_batch` is made, in words."""
 
 
 def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
@@ -46,8 +58,17 @@ def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
     )
 
 
-def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf", target_gb: float | None = None, offline: bool = False) -> Preflight:
-    """Estimate against the card found, or against `target_gb` (default 16 GB) when there is none."""
+def global_batch(recipe: Recipe, processes: int) -> int:
+    """Sequences (or preference pairs) per optimizer step: per-device batch x grad-accum x processes."""
+    return recipe.training.batch_size * recipe.training.grad_accum * processes
+
+
+def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf", target_gb: float | None = None,
+                  offline: bool = False, processes: int = 1) -> Preflight:
+    """Estimate one device against the card found, or against `target_gb` (default 16 GB) when there is none."""
+    t = recipe.training
+    batch: dict[str, Any] = {"processes": processes, "global_batch": global_batch(recipe, processes),
+             "batch_formula": f"{t.batch_size} per device x grad-accum {t.grad_accum} x {processes} processes"}
     if hardware is not None and hardware.is_cuda and target_gb is None:
         budget, label = float(hardware.gpu_total_bytes or 0), f"{hardware.gpu_name} ({(hardware.gpu_total_bytes or 0) / GiB:.1f} GiB)"
     else:
@@ -56,19 +77,23 @@ def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf"
     try:
         arch = lookup(recipe.model.name) if offline else resolve(recipe.model.name)
     except QloraError as error:
-        return Preflight(None, budget, label, None, None, problem=error.message)
+        return Preflight(None, budget, label, None, None, problem=error.message, **batch)
     if arch is None:
-        return Preflight(None, budget, label, None, None, problem=f"no architecture numbers for '{recipe.model.name}' offline")
+        return Preflight(None, budget, label, None, None, problem=f"no architecture numbers for '{recipe.model.name}' offline",
+                         **batch)
     shape = gpu_shape(recipe, backend)
     result = estimate(arch, shape)
     fits = result.total <= budget
     overrides = None if fits else fit_overrides(arch, shape, budget, recipe.training.grad_accum)
-    return Preflight(result, budget, label, fits, overrides)
+    return Preflight(result, budget, label, fits, overrides, **batch)
 
 
 def print_preflight(report: Preflight, hardware: Hardware | None) -> None:
     if hardware is not None:
         console.print(f"[bold]Hardware:[/] {hardware.describe()}")
+    if report.processes > 1:
+        console.print(f"[bold]Processes:[/] {report.processes}: global batch {report.global_batch} "
+                      f"({report.batch_formula}); the memory estimate is per device")
     if report.estimate is None:
         console.print(f"[yellow]No VRAM estimate:[/] {report.problem}")
         return

@@ -1,4 +1,9 @@
-"""transformers + peft: CPU in fp32, CUDA in bf16/fp16, with bitsandbytes NF4 when asked and available."""
+"""transformers + peft: CPU in fp32, CUDA in bf16/fp16, with bitsandbytes NF4 when asked and available.
+
+With several processes (torchrun, accelerate launch) each process loads the whole
+model onto its own GPU (LOCAL_RANK); under FSDP the 4-bit weights are stored in
+the compute dtype so FSDP can shard them with the rest (peft's FSDP+QLoRA recipe).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import warn
+from ..distributed import sharding_strategy
 from ..errors import QloraError
 from ..hardware import Hardware, has_module
 from ..hub import cache_only_unless_reachable, hub_host
 from ..recipe import LoraSection, ModelSection
-from .loading import compute_dtype_name, load_tokenizer, model_source
+from .loading import compute_dtype_name, device_map, load_tokenizer, model_source
 
 if TYPE_CHECKING:
     from ..model_types import Model, Tokenizer
@@ -29,6 +35,7 @@ def load_model(
     dtype = getattr(torch, compute_dtype_name(model_cfg.dtype, hardware))
     kwargs: dict[str, object] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
     quantized = False
+    sharded = sharding_strategy() == "FSDP"
     if model_cfg.load_in_4bit:
         if not hardware.is_cuda:
             warn("load_in_4bit = true, but 4-bit needs CUDA; loading the full model in fp32 on CPU instead")
@@ -42,10 +49,13 @@ def load_model(
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_use_double_quant=True,
+                # FSDP flattens each unit's parameters into one tensor of one dtype: the packed 4-bit weights
+                # must then be stored in the dtype of the parameters around them (None: bitsandbytes' uint8)
+                bnb_4bit_quant_storage=dtype if sharded else None,
             )
             quantized = True
     if hardware.is_cuda:
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = device_map()
     with cache_only_unless_reachable() as online:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -54,7 +64,7 @@ def load_model(
     tokenizer = load_tokenizer(source, model_cfg, template_path)
     if for_training:
         model.config.use_cache = False
-        if quantized:
+        if quantized and not sharded:  # it casts the other weights to fp32: FSDP needs them in the storage dtype
             from peft import prepare_model_for_kbit_training
 
             # gradient checkpointing is turned on later by the trainer config

@@ -23,6 +23,13 @@ def model_source(name: str) -> str:
     return name
 
 
+def device_map() -> dict[str, int]:
+    """The whole model on this process's GPU: GPU 0 alone, GPU LOCAL_RANK under torchrun / accelerate launch."""
+    from ..distributed import local_process_index
+
+    return {"": local_process_index()}
+
+
 def compute_dtype_name(requested: str, hardware: Hardware) -> str:
     """fp32 on CPU (bf16 autocast there was measured ~17x slower); bf16 on GPUs that have it, else fp16."""
     if requested != "auto":

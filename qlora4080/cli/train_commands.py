@@ -1,7 +1,12 @@
-"""`qlora4080 train`: a recipe in, an adapter out; --dry-run checks and estimates without loading a model."""
+"""`qlora4080 train`: a recipe in, an adapter out; --dry-run checks and estimates without loading a model.
+
+`--processes N` starts N training processes on this machine under torchrun (one per GPU); the
+same command also runs as is under `torchrun ... -m qlora4080 train` or `accelerate launch`.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,23 +31,62 @@ def train(
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder (checkpoints/<run>/checkpoint-N)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, show hardware and the VRAM estimate; load no model."),
     target_gb: float | None = typer.Option(None, "--target-gb", help="Judge the VRAM estimate against a card of this size instead of the one found (default 16 without a GPU)."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Train with N processes on this machine, one per GPU (data parallel), started with torchrun."),
 ) -> None:
     """Train a LoRA adapter as the recipe says."""
+    from ..console import speak_only_as_main_process
+    from ..distributed import end_process_group, world_size
     from ..recipe import load_recipe
 
+    speak_only_as_main_process()  # under torchrun / accelerate launch: process 0 alone prints
     loaded = load_recipe(recipe, set_ or [])
     if dry_run:
-        _dry_run(loaded, recipe, run_name, overwrite, target_gb)
+        _dry_run(loaded, recipe, run_name, overwrite, target_gb, max(processes, world_size()))
+        return
+    if processes > 1:
+        check_processes(processes)
+        arguments = ["train", str(recipe), *[f"--set={item}" for item in set_ or []]]
+        arguments += [f"--run-name={run_name}"] if run_name is not None else []
+        arguments += ["--overwrite"] * overwrite + ["--resume"] * resume
+        arguments += [f"--resume-from={resume_from}"] if resume_from is not None else []
+        arguments += [f"--target-gb={target_gb}"] if target_gb is not None else []
+        console.print(f"Starting {processes} processes: torchrun --standalone --nproc_per_node {processes} "
+                      f"-m qlora4080 {shlex.join(arguments)}", markup=False)
+        from ..distributed import launch_processes
+
+        if code := launch_processes(processes, arguments):
+            raise typer.Exit(code)
         return
     from ..training.run import train as run_training
 
-    result = run_training(loaded, run_name=run_name, overwrite=overwrite, resume=resume or resume_from is not None,
-                          resume_from=resume_from, target_gb=target_gb)
+    try:
+        result = run_training(loaded, run_name=run_name, overwrite=overwrite, resume=resume or resume_from is not None,
+                              resume_from=resume_from, target_gb=target_gb)
+    finally:
+        end_process_group()
     console.print(f"\n[bold green]Done.[/] Adapter: {result.checkpoint_dir}   Logs: {result.run_dir}")
     console.print(f"Chat with it:  qlora4080 chat {result.checkpoint_dir}")
 
 
-def _dry_run(loaded: Recipe, recipe: Path, run_name: str | None, overwrite: bool, target_gb: float | None) -> None:
+def check_processes(processes: int) -> None:
+    """--processes N: not inside another launch, and no more processes than GPUs when there are GPUs."""
+    import torch
+
+    from ..distributed import world_size
+    from ..errors import QloraError
+
+    if world_size() > 1:
+        raise QloraError(f"--processes {processes} inside a run that torchrun or accelerate already started "
+                         f"({world_size()} processes)", where="--processes",
+                         hint="leave out --processes when starting qlora4080 with torchrun or accelerate launch")
+    gpus = torch.cuda.device_count()
+    if gpus and processes > gpus:
+        raise QloraError(f"--processes {processes}, but this machine has {gpus} GPU(s): one process trains on one GPU",
+                         where="--processes", hint=f"--processes {gpus} (or fewer)")
+
+
+def _dry_run(loaded: Recipe, recipe: Path, run_name: str | None, overwrite: bool, target_gb: float | None,
+             processes: int) -> None:
     from ..backends import choose_backend
     from ..hardware import detect
     from ..preflight import print_preflight, run_preflight
@@ -54,5 +98,5 @@ def _dry_run(loaded: Recipe, recipe: Path, run_name: str | None, overwrite: bool
     hardware = detect()
     backend, why = choose_backend(loaded.model.backend, hardware)
     console.print(f"backend: {backend} ({why})")
-    print_preflight(run_preflight(loaded, hardware, backend, target_gb), hardware)
+    print_preflight(run_preflight(loaded, hardware, backend, target_gb, processes=processes), hardware)
     console.print(f"would write the adapter to {dirs.checkpoint} and logs to {dirs.logs}")

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 
 class PreferenceRun(TrainingRun):
     def set_up_data(self) -> None:
+        from ..training.data_setup import data_files
+
         with self.stages.stage("Preparing preference pairs (chat template, answer tokens)"):
-            data = self.recipe.data
-            assert data.train is not None  # the recipe is refused at load time without data.train for method = "dpo"
-            self.train_split = self._pair_split("train", self.recipe.resolve_path(data.train))
-            validation = self.recipe.resolve_path(data.validation) if data.validation else None
+            train, validation = data_files(self.recipe, self.log)  # the recipe's pair files, or its data build's
+            self.train_split = self._pair_split("train", train)
             self.eval_split = self._pair_split("validation", validation) if validation else None
             if self.eval_split is not None and self.eval_split.conversations == 0:
                 self.log.line("warning: no validation pair survived tokenization, so this run has no evaluation",
@@ -45,7 +45,7 @@ class PreferenceRun(TrainingRun):
         from .tokens import tokenize_pairs
 
         if not path.is_file():
-            raise QloraError(f"{key} file not found: {path}", where=f"[data] {key}")
+            raise QloraError(f"{key} file not found: {path}", where=f"[data] {key}")  # a build's files always exist
         read = read_pairs(path)
         tokens = tokenize_pairs(read.pairs, self.tokenizer, self.recipe.model.max_seq_len)
         for problem in read.rejected[:10]:

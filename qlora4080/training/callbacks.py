@@ -23,7 +23,11 @@ MetricRecord: TypeAlias = dict[str, int | float | str]
 
 
 class MetricsCallback(TrainerCallback):
-    """One JSON line per logging step (metrics.jsonl), one readable line in train.log, the view kept current."""
+    """One JSON line per logging step (metrics.jsonl), one readable line in train.log, the view kept current.
+
+    The trainer calls callbacks in every process; the logged values are already averaged over processes,
+    so process 0 alone records them (state.is_world_process_zero) and the others do nothing here.
+    """
 
     def __init__(self, log: RunLog, metrics_path: Path, view: TrainingView, hardware: Hardware):
         self.log = log
@@ -35,18 +39,22 @@ class MetricsCallback(TrainerCallback):
         self.history: list[MetricRecord] = []
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
-        self._last = (time.monotonic(), self._tokens()[0], self._tokens()[1])
+        tokens, trained = self._tokens()
+        if not state.is_world_process_zero:
+            return
+        self._last = (time.monotonic(), tokens, trained)
         self.view.start(state.max_steps, state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
-        self.view.advance(state.global_step)
+        if state.is_world_process_zero:
+            self.view.advance(state.global_step)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: object) -> None:
-        if not logs:
+        now, (tokens, trained) = time.monotonic(), self._tokens()  # in every process: a sum over all of them
+        if not logs or not state.is_world_process_zero:
             return
         record: MetricRecord = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-        now, (tokens, trained) = time.monotonic(), self._tokens()
         then, tokens_then, trained_then = self._last
         if "loss" in logs and now > then and tokens > tokens_then:
             record["tokens_per_second"] = round((tokens - tokens_then) / (now - then), 2)
@@ -63,6 +71,10 @@ class MetricsCallback(TrainerCallback):
         self.log.line(line, echo=not self.view.live_enabled)
 
     def _tokens(self) -> tuple[int, int]:
+        """Tokens seen and trained so far by all processes (the trainer calls on_log in each, at the same step)."""
+        from ..distributed import sum_over_processes
+
         if self.trainer is None:
             return 0, 0
-        return self.trainer.tokens_seen, self.trainer.trained_tokens_seen
+        seen, trained = sum_over_processes([self.trainer.tokens_seen, self.trainer.trained_tokens_seen])
+        return seen, trained

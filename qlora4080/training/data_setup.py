@@ -20,7 +20,7 @@ def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog) -> tuple[Tok
     """Tokenized train and validation splits, and the validation file they came from (for eval later)."""
     from ..data.render import MaskReport
 
-    train_file, validation_file = _data_files(recipe, log)
+    train_file, validation_file = data_files(recipe, log)
     report = MaskReport()  # how each assistant turn was located, and the template's warnings, said once
     train = _tokenize_split("train", train_file, recipe, tokenizer, log, report)
     validation = _tokenize_split("validation", validation_file, recipe, tokenizer, log, report) if validation_file else None
@@ -33,15 +33,17 @@ def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog) -> tuple[Tok
     return train, validation, validation_file.resolve() if validation_file else None
 
 
-def _data_files(recipe: Recipe, log: RunLog) -> tuple[Path, Path | None]:
+def data_files(recipe: Recipe, log: RunLog) -> tuple[Path, Path | None]:
     """The train and validation JSONL files: the recipe's own, or those of its data build."""
     if not recipe.data.sources:
         train, validation = recipe.data.train, recipe.data.validation
         assert train is not None  # the recipe is refused at load time without data.train or data.sources
         return recipe.resolve_path(train), recipe.resolve_path(validation) if validation else None
     from ..data.pipeline import build_data
+    from ..distributed import decided_by_main
 
-    build = build_data(recipe)
+    # With several processes, process 0 builds (or reuses) the data and the others read the files it names.
+    build = decided_by_main(lambda: build_data(recipe), "building the data")
     log.line(f"data build {build.folder} ({'reused: inputs unchanged' if build.reused else 'built'})")
     for pool in build.pools:
         log.line(f"  source {pool.name} ({pool.format}): read {pool.read}, rejected {pool.rejected}, "

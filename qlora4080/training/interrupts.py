@@ -1,4 +1,8 @@
-"""Ctrl-C during training: finish the step, save a resumable checkpoint, say how to resume. Twice: stop now."""
+"""Ctrl-C during training: finish the step, save a resumable checkpoint, say how to resume. Twice: stop now.
+
+With several processes each one gets the signal (or only some do); they agree at
+every step's end, so all of them stop at the same step and save together.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ if TYPE_CHECKING:
 
 class TrainingInterrupted(QloraError):
     """Training stopped by Ctrl-C after saving; exit code 130 like any interrupted command."""
+
+    shown_by_main_process = False
+    """Set in processes 1..N-1 of a run with several processes: process 0 reports the stop, once."""
 
     def __init__(self, message: str, hint: str):
         super().__init__(message, hint=hint, exit_code=130)
@@ -44,6 +51,9 @@ class InterruptGuard(TrainerCallback):
         console.print("\n[yellow]Ctrl-C: finishing this step, then saving a checkpoint. Press Ctrl-C again to quit at once.[/]")
 
     def on_step_end(self, args, state, control, **kwargs):
+        from ..distributed import any_process
+
+        self.requested = any_process(self.requested)  # every process must stop at the same step, or the others hang
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

@@ -1,8 +1,14 @@
-"""train(recipe) -> a trained adapter in checkpoints/<run>/ and logs in runs/<run>/."""
+"""train(recipe) -> a trained adapter in checkpoints/<run>/ and logs in runs/<run>/.
+
+The same function runs in every process of `torchrun` / `accelerate launch`:
+process 0 plans the run (name, folders, lock) and saves it; the others receive
+its plan and take part in every step the trainer shares (see distributed.py).
+"""
 
 from __future__ import annotations
 
 import shlex
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +26,9 @@ from .session import TrainingRun, TrainResult
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
+    from transformers.trainer_utils import TrainOutput
+
+    from .summary import RunSummary
 
 __all__ = ["META_FILE", "RECIPE_SNAPSHOT", "TrainResult", "resume_command", "train"]
 
@@ -41,24 +50,18 @@ def train(
     checkpoint; `callbacks` are extra transformers TrainerCallbacks; `live`
     forces the Rich panel on or off (default: on when output is a terminal).
     """
-    # Before anything heavy: a bad name, a name clash, a changed recipe or a missing checkpoint fails fast.
-    from ..runlock import holding
+    from ..console import speak_only_as_main_process
+    from ..distributed import decided_by_main, is_main_process, start_process_group
     from .runlog import RunLog
 
-    resuming = resume or resume_from is not None
-    if resuming:
-        dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
-    else:
-        dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
-    with holding(dirs.checkpoint, f"run '{dirs.name}'"):
-        if resuming:
-            notes = check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
-        else:
-            plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
-            create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
-            notes = []
-        dirs.logs.mkdir(parents=True, exist_ok=True)
-        log = RunLog(dirs.logs / "train.log")
+    speak_only_as_main_process()
+    start_process_group()
+    with ExitStack() as held:  # process 0's run lock, held until the run ends
+        # Before anything heavy: a bad name, a name clash, a changed recipe or a missing checkpoint fails fast.
+        # Process 0 decides (the default name has a timestamp) and every other process receives the same plan.
+        dirs, checkpoint, notes = decided_by_main(
+            lambda: _plan_run(recipe, held, run_name, overwrite, resume, resume_from), "planning the run's folders")
+        log = RunLog(dirs.logs / "train.log" if is_main_process() else None)
         try:
             for note in notes:
                 log.line(note, style="yellow")
@@ -69,9 +72,49 @@ def train(
             run.attach_lora()
             run.build_trainer(live, callbacks or [])
             output = run.fit()
-            return run.save(output, run.evaluate())
+            return _save_on_main_process(run, output, run.evaluate())
         finally:
             log.close()
+
+
+def _plan_run(recipe: Recipe, held: ExitStack, run_name: str | None, overwrite: bool, resume: bool,
+              resume_from: Path | None) -> tuple[RunDirs, Path | None, list[str]]:
+    """The run's folders (made), the checkpoint to resume from, notes for the log; the run lock joins `held`."""
+    from ..runlock import holding
+
+    resuming = resume or resume_from is not None
+    if resuming:
+        dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
+    else:
+        dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
+    held.enter_context(holding(dirs.checkpoint, f"run '{dirs.name}'"))
+    if resuming:
+        notes = check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
+    else:
+        plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
+        create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
+        notes = []
+    dirs.logs.mkdir(parents=True, exist_ok=True)
+    return dirs, checkpoint, notes
+
+
+def _save_on_main_process(run: TrainingRun, output: TrainOutput, eval_metrics: dict[str, float]) -> TrainResult:
+    """Process 0 writes the adapter and summary; the others wait for it and return the same summary."""
+    from ..distributed import decided_by_main, sum_over_processes
+
+    # The summary counts every process's tokens; each trainer counted only its own.
+    counters = sum_over_processes([run.trainer.tokens_seen, run.trainer.trained_tokens_seen])
+    run.trainer.tokens_seen, run.trainer.trained_tokens_seen = counters
+    saved: list[TrainResult] = []
+
+    def save() -> RunSummary:
+        saved.append(run.save(output, eval_metrics))
+        return saved[0].summary
+
+    summary = decided_by_main(save, "saving the adapter")
+    if saved:
+        return saved[0]
+    return TrainResult(run.dirs.name, run.dirs.checkpoint, run.dirs.logs, summary, model=run.model, tokenizer=run.tokenizer)
 
 
 def _run_class(recipe: Recipe) -> type[TrainingRun]:
@@ -85,9 +128,12 @@ def _run_class(recipe: Recipe) -> type[TrainingRun]:
 
 def resume_command(recipe: Recipe, dirs: RunDirs) -> str:
     """The command that continues this run exactly: same recipe file, same --set values, same run."""
+    from ..distributed import world_size
+
     source = recipe.source_path
     shown: Path | str = "RECIPE"
     if source is not None:
         shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
     overrides = "".join(f" --set {shlex.quote(item)}" for item in recipe.overrides)
-    return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}"
+    processes = f" --processes {world_size()}" if world_size() > 1 else ""  # the same data order needs as many
+    return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}{processes}"

@@ -14,17 +14,22 @@ from ..console import console
 
 
 class RunLog:
-    """Plain lines to runs/<run>/train.log (and to the console unless the live panel owns it)."""
+    """Plain lines to runs/<run>/train.log (and to the console unless the live panel owns it).
 
-    def __init__(self, path: Path):
+    `path=None` writes no file: processes 1..N-1 of a run with several processes, where process 0 keeps the log.
+    """
+
+    def __init__(self, path: Path | None):
         self.path = path
-        self._handle = path.open("a", encoding="utf-8")
+        self._handle = path.open("a", encoding="utf-8") if path is not None else None
 
     def line(self, message: str, style: str | None = None, echo: bool = True) -> None:
         if echo:
             console.print(message, style=style, highlight=False, soft_wrap=True)  # whole lines: file:line stays greppable
-        self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-        self._handle.flush()
+        if self._handle is not None:
+            self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()

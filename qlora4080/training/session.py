@@ -78,12 +78,14 @@ class TrainingRun:
     def set_up_environment(self, target_gb: float | None) -> None:
         """Hardware, doctor's verdict for this recipe, the backend, the preflight, the recipe snapshot."""
         from ..backends import load_backend
+        from ..distributed import check_sharding_supported, is_main_process, world_size
         from ..doctor import plan_training
         from ..hardware import detect
         from ..preflight import print_preflight, run_preflight
         from ..quiet import quiet_libraries
 
         with self.stages.stage("Environment"):
+            check_sharding_supported(self.recipe.model.backend)  # before the machine's verdict: the launch is at fault
             self.hardware = detect()
             # First doctor's checks: a broken stack is named before minutes of loading. On the unsloth path this
             # imports unsloth, which must patch transformers/trl/peft before anything imports them (quiet_libraries).
@@ -94,6 +96,7 @@ class TrainingRun:
                                  + "".join(f"; also {problem.message}" for problem in more), where="[model] backend",
                                  hint=first.hint if first else "run qlora4080 doctor RECIPE for the details")
             self.backend_name = plan.backend  # plan.warnings: the backend says those itself when it loads
+            check_sharding_supported(self.backend_name)
             quiet_libraries()
             if self.recipe.data.packing and self.backend_name == "unsloth":
                 raise QloraError("data.packing = true is not supported with the unsloth backend yet",
@@ -102,8 +105,10 @@ class TrainingRun:
             resumed = f" (resumed from {self.checkpoint})" if self.checkpoint else ""
             self.log.line(f"run {self.dirs.name}{resumed}: recipe {self.recipe.source_path}")
             self.log.line(f"backend: {self.backend_name} ({plan.reason})")
-            print_preflight(run_preflight(self.recipe, self.hardware, self.backend_name, target_gb), self.hardware)
-            snapshot_recipe(self.recipe, self.dirs)
+            print_preflight(run_preflight(self.recipe, self.hardware, self.backend_name, target_gb, processes=world_size()),
+                            self.hardware)
+            if is_main_process():
+                snapshot_recipe(self.recipe, self.dirs)
 
     def set_up_model(self) -> None:
         recipe = self.recipe
@@ -161,14 +166,23 @@ class TrainingRun:
         """The method's trainer wired to the panel, the logs and Ctrl-C."""
         from transformers.trainer_callback import PrinterCallback
 
+        from ..distributed import is_main_process
         from .callbacks import MetricsCallback
+        from .config import early_stopping_callbacks
         from .interrupts import InterruptGuard
         from .panel import TrainingView
+        from .trackers import tracker_callbacks
 
-        self.view = TrainingView(f"qlora4080 · {self.dirs.name}", self.hardware, live=live)
+        main = is_main_process()  # with several processes, process 0 alone shows and records the run
+        self.view = TrainingView(f"qlora4080 · {self.dirs.name}", self.hardware, live=live if main else False)
         self.metrics = MetricsCallback(self.log, self.dirs.logs / "metrics.jsonl", self.view, self.hardware)
         self.guard = InterruptGuard()
-        self.trainer = self.make_trainer([self.metrics, self.guard, *tensorboard_callbacks(self.dirs), *extra_callbacks])
+        # The trackers' runs stay open for the evaluation after training (which a Ctrl-C stop skips).
+        trackers = (tracker_callbacks(self.recipe, self.dirs,
+                                      evaluates_after=lambda: self.eval_split is not None and not self.guard.requested)
+                    if main else [])
+        self.trainer = self.make_trainer([self.metrics, self.guard, *trackers, *early_stopping_callbacks(self.recipe),
+                                          *extra_callbacks])
         self.metrics.trainer = self.trainer
         self.trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
 
@@ -196,8 +210,10 @@ class TrainingRun:
         t = self.recipe.training
         steps = self.trainer.args.max_steps if self.trainer.args.max_steps > 0 else f"{t.epochs:g} epoch(s) of"
         unit = "conversations" if t.method == "sft" else "preference pairs"
-        stage(f"Training: {self.train_split.conversations} {unit}, batch {t.batch_size} x "
-              f"grad-accum {t.grad_accum}, {steps} steps, lr {t.learning_rate}")
+        processes = self.trainer.args.world_size
+        batch = f"batch {t.batch_size} x grad-accum {t.grad_accum}" + (
+            f" x {processes} processes = global batch {t.batch_size * t.grad_accum * processes}" if processes > 1 else "")
+        stage(f"Training: {self.train_split.conversations} {unit}, {batch}, {steps} steps, lr {t.learning_rate}")
         started = time.monotonic()
         try:
             with self.guard:
@@ -218,14 +234,18 @@ class TrainingRun:
         return output
 
     def _stop_interrupted(self) -> None:
+        from ..distributed import is_main_process
         from .interrupts import TrainingInterrupted
         from .run import resume_command
 
-        save_adapter(self.model, self.tokenizer, self.dirs.checkpoint, last_good=latest_checkpoint(self.dirs.checkpoint))
+        if is_main_process():  # the trainer's checkpoint is written by every process together; the adapter by one
+            save_adapter(self.model, self.tokenizer, self.dirs.checkpoint, last_good=latest_checkpoint(self.dirs.checkpoint))
         command, step = resume_command(self.recipe, self.dirs), self.trainer.state.global_step
         self.log.line(f"interrupted at step {step}; resume with: {command}", echo=False)
-        raise TrainingInterrupted(f"training interrupted at step {step}; the adapter and a resumable checkpoint "
-                                  f"are saved in {self.dirs.checkpoint}", hint=f"resume with:  {command}")
+        stopped = TrainingInterrupted(f"training interrupted at step {step}; the adapter and a resumable checkpoint "
+                                      f"are saved in {self.dirs.checkpoint}", hint=f"resume with:  {command}")
+        stopped.shown_by_main_process = not is_main_process()  # every process stops here; process 0 says it once
+        raise stopped
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_split is None:
@@ -238,6 +258,8 @@ class TrainingRun:
 
     def save(self, output: TrainOutput, eval_metrics: dict[str, float]) -> TrainResult:
         """Adapter + tokenizer (its exact chat template) + metadata, all or nothing; then summary.json."""
+        from ..plots import plot_after_training
+        from .saving import model_card_file
         from .summary import build_summary, checkpoint_meta, print_summary
 
         dirs = self.dirs
@@ -245,9 +267,11 @@ class TrainingRun:
                                 self.started, self.hardware, self.trainer)
         with self.stages.stage(f"Saving adapter to {dirs.checkpoint}"):
             meta = checkpoint_meta(self.recipe, self.backend_name, summary, self.validation_file)
-            save_adapter(self.model, self.tokenizer, dirs.checkpoint, {META_FILE: meta.to_json()},
+            save_adapter(self.model, self.tokenizer, dirs.checkpoint,
+                         {META_FILE: meta.to_json(), **model_card_file(meta, dirs.checkpoint)},
                          last_good=latest_checkpoint(dirs.checkpoint))
         (dirs.logs / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        plot_after_training(dirs.logs, self.log)
         print_summary(summary, self.log)
         return TrainResult(dirs.name, dirs.checkpoint, dirs.logs, summary, model=self.model, tokenizer=self.tokenizer)
 
@@ -260,14 +284,3 @@ def snapshot_recipe(recipe: Recipe, dirs: RunDirs) -> None:
     staged = dirs.checkpoint / f".{RECIPE_SNAPSHOT}.tmp"
     staged.write_text(recipe.to_toml(), encoding="utf-8")
     staged.replace(dirs.checkpoint / RECIPE_SNAPSHOT)
-
-
-def tensorboard_callbacks(dirs: RunDirs) -> list[TrainerCallback]:
-    from ..hardware import has_module
-
-    if not has_module("tensorboard"):
-        return []
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(dirs.logs / "tensorboard")))]

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from .trainer import CountingTrainer
 
 
+class BestCheckpoint(TypedDict):
+    """The evaluation with the lowest validation loss, whose checkpoint became the final adapter."""
+
+    step: int
+    eval_loss: float
+
+
 class RunSummary(TypedDict, total=False):
     """summary.json, the run summary table and the checkpoint metadata's `summary`."""
 
@@ -43,8 +50,18 @@ class RunSummary(TypedDict, total=False):
     peak_memory_kind: str
     wall_seconds: float
     stage_seconds: dict[str, float]
+    processes: int
+    """Processes that trained together (torchrun / accelerate launch); 1 for a plain run."""
+    global_batch: int
+    """Sequences per optimizer step over all processes: per-device batch x grad-accum x processes."""
     eval_loss: float
     eval_perplexity: float
+    best_checkpoint: BestCheckpoint
+    """With early stopping: the best evaluation, the one the adapter was saved from."""
+    stopped_early: bool
+    """With early stopping: whether it stopped training before max_steps / epochs."""
+    stopped_at_step: int
+    """The step early stopping ended training at (only when it did)."""
 
 
 def count_parameters(model: Model) -> tuple[int, int]:
@@ -58,7 +75,10 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
                   trainer: CountingTrainer) -> RunSummary:
     from ..hardware import memory_snapshot
 
-    losses = [float(r["loss"]) for r in history if "loss" in r]
+    # The trainer's log history, not only this process's: after --resume it holds the steps before the resume point too,
+    # so first_loss is the run's first loss, not the first one after resuming.
+    losses = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r] or [
+        float(r["loss"]) for r in history if "loss" in r]
     peak = memory_snapshot(hardware).get("peak")
     summary: RunSummary = {
         "run_name": dirs.name,
@@ -75,11 +95,36 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
         "peak_memory_kind": "GPU allocated" if hardware.is_cuda else "process RSS",
         "wall_seconds": round(time.monotonic() - started, 2),
         "stage_seconds": timings,
+        "processes": trainer.args.world_size,
+        "global_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
     }
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
     if "eval_perplexity" in eval_metrics:
         summary["eval_perplexity"] = eval_metrics["eval_perplexity"]
+    summary.update(early_stopping_summary(trainer))
+    return summary
+
+
+def early_stopping_summary(trainer: CountingTrainer) -> RunSummary:
+    """best_checkpoint and stopped_early, read from the trainer's own records; {} when early stopping is off."""
+    from transformers import EarlyStoppingCallback
+
+    stopper = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    if stopper is None:
+        return {}
+    state = trainer.state
+    out_of_patience = stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+    summary: RunSummary = {"stopped_early": out_of_patience and state.global_step < state.max_steps}
+    if summary["stopped_early"]:
+        summary["stopped_at_step"] = state.global_step
+    # The checkpoint load_best_model_at_end loaded (every evaluation is saved, so it is the best evaluation's).
+    best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else ""
+    step = int(best.removeprefix("checkpoint-")) if best.removeprefix("checkpoint-").isdigit() else state.best_global_step
+    losses = [float(r["eval_loss"]) for r in state.log_history if r.get("step") == step and "eval_loss" in r]
+    if step and losses:
+        summary["best_checkpoint"] = {"step": step, "eval_loss": losses[0]}  # [1:]: the evaluation after training
     return summary
 
 
@@ -90,7 +135,9 @@ def print_summary(summary: RunSummary, log: RunLog) -> None:
     table.add_column(style="dim")
     table.add_column()
     for key, value in summary.items():
-        if isinstance(value, dict):  # stage_seconds
+        if key == "best_checkpoint" and isinstance(value, dict):
+            value = f"step {value['step']}, eval_loss {value['eval_loss']:.4g}"
+        elif isinstance(value, dict):  # stage_seconds
             value = ", ".join(f"{name.split(' ')[0].lower()} {sec:.1f}s" for name, sec in value.items())
         table.add_row(key, _short(value))
     console.print(table)
