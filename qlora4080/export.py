@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import META_FILE, CheckpointMeta
+from .checkpoint import META_FILE, RECIPE_SNAPSHOT, CheckpointMeta
 from .errors import QloraError
-from .model_card import CARD_FILE, CARD_MARKER, card_for_checkpoint
+from .model_card import CARD_FILE, CARD_MARKER, card_for_checkpoint, home_as_tilde
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message
@@ -132,8 +132,23 @@ def publish(checkpoint: Path, repo_id: str, *, token: str, private: bool = False
     folder = merged_dir or checkpoint
     own = _own_card(folder / CARD_FILE)
     card = None if own else card_for_checkpoint(checkpoint, load_from=repo_id, merged=merged_dir is not None)
-    url = push_folder(folder, repo_id, token=token, private=private, card=card)
+    url = push_folder(folder, repo_id, token=token, private=private, card=card, rewritten=_without_home(folder))
     return PushResult(url=url, kept_own_card=own)
+
+
+# Small files that hold this machine's paths (the recipe's data files, the base model's folder, the folder merged
+# from): uploaded with the home folder written as ~, as the card writes it. The files on disk keep their paths.
+PATH_FILES = (META_FILE, RECIPE_SNAPSHOT, "adapter_config.json", "qlora4080_export.json")
+
+
+def _without_home(folder: Path) -> dict[str, str]:
+    texts = {}
+    for name in PATH_FILES:
+        try:
+            texts[name] = home_as_tilde((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue  # absent (or not text): uploaded as it is, if at all
+    return texts
 
 
 @dataclass

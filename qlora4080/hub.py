@@ -21,7 +21,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -99,17 +99,24 @@ def cache_only_unless_reachable() -> Iterator[bool]:
 
 UPLOAD_TIMEOUT_SECONDS = 60.0
 """Seconds without progress (connect, send, answer) after which an upload gives up."""
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-# Never uploaded: the trainer's resumable checkpoints (optimizer state, gigabytes), its stray TensorBoard
-# folder, run locks, staging and temporary files, and hidden files (the run marker).
-_SKIPPED_FOLDERS = re.compile(r"checkpoint-\d+|runs|__pycache__")
+# The hub's own rule (huggingface_hub's validate_repo_id): each part starts with a letter or digit and ends with a
+# letter, digit or '_', at most 96 characters, no '--' or '..'. Checked here, before a merge of minutes, not by the hub after.
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+REPO_ID = re.compile(f"{_REPO_PART}/{_REPO_PART}")
+# Never uploaded: the trainer's resumable checkpoints (optimizer state, gigabytes) and their files wherever they
+# are, its stray TensorBoard folder, the trackers' folders (when output.runs_dir is the checkpoints folder, runs/<run>
+# is checkpoints/<run>: W&B's debug logs name the machine and user), run locks, staging and temporary files, and
+# hidden files (the run marker).
+_SKIPPED_FOLDERS = re.compile(r"checkpoint-\d+|runs|__pycache__|wandb|mlruns|tensorboard")
+_SKIPPED_FILES = re.compile(r"optimizer\.pt|scheduler\.pt|rng_state(_\d+)?\.pth|training_args\.bin|trainer_state\.json")
 _SKIPPED_SUFFIXES = (".lock", ".tmp", ".part", ".incomplete", "~")
 
 
 def check_repo_id(repo_id: str) -> None:
-    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
+    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id or repo_id.endswith(".git"):
         raise QloraError(f"{repo_id!r} is not a hub repository name", where="--push-to-hub",
-                         hint="give it as owner/name, e.g. --push-to-hub my-name/qwen3-4b-emoji (letters, digits, '-', '_', '.')")
+                         hint="give it as owner/name, e.g. --push-to-hub my-name/qwen3-4b-emoji (letters, digits, '-', '_', '.'; "
+                              "no '--' or '..', not ending in '-' or '.')")
 
 
 def check_can_push(repo_id: str) -> str:
@@ -140,20 +147,23 @@ def upload_selection(folder: Path) -> list[str]:
         parents, name = relative.parts[:-1], relative.name
         if any(part.startswith(".") or _SKIPPED_FOLDERS.fullmatch(part) for part in parents):
             continue
-        if not path.is_file() or name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES):
+        if not path.is_file() or name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES) or _SKIPPED_FILES.fullmatch(name):
             continue
         chosen.append(relative.as_posix())
     return chosen
 
 
 def push_folder(folder: Path, repo_id: str, *, token: str, private: bool, card: str | None,
-                timeout: float = UPLOAD_TIMEOUT_SECONDS) -> str:
-    """Create the repo (if new) and upload the selected files of `folder`, with `card` as README.md. Returns the URL."""
+                timeout: float = UPLOAD_TIMEOUT_SECONDS, rewritten: Mapping[str, str] | None = None) -> str:
+    """Create the repo (if new) and upload the selected files of `folder`, with `card` as README.md. Returns the URL.
+
+    `rewritten` gives the uploaded text of some of the files (the folder's own copies are left as they are).
+    """
     files = upload_selection(folder)
     if not files:
         raise QloraError(f"{folder} holds no files to upload", where=str(folder))
     with tempfile.TemporaryDirectory(prefix=".qlora4080-upload-", dir=_staging_parent(folder)) as staging:
-        stage_files(folder, files, Path(staging), card)
+        stage_files(folder, files, Path(staging), card, rewritten)
         return _upload(Path(staging), repo_id, token=token, private=private, timeout=timeout)
 
 
@@ -163,11 +173,17 @@ def _staging_parent(folder: Path) -> Path | None:
     return parent if os.access(parent, os.W_OK | os.X_OK) else None
 
 
-def stage_files(folder: Path, files: list[str], staging: Path, card: str | None) -> None:
-    """Hard links where the file system allows (no copy of gigabytes), else copies; the card replaces README.md."""
+def stage_files(folder: Path, files: list[str], staging: Path, card: str | None,
+                rewritten: Mapping[str, str] | None = None) -> None:
+    """Hard links where the file system allows (no copy of gigabytes), else copies; the card replaces README.md,
+    and the text of a file in `rewritten` replaces that file's (written anew, never through a link)."""
+    rewritten = rewritten or {}
     for name in files:
         target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        if name in rewritten:
+            target.write_text(rewritten[name], encoding="utf-8")
+            continue
         try:
             os.link(folder / name, target)
         except OSError:

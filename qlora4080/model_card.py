@@ -63,8 +63,9 @@ def build_model_card(card: CardInputs) -> str:
     if card.eval_markdown:
         parts += ["## Evaluation", "", _demote_headings(card.eval_markdown.strip()), ""]
     parts += _usage_section(card)
-    parts += ["## Recipe", "", "The resolved recipe of this run (file paths are those of the machine it trained on):", "",
-              "```toml", card.recipe_toml.strip(), "```", ""]
+    if card.recipe_toml.strip():
+        parts += ["## Recipe", "", "The resolved recipe of this run (file paths are those of the machine it trained on):", "",
+                  "```toml", card.recipe_toml.strip(), "```", ""]
     return "\n".join(parts)
 
 
@@ -146,8 +147,8 @@ def _early_stopping_rows(summary: Mapping[str, object]) -> list[tuple[str, str]]
     """With early stopping the weights are the best evaluation's, not the last step's: the card says which step."""
     rows = []
     if summary.get("stopped_early") is True:
-        rows.append(("stopped early", f"at step {summary.get('stopped_at_step', summary.get('steps'))}: the validation loss "
-                                      "had stopped improving"))
+        step = summary.get("stopped_at_step", summary.get("steps"))
+        rows.append(("stopped early", f"at step {step}: the validation loss had stopped improving"))
     best = summary.get("best_checkpoint")
     if isinstance(best, Mapping) and isinstance(best.get("step"), int) and isinstance(best.get("eval_loss"), (int, float)):
         rows.append(("weights from", f"step {best['step']}, the best evaluation (eval loss {best['eval_loss']:.4g})"))
@@ -215,19 +216,27 @@ def card_for_checkpoint(checkpoint: Path, *, load_from: str | None = None, merge
     if meta is None:
         raise QloraError(f"{checkpoint} is not a qlora4080 checkpoint (no qlora4080.json)",
                          hint="pass checkpoints/<run> as written by `qlora4080 train`")
-    snapshot = checkpoint / RECIPE_SNAPSHOT
-    recipe_toml = snapshot.read_text(encoding="utf-8") if snapshot.is_file() else ""
+    recipe_toml = _recipe_text(checkpoint / RECIPE_SNAPSHOT)
     recipe = _parse(recipe_toml)
     hub_base, license_id = base_model_facts(meta.base_model)
     data, note = data_lines(recipe)
     return build_model_card(CardInputs(
-        run_name=checkpoint.name, base_model=meta.base_model, method=meta.method, recipe_toml=_home_as_tilde(recipe_toml),
+        run_name=checkpoint.name, base_model=meta.base_model, method=meta.method, recipe_toml=home_as_tilde(recipe_toml),
         load_from=load_from or str(checkpoint), hub_base_model=hub_base, license=license_id,
         load_in_4bit=meta.load_in_4bit, merged=merged, data=data, data_note=note,
         summary=meta.summary,
         eval_markdown=_eval_markdown(recipe, checkpoint.name) if with_eval else None,
         versions={k: v for k, v in meta.versions.items() if k in ("qlora4080", "transformers", "trl", "peft", "torch")},
     ))
+
+
+def _recipe_text(snapshot: Path) -> str:
+    """The recipe snapshot's text; "" when it is missing or damaged (the card then leaves the recipe out)."""
+    try:
+        text = snapshot.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return text if _parse(text) else ""
 
 
 def base_model_facts(name: str) -> tuple[str | None, str | None]:
@@ -261,12 +270,12 @@ def _eval_markdown(recipe: Mapping[str, object], run_name: str) -> str | None:
     runs_dir = _table(recipe, "output").get("runs_dir", "runs")
     path = Path(str(runs_dir)) / run_name / "eval.md"
     try:
-        return _home_as_tilde(path.read_text(encoding="utf-8")) if path.is_file() else None  # it names the data file
-    except OSError:
+        return home_as_tilde(path.read_text(encoding="utf-8")) if path.is_file() else None  # it names the data file
+    except (OSError, UnicodeDecodeError):
         return None
 
 
-def _home_as_tilde(text: str) -> str:
-    """A published card need not show the account's home folder: /home/me/data -> ~/data."""
+def home_as_tilde(text: str) -> str:
+    """Published text (the card, the uploaded metadata) need not show the account's home folder: /home/me/data -> ~/data."""
     home = str(Path.home())
     return text.replace(home + "/", "~/") if len(home) > 1 else text

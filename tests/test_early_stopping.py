@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_RECIPE, write_recipe
 from test_cli_runner import flat, invoke
+from test_resume import SigintAt
 
 from qlora4080 import load_recipe, train
+from qlora4080.training.interrupts import TrainingInterrupted
 
 MAX_STEPS = 30
 STOPPING = {"max_steps": MAX_STEPS, "eval_steps": 1, "early_stopping_patience": 2, "learning_rate": 2e-2,
@@ -63,14 +65,32 @@ def test_training_stops_when_the_validation_loss_stops_improving(tiny_model_dir:
     assert summary["steps"] == best_step + 2 < MAX_STEPS
     assert summary["stopped_early"] is True and summary["stopped_at_step"] == summary["steps"]
     assert summary["best_checkpoint"] == {"step": best_step, "eval_loss": pytest.approx(best_loss)}
-    # save_total_limit = 1: the rotation keeps the best checkpoint, not the last one, and that is the saved adapter.
-    assert sorted(p.name for p in result.checkpoint_dir.glob("checkpoint-*")) == [f"checkpoint-{best_step}"]
+    # save_total_limit = 1 keeps 2 with early stopping: the best checkpoint (the saved adapter) and the last one.
+    assert {p.name for p in result.checkpoint_dir.glob("checkpoint-*")} == {f"checkpoint-{best_step}",
+                                                                           f"checkpoint-{summary['steps']}"}
     saved, best = adapter_tensors(result.checkpoint_dir), adapter_tensors(result.checkpoint_dir / f"checkpoint-{best_step}")
     assert saved.keys() == best.keys() and all(saved[k].equal(best[k]) for k in saved)
     # The evaluation after training is of the best model, and summary.json says what the table said.
     assert summary["eval_loss"] == pytest.approx(best_loss, rel=1e-4)
     on_disk = json.loads((result.run_dir / "summary.json").read_text())
     assert on_disk["best_checkpoint"]["step"] == best_step and on_disk["stopped_early"] is True
+
+
+def test_ctrl_c_keeps_the_checkpoint_it_resumes_from(tiny_model_dir: Path, tmp_path: Path):
+    """With save_total_limit = 1 transformers deletes all but the best checkpoint when training ends, Ctrl-C included;
+    the checkpoint Ctrl-C saved must survive, so --resume goes on from the step it stopped at."""
+    training = {**STOPPING, "max_steps": 6, "eval_steps": 2, "early_stopping_patience": 10}  # never runs out
+    recipe = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), data=zebra_data(tmp_path), training=training))
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, run_name="cut", live=False, callbacks=[SigintAt(2)])  # stops at the end of step 3
+    assert (Path("checkpoints/cut/checkpoint-3") / "trainer_state.json").is_file(), "the resume point was deleted"
+    first_loss = json.loads(Path("runs/cut/metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    resumed = train(recipe, run_name="cut", resume=True, live=False)
+    logged = [json.loads(line) for line in Path("runs/cut/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6], "resumed at step 3, not at the best one"
+    assert resumed.summary["steps"] == 6 and resumed.summary["stopped_early"] is False
+    assert resumed.summary["first_loss"] == pytest.approx(first_loss)  # the run's first loss, not the resumed one's
 
 
 @pytest.mark.parametrize("method", ["orpo", "dpo"])

@@ -70,6 +70,17 @@ def test_body_has_the_recipe_data_results_and_loading_code() -> None:
     assert "Q4_1 GGUF" in card  # the built-in base is a de-quantized copy: the card says so
 
 
+def test_an_early_stopped_run_says_which_step_its_weights_are_from() -> None:
+    """The adapter of an early-stopped run is the best evaluation's, not the last step's: the card must not imply otherwise."""
+    stopped = {**SUMMARY, "steps": 14, "stopped_early": True, "stopped_at_step": 14,
+               "best_checkpoint": {"step": 10, "eval_loss": 0.4769}}
+    card = build_model_card(_inputs(summary=stopped))
+    assert "| stopped early | at step 14: the validation loss had stopped improving |" in card
+    assert "| weights from | step 10, the best evaluation (eval loss 0.4769) |" in card
+    plain = build_model_card(_inputs())
+    assert "stopped early" not in plain and "weights from" not in plain
+
+
 def test_merged_card_loads_the_model_directly() -> None:
     card = build_model_card(_inputs(merged=True, load_from="me/demo-merged"))
     assert _front_matter(card)["library_name"] == "transformers" and "merged" in card.split("---")[1]
@@ -108,6 +119,16 @@ def test_checkpoint_card_counts_the_data_files_and_includes_a_later_eval(tmp_pat
     (tmp_path / "runs" / "run1").mkdir(parents=True)
     (tmp_path / "runs" / "run1" / "eval.md").write_text("# Evaluation\n\n| metric | adapter |\n|---|---|\n| perplexity | 1.5 |\n")
     assert "| perplexity | 1.5 |" in card_for_checkpoint(folder, load_from="me/run1")
+
+
+def test_a_damaged_recipe_snapshot_leaves_the_recipe_out_of_the_card(tmp_path: Path) -> None:
+    """export --push-to-hub writes the card anew: a snapshot that is not text (or not TOML) must not stop the upload."""
+    folder = _checkpoint(tmp_path, RECIPE)
+    for damaged in (b"\xff\xfe\x00 not text", b"[model\nname = "):
+        (folder / RECIPE_SNAPSHOT).write_bytes(damaged)
+        card = card_for_checkpoint(folder, load_from="me/run1")
+        assert CARD_MARKER in card and "## Recipe" not in card and "## Results" in card
+        assert _front_matter(card)["base_model"] == "someone/base-model"
 
 
 def test_checkpoint_card_shows_each_source_of_a_data_build(tmp_path: Path) -> None:

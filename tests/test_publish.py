@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import CLI
@@ -101,7 +103,10 @@ def test_upload_selection_leaves_out_trainer_checkpoints_locks_and_temp_files(tm
     for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "qlora4080.json", "recipe.toml",
                  "tokenizer.json", "sub/extra.txt", "checkpoint-10/optimizer.pt", "checkpoint-10/adapter_model.safetensors",
                  "runs/Nov24/events.out.tfevents.1", ".qlora4080-run", ".saving-123/adapter_model.safetensors",
-                 ".recipe.toml.tmp", "model.safetensors.part", "x.lock", "notes.txt~"):
+                 ".recipe.toml.tmp", "model.safetensors.part", "x.lock", "notes.txt~",
+                 # the trainer's state outside checkpoint-N/, and the trackers' folders when runs_dir is checkpoints_dir
+                 "optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_1.pth", "training_args.bin", "trainer_state.json",
+                 "wandb/debug.log", "mlruns/0/meta.yaml", "tensorboard/events.out.tfevents.1"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(name)
     assert hub.upload_selection(folder) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
@@ -134,6 +139,7 @@ def test_publish_uploads_the_staged_folder_with_a_fresh_card(tiny_checkpoint: Pa
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: SimpleNamespace(private=True))
     before = (tiny_checkpoint / "README.md").read_text()
     result = publish(tiny_checkpoint, "me/tiny-adapter", token="hf_dummy", private=True)
     assert result.url == "https://hub.example/me/tiny-adapter" and calls["repo"] == ("me/tiny-adapter", True)
@@ -159,3 +165,57 @@ def test_publish_keeps_a_card_written_by_hand(tiny_checkpoint: Path, tmp_path: P
                         sent.append((Path(folder_path) / "README.md").read_text()))
     assert publish(folder, "me/mine", token="hf_dummy").kept_own_card
     assert sent == ["# My adapter\n\nHand-written.\n"]
+
+
+def test_private_is_refused_for_an_existing_public_repo(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_repo(exist_ok=True) leaves an existing repo public: --private must not upload into it."""
+    from huggingface_hub import HfApi
+
+    from qlora4080.export import publish
+
+    uploads: list[str] = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hub.example/{repo_id}")
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: SimpleNamespace(private=False))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, folder_path, repo_id, **kw: uploads.append(repo_id))
+    with pytest.raises(QloraError, match="me/public already exists and is public") as refused:
+        publish(tiny_checkpoint, "me/public", token="hf_dummy", private=True)
+    assert "nothing was uploaded" in refused.value.hint and uploads == []
+    publish(tiny_checkpoint, "me/public", token="hf_dummy", private=False)  # without --private it is the user's choice
+    assert uploads == ["me/public"]
+
+
+def test_uploaded_metadata_writes_the_home_folder_as_tilde(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qlora4080.json, recipe.toml and adapter_config.json name this machine's paths: the hub gets ~, the disk keeps them."""
+    from huggingface_hub import HfApi
+
+    from qlora4080.export import publish
+
+    home = tiny_checkpoint.parents[2]  # holds the tiny model, the recipe and the data paths of the run
+    monkeypatch.setenv("HOME", str(home))
+    on_disk = {name: (tiny_checkpoint / name).read_text() for name in ("qlora4080.json", "recipe.toml", "adapter_config.json")}
+    assert all(f"{home}/" in text for text in on_disk.values()), "the test needs paths under the home folder"
+    sent: dict[str, str] = {}
+
+    def upload_folder(self: HfApi, *, folder_path: Path, repo_id: str, **kwargs: object) -> None:
+        sent.update({name: (Path(folder_path) / name).read_text() for name in on_disk})
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hub.example/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    publish(tiny_checkpoint, "me/tiny-adapter", token="hf_dummy")
+    for name, text in sent.items():
+        assert f"{home}/" not in text and "~/" in text, name
+    assert json.loads(sent["qlora4080.json"])["recipe_path"].startswith("~/")
+    assert {name: (tiny_checkpoint / name).read_text() for name in on_disk} == on_disk  # never written through a link
+
+
+@pytest.mark.parametrize("name", ["me/name-", "me/na--me", "me/name.", "me-/name", "me/" + "a" * 97, "me/x.git"])
+def test_repo_names_the_hub_refuses_are_refused_before_any_merge(name: str) -> None:
+    """The hub's own check (validate_repo_id) would raise only inside create_repo, after the merge and as a traceback."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    with pytest.raises(HFValidationError):
+        validate_repo_id(name)
+    with pytest.raises(QloraError, match="is not a hub repository name"):
+        hub.check_repo_id(name)
+    hub.check_repo_id("my-name/qwen3-4b_emoji.v2")  # what the hub takes passes

@@ -232,14 +232,6 @@ def test_non_finite_numbers_in_a_summary_are_listed_not_a_traceback(two_runs: Pa
     assert (fast["final_loss"], fast["eval_loss"], fast["wall_seconds"]) == (None, None, None)
 
 
-def test_a_damaged_summary_says_so_in_the_status(two_runs: Path, tmp_path: Path) -> None:
-    runs, checkpoints = _copy_runs(two_runs, tmp_path)
-    (runs / "fast" / "summary.json").write_text('{"steps": 4, "last_lo')
-    [fast] = [run for run in _json("runs", "--runs-dir", str(runs), "--checkpoints-dir", str(checkpoints), "--json")
-              if run["name"] == "fast"]
-    assert (fast["status"], fast["status_note"]) == ("finished", "summary.json damaged")
-
-
 def test_plot_out_never_replaces_a_file_that_is_not_a_png(two_runs: Path, tmp_path: Path) -> None:
     runs, _ = _copy_runs(two_runs, tmp_path)
     metrics = runs / "fast" / "metrics.jsonl"
@@ -263,3 +255,14 @@ def test_a_run_can_be_named_by_its_folder(two_runs: Path, tmp_path: Path, monkey
     (tmp_path / "runs").mkdir()
     code, output = _run("runs", "plot", "runs/fast", "--runs-dir", str(tmp_path / "runs"))
     assert code == 2 and "runs/fast is a run folder outside" in output and "pass --runs-dir runs and the name fast" in output
+
+
+def test_names_from_folders_are_shown_as_they_are_not_as_markup(two_runs: Path, tmp_path: Path) -> None:
+    runs, checkpoints = _copy_runs(two_runs, tmp_path)
+    shutil.copytree(runs / "fast", runs / "[red]copy")  # a run folder copied by hand
+    code, output = _run("runs", "--runs-dir", str(runs), "--checkpoints-dir", str(checkpoints))
+    assert code == 0 and "[red]copy" in output
+    code, output = _run("runs", "compare", "[red]copy", "fast", "--runs-dir", str(runs), "--checkpoints-dir", str(checkpoints))
+    assert code == 0 and "[red]copy" in output
+    code, output = _run("runs", "plot", "[red]copy", "--runs-dir", str(runs))
+    assert code == 0 and "[red]copy/loss.png" in output

@@ -150,3 +150,50 @@ def test_a_tracker_that_is_not_installed_is_refused_before_anything_loads(tiny_m
     assert "output.report_to names wandb, which is not installed" in text
     assert "pip install 'qlora4080[trackers]'" in text and "recipe.toml" in text
     assert not (tmp_path / "checkpoints").exists(), "refused before any run folder (or model) was made"
+
+
+def test_a_run_stopped_by_an_exception_ends_its_tracker_runs_as_failed(tiny_model_dir: Path, tmp_path: Path,
+                                                                       clean_environment: None, monkeypatch: pytest.MonkeyPatch):
+    """No callback is told when the trainer raises; train() ends the trackers' runs as failed itself."""
+    from transformers import TrainerCallback
+
+    from qlora4080.training.trackers import close_failed_run
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("crash at step 1")
+
+    recipe = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), training=QUICK, output={"report_to": ["mlflow", "wandb"]}))
+    with pytest.raises(RuntimeError, match="crash at step 1"):
+        train(recipe, run_name="crashed", live=False, callbacks=[Crash()])
+    assert not any(name in os.environ for name in TRACKER_ENVIRONMENT), "the run's settings did not outlive it"
+    import mlflow
+    import wandb
+
+    assert wandb.run is None and mlflow.active_run() is None
+    close_failed_run()  # nothing open: nothing happens
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(Path("runs/crashed/mlruns")).resolve().as_uri())
+    [run] = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
+    assert run.info.run_name == "crashed" and run.info.status == "FAILED"
+
+
+def test_an_online_wandb_run_without_login_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path,
+                                                            clean_environment: None, monkeypatch: pytest.MonkeyPatch):
+    """WANDB_MODE=online with no API key: wandb refuses in on_train_begin; that is a QloraError, not a traceback."""
+    from qlora4080.errors import QloraError
+
+    for name in ("WANDB_API_KEY", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no stored W&B login
+    monkeypatch.setenv("WANDB_MODE", "online")
+    recipe = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), training=QUICK, output={"report_to": ["wandb", "mlflow"]}))
+    with pytest.raises(QloraError, match="wandb could not start this run's tracking") as refused:
+        train(recipe, run_name="not-logged-in", live=False)
+    assert refused.value.where == "[output] report_to" and "wandb login" in (refused.value.hint or "")
+    assert not any(name in os.environ for name in TRACKER_ENVIRONMENT if name != "WANDB_MODE"), "settings restored"
+    import wandb
+
+    assert wandb.run is None

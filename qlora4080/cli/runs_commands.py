@@ -91,13 +91,14 @@ def runs_plot(
     if out is not None:
         check_plot_target(out)  # a PNG file, never a run's metrics.jsonl or another file of the user's
         check_output_file(out, "--out")
-    console.print(f"loss plot written to {write_loss_plot(run.run_dir, out)}")
+    console.print(f"loss plot written to {write_loss_plot(run.run_dir, out)}", markup=False)
 
 
 def _print_list(records: list[RunRecord], runs_dir: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"Runs in {runs_dir}", title_justify="left")
+    table = Table(title=escape(f"Runs in {runs_dir}"), title_justify="left")
     for column in ("run", "status", "method", "base model", "started", "steps", "loss", "eval loss", "ppl", "eval.json",
                    "time", "peak GiB"):
         numeric = column in ("steps", "loss", "eval loss", "ppl", "time", "peak GiB")
@@ -105,9 +106,11 @@ def _print_list(records: list[RunRecord], runs_dir: Path) -> None:
                          overflow="fold", no_wrap=column in ("status", "started") or numeric)
     for run in records:
         status = run.status.status + (f" ({run.status.note})" if run.status.note else "")
-        table.add_row(run.name, f"[{STATUS_STYLE[run.status.status]}]{status}[/]", run.method or "?", _short_model(run.base_model),
+        # names and values come from folders and files: "[red]x" is a name, not markup
+        table.add_row(escape(run.name), f"[{STATUS_STYLE[run.status.status]}]{status}[/]", escape(run.method or "?"),
+                      escape(_short_model(run.base_model)),
                       run.started or "?", _fmt(run.steps), _fmt(run.final_loss), _fmt(run.eval_loss), _fmt(run.eval_perplexity),
-                      _eval_summary(run.eval_metrics), _duration(run.wall_seconds), _fmt(run.peak_memory_gib))
+                      escape(_eval_summary(run.eval_metrics)), _duration(run.wall_seconds), _fmt(run.peak_memory_gib))
     console.print(table)
     for run in records:
         for problem in run.problems:
@@ -115,15 +118,16 @@ def _print_list(records: list[RunRecord], runs_dir: Path) -> None:
 
 
 def _print_comparison(comparison: Comparison) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    names = [run.name for run in comparison.runs]
+    names = [escape(run.name) for run in comparison.runs]
     settings = Table(title="Recipe keys that differ", title_justify="left")
     settings.add_column("key")
     for name in names:
         settings.add_column(name, overflow="fold")
     for key, values in comparison.recipe_differences.items():
-        settings.add_row(key, *(_fmt(value) for value in values))
+        settings.add_row(escape(key), *(escape(_fmt(value)) for value in values))
     if comparison.recipe_differences:
         console.print(settings)
     elif all(run.recipe for run in comparison.runs):
@@ -131,7 +135,7 @@ def _print_comparison(comparison: Comparison) -> None:
     missing = [run.name for run in comparison.runs if not run.recipe]
     if missing:
         console.print(f"no recipe snapshot found for {', '.join(missing)} (pass --checkpoints-dir if the checkpoints are "
-                      "elsewhere)", style="yellow")
+                      "elsewhere)", style="yellow", markup=False)
     results = Table(title="Results", title_justify="left")
     results.add_column("")
     for name in names:
@@ -139,7 +143,7 @@ def _print_comparison(comparison: Comparison) -> None:
     results.add_row("status", *(run.status.status for run in comparison.runs))
     for label, values in comparison.results.items():
         if any(value is not None for value in values):
-            results.add_row(label, *(_fmt(value, percent=_is_rate(label)) for value in values))
+            results.add_row(escape(label), *(_fmt(value, percent=_is_rate(label)) for value in values))
     console.print(results)
 
 

@@ -73,6 +73,11 @@ def train(
             run.build_trainer(live, callbacks or [])
             output = run.fit()
             return _save_on_main_process(run, output, run.evaluate())
+        except BaseException:
+            from .trackers import close_failed_run
+
+            close_failed_run()  # the trainer calls no callback when it raises: the tracker runs end here, as failed
+            raise
         finally:
             log.close()
 

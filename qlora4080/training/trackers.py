@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from ..errors import QloraError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, as a package
@@ -46,6 +48,12 @@ if TYPE_CHECKING:
     from ..recipe import Recipe
     from .rundirs import RunDirs
 
+TRACKER_HINTS = {
+    "wandb": "unset WANDB_MODE (qlora4080 writes an offline run, `wandb sync` uploads it later), or run `wandb login` "
+             "for an online run, or remove \"wandb\" from output.report_to",
+    "mlflow": "check MLFLOW_TRACKING_URI (unset, qlora4080 writes a local store in runs/<run>/mlruns), "
+              "or remove \"mlflow\" from output.report_to",
+}
 WANDB_PROJECT = "qlora4080"
 """The W&B project runs go to unless WANDB_PROJECT names another."""
 MLFLOW_PARAM_CHARS = 6000
@@ -120,9 +128,24 @@ class TrackerRun:
         os.environ.update(settings)
         params = self.recipe_params
         if "wandb" in self.names:
-            self._open_wandb(params)
+            self._opening("wandb", lambda: self._open_wandb(params))
         if "mlflow" in self.names:
-            self._open_mlflow(params)
+            self._opening("mlflow", lambda: self._open_mlflow(params))
+
+    def _opening(self, name: str, open_tracker: Callable[[], None]) -> None:
+        """Open one tracker; its library's refusal (no W&B login for an online run, an MLflow server that is not
+        there) becomes a QloraError naming the setting, and what was opened is closed again."""
+        import importlib
+
+        errors = importlib.import_module("wandb.errors" if name == "wandb" else "mlflow.exceptions")
+        refusal = errors.Error if name == "wandb" else errors.MlflowException
+        try:
+            open_tracker()
+        except refusal as error:
+            self.close(failed=True)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise QloraError(f"{name} could not start this run's tracking: {first}", where="[output] report_to",
+                             hint=TRACKER_HINTS[name]) from None
 
     def _open_wandb(self, params: dict[str, object]) -> None:
         import wandb
