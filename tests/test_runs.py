@@ -43,7 +43,7 @@ def two_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     return result.exit_code, result.output
 
 
@@ -218,6 +218,17 @@ def test_a_failing_plot_is_a_warning_not_a_failed_run(tmp_path: Path, monkeypatc
     plots.plot_after_training(tmp_path, log)  # does not raise
     log.close()
     assert "warning: no loss plot: [Errno 28] No space left on device" in (tmp_path / "train.log").read_text()
+
+
+def test_a_narrow_terminal_keeps_the_name_and_status_and_drops_the_least_telling_columns() -> None:
+    from qlora4080.cli.runs_commands import COLUMN_WIDTHS, LIST_COLUMNS, _fitting_columns
+
+    narrow = _fitting_columns(80)
+    assert narrow[:2] == ["run", "status"] and len(narrow) < len(LIST_COLUMNS)
+    assert narrow == list(LIST_COLUMNS[:len(narrow)])  # the most telling ones, in order
+    assert 1 + sum(COLUMN_WIDTHS[column] + 3 for column in narrow) <= 80
+    assert _fitting_columns(300) == list(LIST_COLUMNS)
+    assert _fitting_columns(10) == ["run", "status"]  # never less than the name and the status
 
 
 def test_non_finite_numbers_in_a_summary_are_listed_not_a_traceback(two_runs: Path, tmp_path: Path) -> None:

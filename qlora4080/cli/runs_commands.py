@@ -94,24 +94,51 @@ def runs_plot(
     console.print(f"loss plot written to {write_loss_plot(run.run_dir, out)}", markup=False)
 
 
+# The list's columns, most telling first; a narrow terminal shows only those that fit (--json has them all).
+LIST_COLUMNS = ("run", "status", "steps", "loss", "eval loss", "time", "method", "peak GiB", "started", "ppl", "base model",
+                "eval.json")
+NUMERIC_COLUMNS = frozenset({"steps", "loss", "eval loss", "ppl", "time", "peak GiB"})
+# Width a column needs to stay readable (header or typical value), plus the table's borders and padding.
+COLUMN_WIDTHS = {"run": 16, "status": 10, "steps": 5, "loss": 6, "eval loss": 9, "time": 7, "method": 6, "peak GiB": 8,
+                 "started": 16, "ppl": 6, "base model": 16, "eval.json": 16}
+
+
+def _fitting_columns(width: int) -> list[str]:
+    shown, used = [], 1
+    for column in LIST_COLUMNS:
+        if used + COLUMN_WIDTHS[column] + 3 > width and len(shown) >= 2:
+            break
+        shown.append(column)
+        used += COLUMN_WIDTHS[column] + 3
+    return shown
+
+
 def _print_list(records: list[RunRecord], runs_dir: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    columns = _fitting_columns(console.width)
     table = Table(title=escape(f"Runs in {runs_dir}"), title_justify="left")
-    for column in ("run", "status", "method", "base model", "started", "steps", "loss", "eval loss", "ppl", "eval.json",
-                   "time", "peak GiB"):
-        numeric = column in ("steps", "loss", "eval loss", "ppl", "time", "peak GiB")
-        table.add_column(column, justify="right" if numeric else "left",
-                         overflow="fold", no_wrap=column in ("status", "started") or numeric)
+    for column in columns:
+        numeric = column in NUMERIC_COLUMNS
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold",
+                         no_wrap=column in ("status", "started") or numeric, min_width=min(COLUMN_WIDTHS[column], 12))
     for run in records:
         status = run.status.status + (f" ({run.status.note})" if run.status.note else "")
         # names and values come from folders and files: "[red]x" is a name, not markup
-        table.add_row(escape(run.name), f"[{STATUS_STYLE[run.status.status]}]{status}[/]", escape(run.method or "?"),
-                      escape(_short_model(run.base_model)),
-                      run.started or "?", _fmt(run.steps), _fmt(run.final_loss), _fmt(run.eval_loss), _fmt(run.eval_perplexity),
-                      escape(_eval_summary(run.eval_metrics)), _duration(run.wall_seconds), _fmt(run.peak_memory_gib))
+        cells = {
+            "run": escape(run.name), "status": f"[{STATUS_STYLE[run.status.status]}]{status}[/]",
+            "method": escape(run.method or "?"), "base model": escape(_short_model(run.base_model)),
+            "started": run.started or "?", "steps": _fmt(run.steps), "loss": _fmt(run.final_loss),
+            "eval loss": _fmt(run.eval_loss), "ppl": _fmt(run.eval_perplexity),
+            "eval.json": escape(_eval_summary(run.eval_metrics)), "time": _duration(run.wall_seconds),
+            "peak GiB": _fmt(run.peak_memory_gib),
+        }
+        table.add_row(*(cells[column] for column in columns))
     console.print(table)
+    if len(columns) < len(LIST_COLUMNS):
+        hidden = ", ".join(column for column in LIST_COLUMNS if column not in columns)
+        console.print(f"(not shown at this width: {hidden}; see a wider terminal, or --json)", style="dim")
     for run in records:
         for problem in run.problems:
             console.print(f"note: {run.name}: {problem}", style="yellow", markup=False, soft_wrap=True)
