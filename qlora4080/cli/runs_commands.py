@@ -104,7 +104,8 @@ COLUMN_WIDTHS = {"run": 16, "status": 10, "steps": 5, "loss": 6, "eval loss": 9,
 
 
 def _fitting_columns(width: int) -> list[str]:
-    shown, used = [], 1
+    shown: list[str] = []
+    used = 1
     for column in LIST_COLUMNS:
         if used + COLUMN_WIDTHS[column] + 3 > width and len(shown) >= 2:
             break
