@@ -79,8 +79,8 @@ def _check_two_process_run(work: Path, result: subprocess.CompletedProcess[str],
     assert len(records) == len(_metrics(one_process.run_dir))
     messages = _messages(run_dir / "train.log")
     assert len(messages) == len(set(messages)), "a line of train.log is written twice"
-    assert [m for m in messages if m.startswith("data build")] == [
-        f"data build {work / 'data_builds'}/{next((work / 'data_builds').iterdir()).name} (built)"]
+    [build] = [p for p in (work / "data_builds").iterdir() if not p.name.startswith(".")]  # not the build's lock file
+    assert [m for m in messages if m.startswith("data build")] == [f"data build {build} (built)"]
     assert output.count("Run summary") == 1 and output.count("Done.") == 1  # process 1 prints nothing
     assert "Traceback" not in output
 
