@@ -36,6 +36,17 @@ def read_toml(path: Path) -> dict[str, object]:
     return loads_toml(path.read_text(encoding="utf-8"))
 
 
+def flatten_table(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """{"training": {"learning_rate": 2e-4}} -> {"training.learning_rate": 2e-4}; arrays (and arrays of tables) stay values."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_table(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def dumps_toml(data: Mapping[str, object]) -> str:
     """`data` as TOML, laid out the way a person writes a recipe.
 

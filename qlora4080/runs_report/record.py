@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..perplexity import from_loss
-from ..toml_io import TOMLDecodeError, read_toml
+from ..toml_io import TOMLDecodeError, flatten_table, read_toml
 from .status import RunStatus, run_status
 
 SUMMARY_FILE = "summary.json"
@@ -139,17 +139,6 @@ def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict[str
     return records
 
 
-def flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
-    """{"training": {"learning_rate": 2e-4}} -> {"training.learning_rate": 2e-4}; lists stay whole."""
-    flat: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _fill_from_metrics(record: RunRecord, metrics: list[dict[str, object]]) -> None:
     """What a run that has not finished (no summary.json) has logged so far."""
     for row in metrics:
@@ -191,7 +180,7 @@ def _read_recipe(path: Path, problems: list[str]) -> dict[str, object]:
         problems.append(f"{path}: missing")
         return {}
     try:
-        return flatten(read_toml(path))
+        return flatten_table(read_toml(path))
     except (OSError, UnicodeDecodeError, TOMLDecodeError) as error:
         problems.append(f"{path}: {str(error).splitlines()[0]}")
         return {}

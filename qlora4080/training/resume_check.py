@@ -9,18 +9,11 @@ refused, all of them listed, before anything loads.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
 
 from ..errors import QloraError
 from ..recipe import SECTIONS, Recipe
-from ..toml_io import dumps_toml
+from ..toml_io import dumps_toml, flatten_table, loads_toml
 
 # Changing these on resume leaves the adapter, the data order and the schedule as they were.
 SAFE_ON_RESUME = frozenset({
@@ -30,20 +23,10 @@ SAFE_ON_RESUME = frozenset({
 IGNORED_ON_RESUME = ("output.",)
 
 
-def flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[object, object]]:
     """key -> (value in the run's snapshot, value now), for every key that differs."""
-    before = flatten(tomllib.loads(snapshot_text))
-    now = flatten(tomllib.loads(recipe.to_toml()))
+    before = flatten_table(loads_toml(snapshot_text))
+    now = flatten_table(loads_toml(recipe.to_toml()))
     # A key the snapshot lacks was added to the recipe after the run started: the run had its default.
     before |= {key: default for key in set(now) - set(before) if (default := schema_default(key)) is not None}
     return {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
@@ -57,7 +40,7 @@ def schema_default(key: str) -> object:
     if field is None or field.is_required():
         return None
     value = field.get_default(call_default_factory=True)
-    return tomllib.loads(dumps_toml({"v": value}))["v"] if value is not None else None
+    return loads_toml(dumps_toml({"v": value}))["v"] if value is not None else None
 
 
 def check_resume(recipe: Recipe, snapshot: Path, run_name: str) -> list[str]:

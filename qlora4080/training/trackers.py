@@ -26,7 +26,6 @@ exit hooks.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,11 +35,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from ..errors import QloraError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
+from ..toml_io import flatten_table, loads_toml
 
 if TYPE_CHECKING:
     from transformers.integrations import TensorBoardCallback
@@ -108,7 +103,7 @@ class TrackerRun:
     @property
     def recipe_params(self) -> dict[str, object]:
         """The resolved recipe as flat `section.key` -> value pairs."""
-        return flatten(tomllib.loads(self.recipe_toml))
+        return flatten_table(loads_toml(self.recipe_toml))
 
     def mlflow_settings(self, *, include_store: bool = True) -> dict[str, str]:
         """What MLflow needs from the environment; nothing the user has set is replaced."""
@@ -248,17 +243,6 @@ class CloseTrackerRun(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         if self.run.training_ended:  # the evaluation after training: its metrics are logged, nothing more comes
             self.run.close()
-
-
-def flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    """{"training": {"learning_rate": 1e-4}} -> {"training.learning_rate": 1e-4}; lists stay values."""
-    flat: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @contextmanager
