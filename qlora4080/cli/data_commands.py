@@ -60,7 +60,8 @@ def data_check(
 @data_app.command("build")
 @friendly_errors
 def data_build(
-    recipe: Path = typer.Argument(..., help="A recipe with [[data.sources]]."),
+    # "\\[" keeps Rich from reading [[data.sources]] as markup (it printed "A recipe with [].")
+    recipe: Path = typer.Argument(..., help="A recipe with \\[\\[data.sources]]."),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP),
     force: bool = typer.Option(False, "--force", help="Rebuild even if a build with the same inputs exists."),
     tokens: bool = typer.Option(True, "--tokens/--no-tokens",
