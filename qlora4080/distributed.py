@@ -54,9 +54,9 @@ def is_main_process() -> bool:
 
 def sharding_strategy() -> str | None:
     """The sharding accelerate launch set up from its config file: "FSDP", "DeepSpeed", or None (plain DDP)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+    if _env_flag("ACCELERATE_USE_FSDP"):
         return "FSDP"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
         return "DeepSpeed"
     return None
 
@@ -98,7 +98,7 @@ def start_process_group() -> None:
 
     if dist.is_initialized():
         return
-    use_cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() not in ("1", "true", "yes")
+    use_cuda = torch.cuda.is_available() and not _env_flag("ACCELERATE_USE_CPU")
     if use_cuda:
         torch.cuda.set_device(local_process_index())
     else:
@@ -185,6 +185,11 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     return f"{type(error).__name__}: {error}"
+
+
+def _env_flag(name: str) -> bool:
+    """A yes/no the launcher set ("true", "1", "yes"; anything else or unset is no)."""
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
 def _env_int(name: str, default: int) -> int:
