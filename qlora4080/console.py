@@ -6,21 +6,16 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from .distributed import process_index
 from .errors import QloraError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-_follower_index = 0
-"""Under several processes: this process's index when it is not process 0 (which alone speaks for the run)."""
 
 
 def speak_only_as_main_process() -> None:
     """Processes 1..N-1 print nothing but their own errors, one line each: process 0 shows the run once."""
-    global _follower_index
-    from .distributed import is_distributed, process_index
-
-    if is_distributed() and process_index() != 0:
-        _follower_index = process_index()
+    if process_index() != 0:
         console.quiet = True
 
 
@@ -30,15 +25,15 @@ def stage(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    if _follower_index:
+    if process_index():
         return  # process 0 says the same
     err_console.print(f"[yellow]warning:[/] {message}")
 
 
 def print_error(error: QloraError) -> None:
-    if _follower_index:
+    if follower := process_index():
         if not getattr(error, "shown_by_main_process", False):  # process 0's own failure is in its panel already
-            err_console.print(f"process {_follower_index}: error: {error}", markup=False, soft_wrap=True)
+            err_console.print(f"process {follower}: error: {error}", markup=False, soft_wrap=True)
         return
     body = Text()
     if error.where:
