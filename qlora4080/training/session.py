@@ -205,6 +205,7 @@ class TrainingRun:
 
     def fit(self) -> TrainOutput:
         """trainer.train() with OOM advice, and Ctrl-C turned into a saved, resumable stop."""
+        from ..preflight import global_batch
         from .oom import is_out_of_memory, out_of_memory_error
 
         t = self.recipe.training
@@ -212,7 +213,7 @@ class TrainingRun:
         unit = "conversations" if t.method == "sft" else "preference pairs"
         processes = self.trainer.args.world_size
         batch = f"batch {t.batch_size} x grad-accum {t.grad_accum}" + (
-            f" x {processes} processes = global batch {t.batch_size * t.grad_accum * processes}" if processes > 1 else "")
+            f" x {processes} processes = global batch {global_batch(self.recipe, processes)}" if processes > 1 else "")
         stage(f"Training: {self.train_split.conversations} {unit}, {batch}, {steps} steps, lr {t.learning_rate}")
         started = time.monotonic()
         try:
