@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import QloraError
 from ..training.rundirs import is_run_folder
+from ..training.runlog import line_seconds
 from .compare import Comparison, compare_runs
 from .record import RunRecord, read_metrics, read_run
 
@@ -71,11 +72,7 @@ def _started_key(folder: Path) -> float:
 
 
 def _first_write(log: Path) -> float:
-    import time
-
     with log.open("r", encoding="utf-8", errors="replace") as handle:
         first = handle.readline()
-    try:
-        return time.mktime(time.strptime(first[:19], "%Y-%m-%d %H:%M:%S"))
-    except ValueError:
-        return log.stat().st_mtime
+    written = line_seconds(first)
+    return written if written is not None else log.stat().st_mtime

@@ -11,14 +11,15 @@ listing never stops at one bad run.
 from __future__ import annotations
 
 import json
-import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..perplexity import from_loss
 from ..toml_io import TOMLDecodeError, flatten_table, read_toml
-from .status import RunStatus, run_status
+from ..training.runlog import TIME_FORMAT, line_seconds
+from .status import RUN_START, RunStatus, run_status
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -26,8 +27,6 @@ LOG_FILE = "train.log"
 EVAL_FILE = "eval.json"
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
 
-_RECIPE_LINE = re.compile(r"^\S+ \S+ run \S+(?: \(resumed from .*\))?: recipe (.+)$")
-_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
 
 
 @dataclass
@@ -144,11 +143,11 @@ def _fill_from_metrics(record: RunRecord, metrics: list[dict[str, object]]) -> N
     for row in metrics:
         if isinstance(step := row.get("step"), int):
             record.steps = max(record.steps or 0, step)
-        if (loss := _number(row.get("loss"))) is not None:
+        if (loss := json_number(row.get("loss"))) is not None:
             record.final_loss = loss
-        if (eval_loss := _number(row.get("eval_loss"))) is not None:
+        if (eval_loss := json_number(row.get("eval_loss"))) is not None:
             record.eval_loss = eval_loss
-        if (peak := _number(row.get("mem_peak_gib"))) is not None:
+        if (peak := json_number(row.get("mem_peak_gib"))) is not None:
             record.peak_memory_gib = max(record.peak_memory_gib or 0.0, peak)
 
 
@@ -158,7 +157,7 @@ def _fill_from_summary(record: RunRecord, summary: dict[str, object]) -> None:
     record.steps = steps if isinstance(steps, int) else record.steps
     for name in ("final_loss", "eval_loss", "eval_perplexity", "wall_seconds", "peak_memory_gib"):
         key = "last_loss" if name == "final_loss" else name
-        if (value := _number(summary.get(key))) is not None:
+        if (value := json_number(summary.get(key))) is not None:
             setattr(record, name, value)
     record.peak_memory_kind = _text(summary.get("peak_memory_kind"))
 
@@ -172,7 +171,7 @@ def _read_eval(path: Path, problems: list[str]) -> dict[str, float]:
     if not isinstance(column, dict):
         problems.append(f"{path}: no \"adapter\" results in it")
         return {}
-    return {key: float(value) for key, value in column.items() if _number(value) is not None}
+    return {key: float(value) for key, value in column.items() if json_number(value) is not None}
 
 
 def _read_recipe(path: Path, problems: list[str]) -> dict[str, object]:
@@ -212,27 +211,25 @@ def _read_lines(path: Path, problems: list[str]) -> list[str]:
 
 def _recipe_from_log(log_lines: list[str]) -> Path | None:
     for line in log_lines[:20]:  # the first line of a run names its recipe
-        if match := _RECIPE_LINE.match(line):
+        if match := RUN_START.match(line):
             return Path(match.group(1))
     return None
 
 
 def _log_time(line: str) -> str | None:
-    match = _LOG_TIME.match(line)
-    return match.group(1) if match else None
+    """The time a train.log line begins with, as written there."""
+    seconds = line_seconds(line)
+    return time.strftime(TIME_FORMAT, time.localtime(seconds)) if seconds is not None else None
 
 
 def _seconds_between(first: str, last: str) -> float | None:
-    import time
-
-    start, end = _log_time(first), _log_time(last)
+    start, end = line_seconds(first), line_seconds(last)
     if start is None or end is None:
         return None
-    seconds = [time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S")) for text in (start, end)]
-    return max(seconds[1] - seconds[0], 0.0)
+    return max(end - start, 0.0)
 
 
-def _number(value: object) -> float | None:
+def json_number(value: object) -> float | None:
     """A JSON number as a float; None for anything else (booleans, text, NaN written as a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -25,7 +25,8 @@ Status = Literal["finished", "interrupted", "running", "failed"]
 
 _INTERRUPTED = re.compile(r"interrupted at step (\d+)")
 _OUT_OF_MEMORY = re.compile(r"out of memory at step (\d+)")
-_STARTED = re.compile(r"^\S+ \S+ run \S+( \(resumed from .*\))?: recipe ")
+RUN_START = re.compile(r"^\S+ \S+ run \S+(?: \(resumed from .*\))?: recipe (.+)$")
+"""The line a run (or a resume of it) begins train.log with, naming its recipe (training/session.py writes it)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def run_status(checkpoint: Path | None, has_summary: bool, log_lines: list[str])
             return RunStatus("interrupted", f"at step {match.group(1)}")
         if match := _OUT_OF_MEMORY.search(line):
             return RunStatus("failed", f"out of memory at step {match.group(1)}")
-        if _STARTED.match(line):
+        if RUN_START.match(line):
             break
     if not log_lines:
         return RunStatus("failed", "no train.log")

@@ -12,6 +12,17 @@ from pathlib import Path
 
 from ..console import console
 
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""How each line of train.log begins."""
+
+
+def line_seconds(line: str) -> float | None:
+    """When a train.log line was written (seconds since the epoch), or None when it does not begin with a time."""
+    try:
+        return time.mktime(time.strptime(line[:19], TIME_FORMAT))
+    except ValueError:
+        return None
+
 
 class RunLog:
     """Plain lines to runs/<run>/train.log (and to the console unless the live panel owns it).
@@ -27,7 +38,7 @@ class RunLog:
         if echo:
             console.print(message, style=style, highlight=False, soft_wrap=True)  # whole lines: file:line stays greppable
         if self._handle is not None:
-            self._handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            self._handle.write(f"{time.strftime(TIME_FORMAT)} {message}\n")
             self._handle.flush()
 
     def close(self) -> None:
