@@ -24,11 +24,13 @@ Series = list[tuple[int, float]]
 
 def metric_series(records: list[dict[str, object]], key: str) -> Series:
     """(step, value) of `key`, one point per step: a resumed run logs some steps twice, and the later line wins."""
+    from .runs_report.record import json_number
+
     points: dict[int, float] = {}
     for record in records:
-        step, value = record.get("step"), record.get(key)
-        if isinstance(step, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            points[step] = float(value)
+        step, value = record.get("step"), json_number(record.get(key))
+        if isinstance(step, int) and value is not None:
+            points[step] = value
     return sorted(points.items())
 
 
