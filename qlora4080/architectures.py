@@ -22,10 +22,22 @@ class Architecture:
     vocab: int
     tied_embeddings: bool
     qkv_bias: bool = False
+    fused_projections: bool = False
+    """Phi-3: one qkv_proj and one gate_up_proj per layer instead of q/k/v and gate/up (same weights, fewer
+    LoRA parameters: a LoRA's A matrix is shared by what would be three, or two, projections)."""
+    norms_per_layer: int = 2
+    """RMSNorms of hidden size in one decoder layer (Gemma-2 has four: before and after attention and MLP)."""
 
     def linear_shapes(self) -> list[tuple[str, int, int]]:
         """(name, in_features, out_features) of the linear projections in one decoder layer."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.fused_projections:
+            return [
+                ("qkv_proj", self.hidden, q + 2 * kv),
+                ("o_proj", q, self.hidden),
+                ("gate_up_proj", self.hidden, 2 * self.intermediate),
+                ("down_proj", self.intermediate, self.hidden),
+            ]
         return [
             ("q_proj", self.hidden, q),
             ("k_proj", self.hidden, kv),
@@ -38,10 +50,13 @@ class Architecture:
 
     @property
     def linear_params(self) -> int:
-        """Weights of all decoder linear layers (what 4-bit quantizes)."""
-        per_layer = sum(i * o for _, i, o in self.linear_shapes())
-        bias = (self.heads + 2 * self.kv_heads) * self.head_dim if self.qkv_bias else 0
-        return self.layers * (per_layer + bias)
+        """Weights of all decoder linear layers (what 4-bit quantizes; their biases are not)."""
+        return self.layers * sum(i * o for _, i, o in self.linear_shapes())
+
+    @property
+    def bias_params(self) -> int:
+        """The q/k/v projections' biases (Qwen2), which stay unquantized."""
+        return self.layers * (self.heads + 2 * self.kv_heads) * self.head_dim if self.qkv_bias else 0
 
     @property
     def embedding_params(self) -> int:
@@ -50,18 +65,18 @@ class Architecture:
 
     @property
     def norm_params(self) -> int:
-        return self.hidden * (2 * self.layers + 1)
+        return self.hidden * (self.norms_per_layer * self.layers + 1)
 
     @property
     def total_params(self) -> int:
-        return self.linear_params + self.embedding_params + self.norm_params
+        return self.linear_params + self.bias_params + self.embedding_params + self.norm_params
 
 
 QWEN3_4B = Architecture(36, 2560, 9728, 32, 8, 128, 151936, True)
 QWEN25_7B = Architecture(28, 3584, 18944, 28, 4, 128, 152064, False, qkv_bias=True)
 LLAMA31_8B = Architecture(32, 4096, 14336, 32, 8, 128, 128256, False)
-PHI35_MINI = Architecture(32, 3072, 8192, 32, 32, 96, 32064, False)
-GEMMA2_9B = Architecture(42, 3584, 14336, 16, 8, 256, 256000, True)
+PHI35_MINI = Architecture(32, 3072, 8192, 32, 32, 96, 32064, False, fused_projections=True)
+GEMMA2_9B = Architecture(42, 3584, 14336, 16, 8, 256, 256000, True, norms_per_layer=4)
 MISTRAL_7B = Architecture(32, 4096, 14336, 32, 8, 128, 32768, False)
 SMOLLM2_135M = Architecture(30, 576, 1536, 9, 3, 64, 49152, True)
 
@@ -104,6 +119,8 @@ def from_config(config: Mapping[str, Any]) -> Architecture:
             vocab=text["vocab_size"],
             tied_embeddings=bool(text.get("tie_word_embeddings", False)),
             qkv_bias=bool(text.get("attention_bias", False)) or text.get("model_type") == "qwen2",
+            fused_projections=text.get("model_type") == "phi3",
+            norms_per_layer=4 if text.get("model_type") in ("gemma2", "gemma3_text") else 2,
         )
     except KeyError as exc:
         raise QloraError(f"config.json lacks {exc.args[0]!r}, so memory cannot be estimated") from exc

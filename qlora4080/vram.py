@@ -4,9 +4,17 @@ Peak training memory = weights + LoRA parameters + their gradients + optimizer
 states + activations + logits + CUDA overhead. Assumptions, each a constant
 below so they can be calibrated against measurements:
 
-- 4-bit NF4 with double quantization: 0.5 byte a weight + ~0.016 for the
-  quantization constants; embeddings and the output head stay 16-bit.
-- LoRA weights, their gradients and AdamW states in fp32 (8-bit AdamW: 2 bytes).
+- 4-bit NF4 with double quantization: 0.5 byte a weight, one 8-bit scale per
+  64 weights and one fp32 scale per 256 of those. The rest (embeddings, the
+  output head, norms, biases) is fp32 on the hf backend, where peft's
+  prepare_model_for_kbit_training upcasts everything that is not 4-bit; unsloth
+  upcasts only the norms and keeps embeddings and head in the compute dtype.
+- LoRA weights and their gradients in fp32. AdamW keeps two fp32 states a
+  weight; 8-bit AdamW (bitsandbytes) two uint8 states plus an fp32 scale per
+  256, except for tensors under 4096 elements, which keep fp32 states.
+These byte terms are checked against the bytes a real model holds (CPU, the
+built-in model and random-weight models of the bundled families) in
+tests/test_vram_measured.py.
 - Activations in 16-bit with SDPA/flash attention (no seq x seq matrix). A
   decoder layer keeps about (12 h + 2 kv + 5 i) values a token for backward
   (norm outputs, q/k/v/o, the MLP's gate/up/act/product, the LoRA dropout
@@ -27,9 +35,17 @@ from dataclasses import dataclass, field, replace
 from .architectures import Architecture
 
 GiB = 2**30
-NF4_BYTES_PER_WEIGHT = 0.5 + 0.016
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
+NF4_BYTES_PER_MATRIX = 256 * 4 + 16 * 4 + 4
+"""Each 4-bit matrix also keeps its own code tables (256 fp32 for the scales' 8-bit code, 16 for NF4) and an offset."""
 FP32 = 4
-ADAMW_STATE_BYTES = {"adamw_torch": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+ADAMW_STATE_BYTES = 8
+"""torch AdamW: exp_avg and exp_avg_sq in fp32."""
+EIGHT_BIT_STATE_BYTES = 2 + 2 * 4 / 256
+"""bitsandbytes' 8-bit AdamW: two uint8 states and two fp32 scales per block of 256."""
+EIGHT_BIT_MIN_SIZE = 4096
+"""bitsandbytes keeps fp32 states for tensors smaller than this (its min_8bit_size)."""
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 LOGITS_BYTES = {"hf": 10, "unsloth": 4}
 CUDA_CONTEXT_BYTES = 0.5 * GiB
 ALLOCATOR_SLACK = 0.08
@@ -43,7 +59,7 @@ class TrainingShape:
     seq_len: int
     load_in_4bit: bool = True
     weight_bytes: int = 2
-    """Bytes per weight when not 4-bit (2 for bf16/fp16, 4 for fp32)."""
+    """Bytes per value of the compute dtype (2 for bf16/fp16, 4 for fp32): every weight when not 4-bit."""
     lora_r: int = 16
     lora_targets: tuple[str, ...] | str = "all-linear"
     gradient_checkpointing: bool = True
@@ -69,9 +85,36 @@ class Estimate:
         return self.total / GiB
 
 
-def lora_params(arch: Architecture, r: int, targets: tuple[str, ...] | str) -> int:
+def lora_tensor_sizes(arch: Architecture, r: int, targets: tuple[str, ...] | str) -> list[int]:
+    """Elements of each LoRA matrix (A: r x in, B: out x r) over the whole model."""
     chosen = [s for s in arch.linear_shapes() if targets == "all-linear" or s[0] in targets]
-    return arch.layers * sum(r * (i + o) for _, i, o in chosen)
+    return [size for _, i, o in chosen for size in (r * i, r * o)] * arch.layers
+
+
+def lora_params(arch: Architecture, r: int, targets: tuple[str, ...] | str) -> int:
+    return sum(lora_tensor_sizes(arch, r, targets))
+
+
+def optimizer_state_bytes(tensor_sizes: list[int], optimizer: str) -> float:
+    """Bytes of AdamW state for trainable tensors of these sizes."""
+    if optimizer not in EIGHT_BIT_OPTIMIZERS:
+        return sum(tensor_sizes) * ADAMW_STATE_BYTES
+    return sum(n * (EIGHT_BIT_STATE_BYTES if n >= EIGHT_BIT_MIN_SIZE else ADAMW_STATE_BYTES) for n in tensor_sizes)
+
+
+def weight_parts(arch: Architecture, shape: TrainingShape) -> dict[str, float]:
+    """Bytes of the base model's weights, by how they are stored."""
+    if not shape.load_in_4bit:
+        return {f"weights ({8 * shape.weight_bytes}-bit)": arch.total_params * shape.weight_bytes}
+    if shape.backend == "unsloth":
+        rest = (arch.embedding_params + arch.bias_params) * shape.weight_bytes + arch.norm_params * FP32
+        label = f"embeddings and head ({8 * shape.weight_bytes}-bit), norms (fp32)"
+    else:
+        rest = (arch.embedding_params + arch.bias_params + arch.norm_params) * FP32
+        label = "embeddings, head and norms (fp32: peft upcasts them)"
+    matrices = arch.layers * len(arch.linear_shapes())
+    return {"linear layers (4-bit NF4)": arch.linear_params * NF4_BYTES_PER_WEIGHT + matrices * NF4_BYTES_PER_MATRIX,
+            label: rest}
 
 
 def activation_bytes(arch: Architecture, shape: TrainingShape) -> float:
@@ -85,18 +128,13 @@ def activation_bytes(arch: Architecture, shape: TrainingShape) -> float:
 
 def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
     """Peak memory of one training step, by component (bytes)."""
-    if shape.load_in_4bit:
-        weights = arch.linear_params * NF4_BYTES_PER_WEIGHT + (arch.embedding_params + arch.norm_params) * 2
-        weights_label = "weights (4-bit NF4, embeddings 16-bit)"
-    else:
-        weights = arch.total_params * shape.weight_bytes
-        weights_label = f"weights ({8 * shape.weight_bytes}-bit)"
-    adapter = lora_params(arch, shape.lora_r, shape.lora_targets)
+    sizes = lora_tensor_sizes(arch, shape.lora_r, shape.lora_targets)
+    adapter = sum(sizes)
     parts = {
-        weights_label: weights,
+        **weight_parts(arch, shape),
         "LoRA parameters (fp32)": adapter * FP32,
         "LoRA gradients (fp32)": adapter * FP32,
-        f"optimizer states ({shape.optimizer})": adapter * ADAMW_STATE_BYTES.get(shape.optimizer, 8),
+        f"optimizer states ({shape.optimizer})": optimizer_state_bytes(sizes, shape.optimizer),
         f"activations ({'checkpointed' if shape.gradient_checkpointing else 'all layers kept'})": activation_bytes(arch, shape),
         "logits and loss": (shape.batch_size * shape.sequences_per_row * shape.seq_len * arch.vocab
                             * LOGITS_BYTES.get(shape.backend, 10)),
