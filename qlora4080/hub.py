@@ -70,11 +70,16 @@ def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
     return _REACHABLE[key]
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+"""Read at call time by libraries that do not ask huggingface_hub's constants (unsloth's loader among them)."""
+
+
 @contextmanager
 def cache_only_unless_reachable() -> Iterator[bool]:
     """Inside, hub libraries use the network if the hub is reachable, else only their local caches.
 
-    Yields whether the hub was reachable, so an error message can say which it was.
+    Yields whether the hub was reachable, so an error message can say which it was. Offline, both
+    huggingface_hub's constant and the environment variables say so for the call, then are put back.
     """
     if hub_reachable():
         yield True
@@ -82,7 +87,9 @@ def cache_only_unless_reachable() -> Iterator[bool]:
     from huggingface_hub import constants
 
     saved = {"hub": constants.HF_HUB_OFFLINE}
+    saved_variables = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
     constants.HF_HUB_OFFLINE = True
+    os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
     datasets_config = sys.modules.get("datasets.config")
     if datasets_config is not None:
         saved["datasets"] = getattr(datasets_config, "HF_HUB_OFFLINE", False)
@@ -91,6 +98,11 @@ def cache_only_unless_reachable() -> Iterator[bool]:
         yield False
     finally:
         constants.HF_HUB_OFFLINE = saved["hub"]
+        for name, value in saved_variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if datasets_config is not None:
             setattr(datasets_config, "HF_HUB_OFFLINE", saved["datasets"])  # noqa: B010
 

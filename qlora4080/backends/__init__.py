@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, cast, get_args
 
 from ..errors import QloraError
-from ..hardware import Hardware, has_module
+from ..hardware import Hardware
+from ..unsloth_setup import unsloth_import_problem
 
 if TYPE_CHECKING:
     from ..model_types import Model, Tokenizer
@@ -63,10 +64,7 @@ def choose_backend(requested: str, hardware: Hardware) -> tuple[BackendName, str
 
 
 def _unsloth_problem() -> str | None:
-    if not has_module("unsloth"):
+    problem = unsloth_import_problem()  # imports it: it must patch transformers before anything imports them
+    if problem == "not installed":
         return "unsloth is not installed"
-    try:
-        import unsloth  # noqa: F401  (must be imported before transformers to patch it)
-    except Exception as exc:  # noqa: BLE001  unsloth raises many kinds of errors on unsupported set-ups
-        return f"unsloth failed to import ({type(exc).__name__}: {exc})"
-    return None
+    return f"unsloth {problem}" if problem else None

@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 import shutil
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
 from ..hardware import Hardware, has_module
+from ..unsloth_setup import unsloth_import_problem
 from .packages import FIX, FIX_GPU, installed_version
 from .report import Row, exception_line
 
@@ -26,17 +28,9 @@ STACK_IMPORTS = {"transformers": "AutoModelForCausalLM", "trl": "SFTTrainer", "p
 GGUF_HINT = "export --merged still works; GGUF needs unsloth on CUDA"
 
 
-@functools.cache
 def unsloth_problem() -> str | None:
-    """None when `import unsloth` works, else why not. Tried once per process: a failed import is not retried."""
-    if not has_module("unsloth"):
-        return "not installed"
-    try:
-        with redirect_stdout(sys.stderr):  # its banner
-            import unsloth  # noqa: F401
-    except Exception as exc:  # noqa: BLE001  unsloth raises many kinds of errors on unsupported set-ups
-        return f"import failed: {exception_line(exc)}"
-    return None
+    """None when `import unsloth` works, else why not (imported the one way qlora4080 does: unsloth_setup)."""
+    return unsloth_import_problem()
 
 
 def unsloth_row(hardware: Hardware) -> Row:
@@ -84,7 +78,10 @@ def bitsandbytes_problem() -> str | None:
 
 def bitsandbytes_row(hardware: Hardware) -> Row:
     if not hardware.is_cuda:
-        return Row("gpu stack", "bitsandbytes CUDA", "info", "not tried: 4-bit loading needs CUDA")
+        version = installed_version("bitsandbytes")
+        if version is None:
+            return Row("gpu stack", "bitsandbytes", "warn", "not installed", f"{FIX} (4-bit QLoRA and 8-bit AdamW need it)")
+        return Row("gpu stack", "bitsandbytes", "ok", f"{version}, CPU backend: 4-bit NF4 and 8-bit AdamW run on the CPU")
     problem = bitsandbytes_problem()
     if problem is None:
         return Row("gpu stack", "bitsandbytes CUDA", "ok", f"{installed_version('bitsandbytes') or '?'}, CUDA library loaded")
@@ -95,12 +92,18 @@ def bitsandbytes_row(hardware: Hardware) -> Row:
 
 
 def llama_cpp() -> str | None:
-    """A llama.cpp quantizer on PATH, or the checkout unsloth builds for GGUF export."""
+    """A llama.cpp quantizer on PATH, or the llama.cpp folder unsloth's GGUF export uses.
+
+    unsloth_zoo (llama_cpp.py) looks in $UNSLOTH_LLAMA_CPP_PATH when it is set and in ~/.unsloth/llama.cpp
+    otherwise; the folder named by the variable is the one it will use, so it is asked first.
+    """
     for tool in ("llama-quantize", "quantize"):
         found = shutil.which(tool)
         if found:
             return found
-    for folder in (Path.home() / ".unsloth" / "llama.cpp", Path("llama.cpp")):
+    named = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
+    folders = [Path(named).expanduser()] if named else [Path.home() / ".unsloth" / "llama.cpp"]
+    for folder in [*folders, Path("llama.cpp")]:
         if folder.is_dir():
             return str(folder)
     return None
@@ -116,8 +119,10 @@ def gguf_rows(hardware: Hardware) -> list[Row]:
     else:
         export = Row("gpu stack", "GGUF export", "ok", f"ready: unsloth on CUDA ({gguf_note})")
     found = llama_cpp()
+    named = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
+    where = f"not in UNSLOTH_LLAMA_CPP_PATH={named}" if named else "not found"
     tool = Row("gpu stack", "llama.cpp", "ok", found) if found else Row(
-        "gpu stack", "llama.cpp", "info", "not found: unsloth builds it on the first GGUF export (needs git, cmake, network)")
+        "gpu stack", "llama.cpp", "info", f"{where}: unsloth builds it on the first GGUF export (needs git, cmake, network)")
     return [export, tool]
 
 

@@ -61,16 +61,21 @@ def fused_loss_usable(model: Model) -> bool:
 
 
 def ensure_log_prob_kernel() -> None:
-    """Give trl's preference trainers a per-token log-probability function where Triton is missing.
+    """Give trl's preference trainers a per-token log-probability function that runs on the tensors' device.
 
-    trl 1.15 imports its Triton kernel or sets it to None (CPU torch ships no
-    Triton), and DPOTrainer then fails on its first step; the plain-PyTorch
-    equivalent in plain_logprobs.py takes its place. With Triton present
-    nothing changes.
+    trl 1.15 computes DPO's log-probabilities only through its Triton kernel
+    (`trl.trainer.utils._ChunkedLogProbFunction`): `None` where Triton is not
+    installed (DPOTrainer then fails on its first step), and a GPU-only kernel
+    where it is, even when the model is on a CPU (Triton installs beside a CPU
+    torch too, as unsloth requires). The function put in its place sends GPU
+    tensors to the kernel and CPU tensors to the plain-PyTorch equivalent in
+    plain_logprobs.py. Installed once per process.
     """
     from trl.trainer import utils as trl_utils
 
-    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
-        from .plain_logprobs import PlainLogProbs
+    from .plain_logprobs import DeviceLogProbs
 
-        setattr(trl_utils, "_ChunkedLogProbFunction", PlainLogProbs)  # noqa: B010  (mypy: a class cannot be reassigned)
+    current = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if isinstance(current, DeviceLogProbs):
+        return
+    setattr(trl_utils, "_ChunkedLogProbFunction", DeviceLogProbs(current))  # noqa: B010  (mypy: a class cannot be reassigned)

@@ -1,11 +1,13 @@
-"""trl's per-token log-probability kernel, in plain PyTorch, for machines without Triton.
+"""trl's per-token log-probability kernel, in plain PyTorch, for tensors Triton cannot take.
 
 trl 1.15 computes DPO's log-probabilities (policy and reference) only through
-a Triton kernel (`trl.kernels.ChunkedLogProbFunction`) and leaves it `None`
-where Triton is missing, so DPOTrainer fails on every CPU machine with
-"'NoneType' object has no attribute 'apply'". This module computes the same
-outputs from full logits with ordinary autograd: more memory than the tiled
-kernel (the logits of a batch at once), which is what a CPU run can afford.
+a Triton kernel (`trl.kernels.ChunkedLogProbFunction`): it leaves it `None`
+where Triton is missing, so DPOTrainer fails on every CPU-only machine with
+"'NoneType' object has no attribute 'apply'", and where Triton is installed
+the kernel is called on CPU tensors too, and fails. This module computes the
+same outputs from full logits with ordinary autograd: more memory than the
+tiled kernel (the logits of a batch at once), which is what a CPU run can
+afford; `DeviceLogProbs` picks the kernel for GPU tensors and this for the rest.
 """
 
 from __future__ import annotations
@@ -52,3 +54,16 @@ class PlainLogProbs:
             # argmax returns the first maximum: a tie with an earlier token is not a top-1 prediction (as in the kernel)
             is_top1 = detached.argmax(-1) == targets if "is_top1" in outputs else None
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+class DeviceLogProbs:
+    """trl's kernel for CUDA/XPU tensors (when trl has it), PlainLogProbs for every other device."""
+
+    def __init__(self, kernel: object | None):
+        self.kernel = kernel
+        """trl's Triton kernel class, or None where Triton is not installed."""
+
+    def apply(self, hidden: torch.Tensor, *args: object) -> object:
+        if self.kernel is not None and hidden.device.type in ("cuda", "xpu"):
+            return self.kernel.apply(hidden, *args)  # type: ignore[attr-defined]  # a torch.autograd.Function
+        return PlainLogProbs.apply(hidden, *args)  # type: ignore[arg-type]  # the kernel's own argument list
