@@ -17,10 +17,15 @@ from typing import TYPE_CHECKING
 from .checkpoint import META_FILE, RECIPE_SNAPSHOT, CheckpointMeta
 from .errors import QloraError
 from .model_card import CARD_FILE, CARD_MARKER, card_for_checkpoint, home_as_tilde
+from .quantized_agreement import Agreement, agreement_with_4bit_model, validation_prompts
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message
     from .model_types import Tokenizer
+
+
+EXPORT_RECORD = "qlora4080_export.json"
+"""Written into a merged folder: where it came from, its dtype, and (4-bit-trained adapters) its agreement."""
 
 
 @dataclass
@@ -28,7 +33,10 @@ class ExportResult:
     out_dir: Path
     prompt: str
     adapter_answer: str
+    """The 16-bit base + adapter, which the merged model must reproduce."""
     merged_answer: str
+    agreement: Agreement | None = None
+    """Adapters trained on a 4-bit base: the merged model's greedy answers against the 4-bit model as trained."""
 
     @property
     def answers_match(self) -> bool:
@@ -75,17 +83,18 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .backends import hf
-    from .backends.loading import compute_dtype_name, prepare_tokenizer
+    from .backends.loading import prepare_tokenizer
     from .data.render import end_of_turn_ids
     from .hardware import detect
     from .infer import ChatModel, generate
+    from .plan import compute_dtype
     from .quiet import quiet_libraries
 
     meta = read_meta(checkpoint)
     check_out_dir(out_dir, overwrite, source=checkpoint)
     quiet_libraries()
     hardware = detect()
-    dtype = compute_dtype_name(meta.dtype, hardware)
+    dtype = compute_dtype(meta.dtype, hardware)
     base_cfg = meta.model_section(load_in_4bit=False, dtype=dtype)
     base, _ = hf.load_model(base_cfg, hardware, for_training=False)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
@@ -98,8 +107,9 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)  # with the chat template used in training
-    (out_dir / "qlora4080_export.json").write_text(json.dumps({"merged_from": str(checkpoint.resolve()), "base_model": meta.base_model,
-                                                               "dtype": dtype}, indent=2), encoding="utf-8")
+    record: dict[str, object] = {"merged_from": str(checkpoint.resolve()), "base_model": meta.base_model, "dtype": dtype,
+                                 "trained_on_4bit": meta.load_in_4bit}
+    (out_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     (out_dir / CARD_FILE).write_text(card_for_checkpoint(checkpoint, load_from=repo_id or str(out_dir), merged=True),
                                      encoding="utf-8")
     del merged, model, base
@@ -108,9 +118,15 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
                                                     device_map="cuda" if hardware.is_cuda else None)
     plain_tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(out_dir), None)
     reloaded.eval()
-    merged_answer = generate(ChatModel(reloaded, plain_tokenizer, "", False, end_of_turn_ids(plain_tokenizer)), question,
-                             max_new_tokens=max_new_tokens)
-    return ExportResult(out_dir, question[0]["content"], adapter_answer, merged_answer)
+    merged_chat = ChatModel(reloaded, plain_tokenizer, "", False, end_of_turn_ids(plain_tokenizer))
+    merged_answer = generate(merged_chat, question, max_new_tokens=max_new_tokens)
+    agreement = None
+    if meta.load_in_4bit:  # trained on a 4-bit base: how far is the 16-bit merge from the model as trained?
+        prompts = validation_prompts(meta) or [question]
+        agreement = agreement_with_4bit_model(checkpoint, meta, merged_chat, prompts, max_new_tokens)
+        record["agreement_with_4bit_model"] = agreement
+        (out_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return ExportResult(out_dir, question[0]["content"], adapter_answer, merged_answer, agreement)
 
 
 def prepare_push(checkpoint: Path, repo_id: str) -> str:
@@ -138,7 +154,7 @@ def publish(checkpoint: Path, repo_id: str, *, token: str, private: bool = False
 
 # Small files that hold this machine's paths (the recipe's data files, the base model's folder, the folder merged
 # from): uploaded with the home folder written as ~, as the card writes it. The files on disk keep their paths.
-PATH_FILES = (META_FILE, RECIPE_SNAPSHOT, "adapter_config.json", "qlora4080_export.json")
+PATH_FILES = (META_FILE, RECIPE_SNAPSHOT, "adapter_config.json", EXPORT_RECORD)
 
 
 def _without_home(folder: Path) -> dict[str, str]:
@@ -179,22 +195,37 @@ def _first_prompt(meta: CheckpointMeta) -> str:
     return "Say hello in one short sentence."
 
 
+def gguf_tooling_problem() -> str | None:
+    """Why GGUF cannot be written on this machine, or None, with unsloth imported, ready for export_gguf.
+
+    Called before anything else of an export: unsloth must be imported before transformers and peft (which a
+    merge imports), and a machine that cannot write GGUF should say so before a merge of minutes.
+    """
+    from .hardware import detect, has_module
+    from .unsloth_setup import unsloth_import_problem
+
+    if not has_module("unsloth"):
+        return "unsloth is not installed"
+    if not detect().is_cuda:
+        return "unsloth's GGUF export needs a CUDA GPU"
+    problem = unsloth_import_problem()
+    return f"unsloth {problem}" if problem else None
+
+
+def gguf_unavailable(problem: str) -> QloraError:
+    return QloraError(
+        f"GGUF export is not available here: {problem}",
+        hint="on a CUDA machine: pip install 'qlora4080[gpu]' and rerun; or export --merged DIR here and convert DIR with "
+             "llama.cpp's convert_hf_to_gguf.py",
+    )
+
+
 def export_gguf(checkpoint: Path, out_dir: Path, quant: str, *, overwrite: bool = False) -> Path:
     """GGUF through unsloth's llama.cpp tooling; a clear message where that is not available."""
-    from .hardware import detect, has_module
-
     read_meta(checkpoint)
-    problem = None
-    if not has_module("unsloth"):
-        problem = "unsloth is not installed"
-    elif not detect().is_cuda:
-        problem = "unsloth's GGUF export needs a CUDA GPU"
+    problem = gguf_tooling_problem()
     if problem:
-        raise QloraError(
-            f"GGUF export is not available here: {problem}",
-            hint="on a CUDA machine: pip install 'qlora4080[gpu]' and rerun; or export --merged DIR here and convert DIR with "
-                 "llama.cpp's convert_hf_to_gguf.py",
-        )
+        raise gguf_unavailable(problem)
     check_out_dir(out_dir, overwrite, source=checkpoint, option="--gguf-dir")
     from unsloth import FastLanguageModel
 

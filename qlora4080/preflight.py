@@ -8,7 +8,7 @@ What grows with the processes is the global batch, said on its own line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -16,8 +16,12 @@ from .architectures import lookup, resolve
 from .console import console
 from .errors import QloraError
 from .hardware import Hardware
+from .plan import A_16GB_CUDA_CARD, RunPlan, resolve_plan
 from .recipe import Recipe
 from .vram import Estimate, GiB, TrainingShape, estimate, fit_overrides
+
+if TYPE_CHECKING:
+    from .backends import BackendName
 
 DEFAULT_TARGET_GB = 16.0
 
@@ -38,24 +42,29 @@ class Preflight:
     """How `global_batch` is made, in words."""
 
 
-def gpu_shape(recipe: Recipe, backend: str) -> TrainingShape:
-    """How the recipe runs on a CUDA card (the device defaults of training/config.py)."""
+def memory_shape(recipe: Recipe, plan: RunPlan) -> TrainingShape:
+    """The values of the recipe and of its plan that decide memory."""
     t = recipe.training
-    optimizer = t.optimizer if t.optimizer != "auto" else "adamw_8bit"
     return TrainingShape(
         batch_size=t.batch_size,
         seq_len=recipe.model.max_seq_len,
-        load_in_4bit=recipe.model.load_in_4bit,
-        weight_bytes=4 if recipe.model.dtype == "float32" else 2,
+        load_in_4bit=plan.loading.load_in_4bit,
+        weight_bytes=4 if plan.loading.compute_dtype == "float32" else 2,
         lora_r=recipe.lora.r,
         lora_targets=tuple(recipe.lora.target_modules) if isinstance(recipe.lora.target_modules, list) else "all-linear",
-        gradient_checkpointing=True if t.gradient_checkpointing is None else t.gradient_checkpointing,
-        optimizer=optimizer,
-        backend=backend if backend in ("hf", "unsloth") else "hf",
+        gradient_checkpointing=plan.gradient_checkpointing,
+        optimizer=plan.optimizer,
+        backend=plan.backend,
         # DPO: chosen and rejected in one batch (the reference pass runs without gradients, so it adds no activations)
         sequences_per_row=1 if t.method == "sft" else 2,
         reference_adapter=t.method == "dpo" and recipe.model.adapter is not None,
     )
+
+
+def card_plan(recipe: Recipe, hardware: Hardware | None, backend: BackendName) -> RunPlan:
+    """The plan the estimate is for: this machine's when it has CUDA, else the one a 16 GB CUDA card would get."""
+    card = hardware if hardware is not None and hardware.is_cuda else A_16GB_CUDA_CARD
+    return resolve_plan(recipe, card, backend)
 
 
 def global_batch(recipe: Recipe, processes: int) -> int:
@@ -63,7 +72,7 @@ def global_batch(recipe: Recipe, processes: int) -> int:
     return recipe.training.batch_size * recipe.training.grad_accum * processes
 
 
-def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf", target_gb: float | None = None,
+def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: BackendName = "hf", target_gb: float | None = None,
                   offline: bool = False, processes: int = 1) -> Preflight:
     """Estimate one device against the card found, or against `target_gb` (default 16 GB) when there is none."""
     t = recipe.training
@@ -75,13 +84,14 @@ def run_preflight(recipe: Recipe, hardware: Hardware | None, backend: str = "hf"
         gb = target_gb or DEFAULT_TARGET_GB
         budget, label = gb * GiB, f"a {gb:g} GB card"
     try:
+        plan = card_plan(recipe, hardware, backend)
         arch = lookup(recipe.model.name) if offline else resolve(recipe.model.name)
     except QloraError as error:
         return Preflight(None, budget, label, None, None, problem=error.message, **batch)
     if arch is None:
         return Preflight(None, budget, label, None, None, problem=f"no architecture numbers for '{recipe.model.name}' offline",
                          **batch)
-    shape = gpu_shape(recipe, backend)
+    shape = memory_shape(recipe, plan)
     result = estimate(arch, shape)
     fits = result.total <= budget
     overrides = None if fits else fit_overrides(arch, shape, budget, recipe.training.grad_accum)

@@ -250,7 +250,8 @@ def test_dry_run_shows_the_estimate_and_the_overrides_that_would_fit():
     fits = invoke("train", str(qwen), "--dry-run")
     assert fits.exit_code == 0, fits.output
     assert "Estimated peak GPU memory vs a 16 GB card" in fits.output
-    for part in ("weights (4-bit NF4", "LoRA parameters", "optimizer states", "activations (checkpointed)", "logits and loss"):
+    for part in ("linear layers (4-bit NF4)", "embeddings, head and norms (fp32", "LoRA parameters", "optimizer states (adamw_8bit)",
+                 "activations (checkpointed)", "logits and loss"):
         assert part in fits.output
     assert "Verdict: fits" in fits.output
 

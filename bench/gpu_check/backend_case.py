@@ -76,14 +76,15 @@ def run_backend_case(opts: CaseOptions, record: CaseRecord) -> None:
             import unsloth as _unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
     from qlora4080.backends import load_backend
     from qlora4080.hardware import detect
-    from qlora4080.preflight import gpu_shape
+    from qlora4080.plan import resolve_plan
+    from qlora4080.preflight import memory_shape
     from qlora4080.quiet import quiet_libraries
-    from qlora4080.training.config import device_defaults
 
     quiet_libraries()
     hardware = detect()
     cuda = hardware.is_cuda
     recipe = make_recipe(opts)
+    plan = resolve_plan(recipe, hardware, opts.backend)  # what `qlora4080 train` decides for this recipe here
     backend = load_backend(opts.backend)  # the module training/session.py drives: backends/hf.py or unsloth.py
     with record.step("load model (4-bit)"):
         model, tokenizer = backend.load_model(recipe.model, hardware)
@@ -91,20 +92,18 @@ def run_backend_case(opts: CaseOptions, record: CaseRecord) -> None:
     record.data["allocated_after_load_gib"] = measure.allocated_gib(cuda)
     with record.step("attach LoRA"):
         model = backend.attach_lora(model, recipe.lora, seed=recipe.training.seed,
-                                    gradient_checkpointing=device_defaults(recipe, hardware).gradient_checkpointing)
+                                    gradient_checkpointing=plan.gradient_checkpointing)
     record.data["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     with record.step("train"):
-        train(model, tokenizer, recipe, hardware, opts, record)
+        train(model, tokenizer, recipe, plan, opts, record)
     record.verdict("train", record.data["losses_finite"], f"losses per step: {record.data['losses']}")
     with record.check("estimate"):
         numbers = models.architecture(opts.arch, opts.tiny, model.config.vocab_size)
-        record.data.update(measure.estimate_fields(numbers, gpu_shape(recipe, opts.backend), record.data.get("peak_reserved_gib")))
+        record.data.update(measure.estimate_fields(numbers, memory_shape(recipe, plan), record.data.get("peak_reserved_gib")))
     if opts.timing_only:
         return
 
-    from qlora4080.backends.loading import compute_dtype_name
-
-    dtype_name = compute_dtype_name(recipe.model.dtype, hardware)
+    dtype_name = plan.loading.compute_dtype
     if not unsloth:  # run.py refuses packing on unsloth, so only the hf path packs
         with record.check("packing (block-diagonal mask)"):
             packing = record.data["packing"] = checks.packing_check(model, tokenizer, opts.seq_len, dtype_name, len(tokenizer))
@@ -183,7 +182,7 @@ def reload_check(opts: CaseOptions, recipe: Any, hardware: Any, dtype_name: str,
             "pass": tokens == before["tokens"] and weight_diff == 0.0}
 
 
-def train(model: Any, tokenizer: Any, recipe: Any, hardware: Any, opts: CaseOptions, record: CaseRecord) -> None:
+def train(model: Any, tokenizer: Any, recipe: Any, plan: Any, opts: CaseOptions, record: CaseRecord) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from qlora4080.training.compat import fused_loss_usable
@@ -192,19 +191,20 @@ def train(model: Any, tokenizer: Any, recipe: Any, hardware: Any, opts: CaseOpti
 
     t = recipe.training
     dataset = measure.synthetic_dataset(t.max_steps * t.batch_size * t.grad_accum, opts.seq_len, len(tokenizer))
-    config = build_sft_config(recipe, hardware, opts.work / "trainer", has_eval=False, backend=opts.backend)
+    config = build_sft_config(recipe, plan, opts.work / "trainer", has_eval=False)
     config.logging_nan_inf_filter = False  # a NaN loss must show as NaN, not as the mean of the earlier steps
-    clock = measure.step_clock(hardware.is_cuda)
+    cuda = plan.device == "cuda"
+    clock = measure.step_clock(cuda)
     trainer = counting_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[clock])
     trainer.remove_callback(PrinterCallback)
-    measure.reset_peak(hardware.is_cuda)
+    measure.reset_peak(cuda)
     trainer.train()
     from accelerate.utils import extract_model_from_parallel
 
     # With bf16/fp16, accelerate wrapped model.forward in autocast for training; take it off so the checks
     # compare the trained model and its reloads as chat runs them (the packing check adds autocast itself).
     extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    record.data.update(measure.peak_memory(hardware.is_cuda))
+    record.data.update(measure.peak_memory(cuda))
     record.data.update(measure.timing(clock, t.batch_size * t.grad_accum * opts.seq_len))
     record.data["tokens_seen"] = trainer.tokens_seen
     record.data["trainer"] = trainer_settings(config, fused_loss_usable(model), "qlora4080 counting_trainer_class")

@@ -141,16 +141,16 @@ def merge_check(adapter_dir: Path, merged_dir: Path, model_dir: str, id_limit: i
     from transformers import AutoModelForCausalLM
 
     from qlora4080.backends import hf
-    from qlora4080.backends.loading import compute_dtype_name
     from qlora4080.export import export_merged
     from qlora4080.hardware import detect
+    from qlora4080.plan import compute_dtype
     from qlora4080.recipe import ModelSection
 
     from .record import release_memory
 
     exported = export_merged(adapter_dir, merged_dir, prompt=measure.PROMPT, max_new_tokens=measure.NEW_TOKENS)
     hardware = detect()
-    dtype_name = compute_dtype_name("auto", hardware)
+    dtype_name = compute_dtype("auto", hardware)
     batch = measure.random_batch(2, 64, id_limit, seed=3)
     base, _ = hf.load_model(ModelSection(name=model_dir, load_in_4bit=False), hardware, for_training=False)
     with_adapter = PeftModel.from_pretrained(base, adapter_dir).eval()

@@ -24,7 +24,7 @@ NOTES = [
      "warm-up and is left out of the mean and of tokens/s; all step times are in the JSON."),
     "Losses are the trainer's per-step logged loss, with logging_nan_inf_filter=False so a NaN shows as NaN.",
     ("Peak VRAM = torch.cuda.max_memory_allocated / max_memory_reserved, reset right before trainer.train(): training "
-     "only. The estimate (qlora4080/vram.py via preflight.gpu_shape) also counts 0.5 GiB of CUDA context, which "
+     "only. The estimate (qlora4080/vram.py via preflight.memory_shape and the run's plan) also counts 0.5 GiB of CUDA context, which "
      "torch's counters never see; error % = (estimate - peak reserved) / peak reserved."),
     ("Reload: the adapter is saved, the model freed, a fresh base loaded by the same backend and the adapter attached "
      "with PeftModel.from_pretrained (on unsloth through FastLanguageModel.from_pretrained(adapter folder), which does "
@@ -42,7 +42,7 @@ NOTES = [
 ]
 CPU_NOTES = [
     ("CPU run (--tiny): VRAM fields are null. The project's hf backend loads fp32 without 4-bit there (its warning says "
-     "so), and device_defaults picks adamw_torch, no checkpointing, fp32. Nothing here measures a GPU."),
+     "so), and the plan (qlora4080/plan.py) picks adamw_torch, no checkpointing, fp32. Nothing here measures a GPU."),
     ("Peer row on CPU: use_cpu=True, bf16=False, no checkpointing, fp32, and Trainer.compute_loss instead of trl's "
      "Triton loss, which cannot run without a GPU (the fallback qlora4080's trainer takes too)."),
 ]

@@ -1,4 +1,4 @@
-"""transformers + peft: CPU in fp32, CUDA in bf16/fp16, with bitsandbytes NF4 when asked and available.
+"""transformers + peft: CPU in fp32, CUDA in bf16/fp16, with bitsandbytes NF4 (CPU or CUDA) when asked.
 
 With several processes (torchrun, accelerate launch) each process loads the whole
 model onto its own GPU (LOCAL_RANK); under FSDP the 4-bit weights are stored in
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from ..console import warn
 from ..distributed import sharding_strategy
 from ..errors import QloraError
-from ..hardware import Hardware, has_module
+from ..hardware import Hardware
 from ..hub import cache_only_unless_reachable, hub_host
+from ..plan import model_loading
 from ..recipe import LoraSection, ModelSection
-from .loading import compute_dtype_name, device_map, load_tokenizer, model_source
+from .loading import device_map, load_tokenizer, model_source
 
 if TYPE_CHECKING:
     from ..model_types import Model, Tokenizer
@@ -27,35 +28,36 @@ ALL_LINEAR = "all-linear"
 def load_model(
     model_cfg: ModelSection, hardware: Hardware, *, for_training: bool = True, template_path: Path | None = None
 ) -> tuple[Model, Tokenizer]:
-    """Base model + tokenizer, placed on the device, ready for LoRA (or inference)."""
+    """Base model + tokenizer, placed on the device, ready for LoRA (or inference).
+
+    4-bit NF4 loads through bitsandbytes on a CUDA card and on a CPU alike (plan.model_loading decides).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    loading = model_loading(model_cfg, hardware)
+    for note in loading.notes:
+        warn(note)
     source = model_source(model_cfg.name)
-    dtype = getattr(torch, compute_dtype_name(model_cfg.dtype, hardware))
+    dtype = getattr(torch, loading.compute_dtype)
     kwargs: dict[str, object] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
-    quantized = False
     sharded = sharding_strategy() == "FSDP"
-    if model_cfg.load_in_4bit:
-        if not hardware.is_cuda:
-            warn("load_in_4bit = true, but 4-bit needs CUDA; loading the full model in fp32 on CPU instead")
-        elif not has_module("bitsandbytes"):
-            warn("load_in_4bit = true, but bitsandbytes is not installed; loading 16-bit (pip install 'qlora4080[gpu]')")
-        else:
-            from transformers import BitsAndBytesConfig
+    if loading.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True,
-                # FSDP flattens each unit's parameters into one tensor of one dtype: the packed 4-bit weights
-                # must then be stored in the dtype of the parameters around them (None: bitsandbytes' uint8)
-                bnb_4bit_quant_storage=dtype if sharded else None,
-            )
-            quantized = True
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            # FSDP flattens each unit's parameters into one tensor of one dtype: the packed 4-bit weights
+            # must then be stored in the dtype of the parameters around them (None: bitsandbytes' uint8)
+            bnb_4bit_quant_storage=dtype if sharded else None,
+        )
     if hardware.is_cuda:
         kwargs["device_map"] = device_map()
+    elif loading.quantization:
+        kwargs["device_map"] = {"": "cpu"}  # bitsandbytes quantizes while the weights are placed
     with cache_only_unless_reachable() as online:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -64,12 +66,32 @@ def load_model(
     tokenizer = load_tokenizer(source, model_cfg, template_path)
     if for_training:
         model.config.use_cache = False
-        if quantized and not sharded:  # it casts the other weights to fp32: FSDP needs them in the storage dtype
+        if loading.quantization and not sharded:  # it casts the other weights to fp32: FSDP needs them in the storage dtype
             from peft import prepare_model_for_kbit_training
 
             # gradient checkpointing is turned on later by the trainer config
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if loading.quantization:
+            keep_4bit_backward_exact(model)
     return model, tokenizer
+
+
+def keep_4bit_backward_exact(model: Model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference in a model that trains.
+
+    On a CPU with AVX512-BF16, a Linear4bit's first forward in eval mode without gradients (an evaluation
+    during training, a sample generation, DPO's reference log-probabilities) repacks its weight for a
+    faster inference kernel, for good. That kernel has no backward: every later training step then passes
+    no gradient through the frozen 4-bit layers, so each LoRA below the last layer stops learning, and
+    nothing says so (measured: the first layer's LoRA gradient fell from 0.127 to 0.0004 after one such
+    forward; tests/test_qlora_cpu.py). Training keeps the exact dequantizing kernel; chat, eval and
+    generate, which load without this, keep the fast one.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_lora(model: Model, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = False) -> Model:

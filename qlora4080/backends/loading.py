@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..console import warn
 from ..errors import QloraError
-from ..hardware import Hardware
 from ..recipe import BUILTIN_PREFIX, ModelSection
 
 if TYPE_CHECKING:
@@ -28,17 +26,6 @@ def device_map() -> dict[str, int]:
     from ..distributed import local_process_index
 
     return {"": local_process_index()}
-
-
-def compute_dtype_name(requested: str, hardware: Hardware) -> str:
-    """fp32 on CPU (bf16 autocast there was measured ~17x slower); bf16 on GPUs that have it, else fp16."""
-    if requested != "auto":
-        if not hardware.is_cuda and requested != "float32":
-            warn(f"dtype = {requested} on CPU is much slower than float32 here; keeping it because the recipe asks")
-        return requested
-    if not hardware.is_cuda:
-        return "float32"
-    return "bfloat16" if hardware.bf16_supported else "float16"
 
 
 def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | None = None,

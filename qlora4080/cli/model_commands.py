@@ -201,10 +201,12 @@ def export(
     private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
 ) -> None:
     """Merge LoRA into the base and save a standalone model (verified against base + adapter); publish to the hub."""
-    from ..export import export_gguf, export_merged, prepare_push, publish
+    from ..export import export_gguf, export_merged, gguf_tooling_problem, gguf_unavailable, prepare_push, publish
 
     if merged is None and gguf is None and push_to_hub is None:
         raise QloraError("nothing to export", hint="pass --merged OUT_DIR, --gguf QUANT and/or --push-to-hub owner/name")
+    if gguf is not None and (problem := gguf_tooling_problem()):  # first: it imports unsloth before a merge imports peft
+        raise gguf_unavailable(problem)
     if private and push_to_hub is None:
         raise QloraError("--private works with --push-to-hub", where="--private")
     # No network or no token fails here, in seconds, before a merge that takes minutes.
@@ -221,9 +223,15 @@ def export(
         console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
         console.print(f"  merged (plain transformers): {result.merged_answer}", markup=False)
         if result.answers_match:
-            console.print("[green]verified: the merged model gives the same greedy answer[/]")
+            console.print("[green]verified: the merged model gives the same greedy answer as base + adapter[/]")
         else:
-            console.print("[yellow]the answers differ; expected only for adapters trained on a 4-bit base (the merge uses 16-bit weights)[/]")
+            console.print("[yellow]the merged model's answer differs from base + adapter: merging rounds the LoRA update "
+                          "into the weights' dtype; compare them on more prompts with qlora4080 eval[/]")
+        if result.agreement is not None:
+            shown = result.agreement
+            console.print(f"trained on a 4-bit base: the merged 16-bit model gives the 4-bit model's greedy answer on "
+                          f"{shown['same_answers']} of {shown['prompts']} validation prompts (the same first token on "
+                          f"{shown['same_first_token']}); the difference is the 4-bit rounding, which a merge cannot keep")
     if gguf is not None:
         path = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite)
         console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {gguf_target} && ollama create NAME -f Modelfile)")

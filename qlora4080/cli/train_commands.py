@@ -89,6 +89,7 @@ def _dry_run(loaded: Recipe, recipe: Path, run_name: str | None, overwrite: bool
              processes: int) -> None:
     from ..backends import choose_backend
     from ..hardware import detect
+    from ..plan import resolve_plan
     from ..preflight import print_preflight, run_preflight
     from ..training.rundirs import plan_run_dirs
 
@@ -98,5 +99,7 @@ def _dry_run(loaded: Recipe, recipe: Path, run_name: str | None, overwrite: bool
     hardware = detect()
     backend, why = choose_backend(loaded.model.backend, hardware)
     console.print(f"backend: {backend} ({why})")
+    for line in resolve_plan(loaded, hardware, backend).log_lines():
+        console.print(line, markup=False)
     print_preflight(run_preflight(loaded, hardware, backend, target_gb, processes=processes), hardware)
     console.print(f"would write the adapter to {dirs.checkpoint} and logs to {dirs.logs}")

@@ -19,8 +19,8 @@ STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "toke
          "typer", "rich", "pydantic")
 # Without these nothing trains.
 REQUIRED = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
-# The [gpu] extra: only a CUDA machine needs it.
-GPU_EXTRA = ("unsloth", "unsloth_zoo", "bitsandbytes")
+# The [gpu] extra: only a CUDA machine needs it (a CPU venv has unsloth too, for the test suite).
+GPU_EXTRA = ("unsloth", "unsloth_zoo")
 # A different version of these changes what training does (unsloth patches exact transformers/trl releases).
 DRIFT_MATTERS = ("transformers", "trl", "peft", "datasets", "accelerate", "unsloth", "unsloth_zoo")
 # Built against one torch release, so the lock leaves them out (see requirements/lock.py).

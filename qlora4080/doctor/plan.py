@@ -66,18 +66,15 @@ def plan_training(backend: str, load_in_4bit: bool, hardware: Hardware) -> Train
             hint += f"; or train on a CUDA machine set up with {FIX_GPU}"
         return TrainingPlan(None, message, [Problem(message, hint)])
     blockers, warnings = [], []
-    if load_in_4bit and not hardware.is_cuda:
-        warnings.append(Problem("load_in_4bit = true, but 4-bit needs CUDA: the model loads in fp32 on CPU instead",
-                                "--set model.load_in_4bit=false says so in the recipe"))
-    elif load_in_4bit:
+    if load_in_4bit and not has_module("bitsandbytes"):
+        # plan.model_loading loads the weights unquantized then: the run works, with more memory.
+        warnings.append(Problem("load_in_4bit = true, but bitsandbytes is not installed: the model loads unquantized "
+                                "(more memory)", f"{FIX}, or --set model.load_in_4bit=false"))
+    elif load_in_4bit and hardware.is_cuda:  # on a CPU bitsandbytes quantizes with its CPU backend
         from .gpu_stack import bitsandbytes_problem
 
         problem = bitsandbytes_problem()
-        if problem and chosen == "hf" and not has_module("bitsandbytes"):
-            # backends/hf.py loads 16-bit then: it runs, with more memory.
-            warnings.append(Problem(f"load_in_4bit = true, but {problem}: the model loads in 16-bit (more memory)",
-                                    f"{FIX_GPU}, or --set model.load_in_4bit=false"))
-        elif problem:
+        if problem:
             blockers.append(Problem(f"load_in_4bit = true on the {chosen} backend, but {problem}",
                                     f"reinstall with {FIX_GPU}, or --set model.load_in_4bit=false"))
     return TrainingPlan(None if blockers else chosen, reason, blockers, warnings)

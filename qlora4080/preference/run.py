@@ -71,15 +71,13 @@ class PreferenceRun(TrainingRun):
         if self.recipe.training.method == "orpo":
             from .tokens import orpo_columns
 
-            orpo_config = build_orpo_config(self.recipe, self.hardware, self.dirs.checkpoint, has_eval=evaluating,
-                                            backend=self.backend_name)
+            orpo_config = build_orpo_config(self.recipe, self.plan, self.dirs.checkpoint, has_eval=evaluating)
             return orpo_trainer_class()(
                 model=self.model, args=orpo_config, train_dataset=orpo_columns(self.train_split.dataset),
                 eval_dataset=orpo_columns(eval_dataset) if eval_dataset is not None else None,
                 processing_class=self.tokenizer, callbacks=callbacks,
             )
-        config = build_dpo_config(self.recipe, self.hardware, self.dirs.checkpoint, has_eval=evaluating,
-                                  backend=self.backend_name)
+        config = build_dpo_config(self.recipe, self.plan, self.dirs.checkpoint, has_eval=evaluating)
         return preference_trainer_class()(
             model=self.model, args=config, train_dataset=self.train_split.dataset, eval_dataset=eval_dataset,
             processing_class=self.tokenizer, callbacks=callbacks,

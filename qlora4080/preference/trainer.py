@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..data.vocabulary import IGNORE_INDEX
-from ..hardware import Hardware
+from ..plan import RunPlan
 from ..recipe import Recipe
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from ..training.trainer import CountingTrainer
 
 
-def build_dpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> DPOConfig:
+def build_dpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eval: bool) -> DPOConfig:
     from trl import DPOConfig
 
     from ..training.config import trainer_arguments
 
-    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
+    shared = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
     preference = recipe.preference
     # TRL combines several losses by weight; its "sft" loss is the chosen answers' mean negative log-likelihood.
     losses: list[str] = [preference.loss_type]
@@ -32,7 +32,8 @@ def build_dpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, ha
     if preference.sft_weight > 0:
         losses, weights = [*losses, "sft"], [*weights, preference.sft_weight]
     return DPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=preference.beta, loss_type=losses,
-                     loss_weights=weights, precompute_ref_log_probs=preference.precompute_reference)
+                     loss_weights=weights, precompute_ref_log_probs=preference.precompute_reference,
+                     padding_free=plan.padding_free)
 
 
 def preference_trainer_class() -> type[CountingTrainer]:
@@ -76,13 +77,13 @@ def preference_trainer_class() -> type[CountingTrainer]:
     return cast("type[CountingTrainer]", QloraDPOTrainer)
 
 
-def build_orpo_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> ORPOConfig:
+def build_orpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eval: bool) -> ORPOConfig:
     from ..training.config import trainer_arguments
 
     _silence_experimental_notice()
     from trl.experimental.orpo import ORPOConfig
 
-    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
+    shared = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
     return ORPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=recipe.preference.beta,
                       remove_unused_columns=False)
 

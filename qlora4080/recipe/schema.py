@@ -34,7 +34,8 @@ class ModelSection(Section):
     max_seq_len: int = Field(default=1024, ge=16, le=131072)
     """Longest training sequence in tokens; longer conversations are truncated."""
     load_in_4bit: bool = True
-    """NF4 4-bit base weights (QLoRA). Needs CUDA + bitsandbytes; ignored on CPU with a warning."""
+    """NF4 4-bit base weights (QLoRA), through bitsandbytes on a CUDA card or a CPU. On a CPU it saves memory but
+    trains several times slower than fp32 (docs/benchmarks.md)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
     backend: Literal["auto", "unsloth", "hf"] = "auto"
@@ -166,7 +167,7 @@ class TrainingSection(Section):
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradient clipping norm."""
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "auto"
-    """auto: 8-bit AdamW on CUDA when bitsandbytes is present, torch AdamW otherwise."""
+    """auto: 8-bit AdamW on CUDA, torch AdamW on a CPU. adamw_8bit and paged_adamw_8bit work on a CPU too."""
     gradient_checkpointing: bool | None = None
     """None = device default (on for CUDA, off on CPU where it only costs time)."""
     seed: int = 42

@@ -1,9 +1,9 @@
 """Recipe -> TRL SFTConfig: the one visible mapping, with device-aware defaults.
 
 TRL's SFTConfig defaults to bf16=True and gradient_checkpointing=True. On a CPU
-both only cost time (bf16 autocast was measured ~17x slower than fp32 here),
-so CPU runs get fp32, no checkpointing and torch AdamW; CUDA runs get bf16
-(fp16 on older cards), checkpointing and 8-bit AdamW when bitsandbytes exists.
+both only cost time, so every device-dependent value (precision, optimizer,
+checkpointing, padding-free) comes from the run's plan (qlora4080/plan.py),
+the same object the preflight and the summary read.
 
 Early stopping (training.early_stopping_patience) is transformers' own
 EarlyStoppingCallback on eval_loss with load_best_model_at_end, so the model
@@ -12,13 +12,11 @@ left in memory, and saved as the adapter, is the best evaluation's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.loading import compute_dtype_name
 from ..errors import QloraError
-from ..hardware import Hardware, has_module
+from ..plan import RunPlan
 from ..recipe import Recipe
 from .compat import checkpointing_options
 
@@ -27,43 +25,13 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
 
-@dataclass(frozen=True)
-class DeviceDefaults:
-    bf16: bool
-    fp16: bool
-    gradient_checkpointing: bool
-    optimizer: str
-
-
-def device_defaults(recipe: Recipe, hardware: Hardware) -> DeviceDefaults:
-    """What each device needs unless the recipe says otherwise."""
-    training = recipe.training
-    dtype = compute_dtype_name(recipe.model.dtype, hardware)
-    if hardware.is_cuda:
-        checkpointing = True if training.gradient_checkpointing is None else training.gradient_checkpointing
-        optimizer = "adamw_8bit" if has_module("bitsandbytes") else "adamw_torch"
-    else:
-        checkpointing = bool(training.gradient_checkpointing)
-        optimizer = "adamw_torch"
-    if training.optimizer != "auto":
-        optimizer = training.optimizer
-    return DeviceDefaults(
-        bf16=dtype == "bfloat16" and hardware.is_cuda,
-        fp16=dtype == "float16" and hardware.is_cuda,
-        gradient_checkpointing=checkpointing,
-        optimizer=optimizer,
-    )
-
-
-def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool,
-                      backend: str) -> dict[str, Any]:
+def trainer_arguments(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments every training method shares: schedule, precision, logging, saving, evaluation.
 
     A plain dict because SFTConfig and DPOConfig both extend TrainingArguments:
-    each method adds its own fields to these.
+    each method adds its own fields to these. Device-dependent values come from the run's plan.
     """
     t = recipe.training
-    defaults = device_defaults(recipe, hardware)
     eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
     stopping = early_stopping_on(recipe, has_eval=has_eval)
     return dict(
@@ -78,11 +46,11 @@ def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, h
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=defaults.optimizer,
-        bf16=defaults.bf16,
-        fp16=defaults.fp16,
+        optim=plan.optimizer,
+        bf16=plan.bf16,
+        fp16=plan.fp16,
         # unsloth applies its own checkpointing when the adapter is attached
-        **checkpointing_options(defaults.gradient_checkpointing and backend == "hf"),
+        **checkpointing_options(plan.gradient_checkpointing and plan.backend == "hf"),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -102,7 +70,7 @@ def trainer_arguments(recipe: Recipe, hardware: Hardware, output_dir: Path, *, h
         report_to="none",  # the trackers' callbacks are added by training/trackers.py, configured for this run
         disable_tqdm=True,
         dataloader_num_workers=0,
-        use_cpu=not hardware.is_cuda,
+        use_cpu=plan.device == "cpu",
     )
 
 
@@ -134,8 +102,14 @@ def early_stopping_callbacks(recipe: Recipe) -> list[TrainerCallback]:
                                   early_stopping_threshold=t.early_stopping_threshold)]
 
 
-def build_sft_config(recipe: Recipe, hardware: Hardware, output_dir: Path, *, has_eval: bool, backend: str) -> SFTConfig:
+def build_sft_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eval: bool) -> SFTConfig:
+    """SFTConfig for rows qlora4080 tokenized and labelled itself.
+
+    `packing` and `padding_free` are always given: left unset, unsloth's SFTTrainer switches padding-free on
+    and drops `max_length` (unsloth/trainer.py, models/rl.py in 2026.10). data.packing is qlora4080's own
+    block-diagonal packing, done before the trainer sees the rows, so TRL's packing stays off.
+    """
     from trl import SFTConfig
 
-    shared = trainer_arguments(recipe, hardware, output_dir, has_eval=has_eval, backend=backend)
-    return SFTConfig(**shared, max_length=recipe.model.max_seq_len, packing=False)
+    shared = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
+    return SFTConfig(**shared, max_length=recipe.model.max_seq_len, packing=False, padding_free=plan.padding_free)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..hardware import Hardware
+from ..plan import RunPlan
 from ..recipe import Recipe
 from .runlog import RunLog
 
@@ -77,13 +77,12 @@ def _tokenize_split(key: str, file: Path, recipe: Recipe, tokenizer: Tokenizer, 
     return split
 
 
-def pack_splits(recipe: Recipe, hardware: Hardware, tokenizer: Tokenizer, train_split: TokenizedSplit,
+def pack_splits(recipe: Recipe, plan: RunPlan, tokenizer: Tokenizer, train_split: TokenizedSplit,
                 eval_split: TokenizedSplit | None, log: RunLog) -> PackedCollator:
     """Replace each split's rows by packed rows; the collator that batches them (block-diagonal mask)."""
     import torch
     from datasets import Dataset
 
-    from ..backends.loading import compute_dtype_name
     from ..data.packing import PackedCollator, pack_rows
 
     for name, split in (("train", train_split), ("validation", eval_split)):
@@ -95,5 +94,5 @@ def pack_splits(recipe: Recipe, hardware: Hardware, tokenizer: Tokenizer, train_
         fill = sum(len(r["input_ids"]) for r in packed) / (len(packed) * recipe.model.max_seq_len)
         log.line(f"{name}: packed {len(rows)} conversations into {len(packed)} sequences of up to "
                  f"{recipe.model.max_seq_len} tokens ({fill:.0%} full)")
-    dtype = getattr(torch, compute_dtype_name(recipe.model.dtype, hardware))
+    dtype = getattr(torch, plan.loading.compute_dtype)
     return PackedCollator(tokenizer.pad_token_id, dtype=dtype)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..data.dataset import TokenizedSplit
     from ..hardware import Hardware
     from ..model_types import Model, Tokenizer
+    from ..plan import RunPlan
     from .callbacks import MetricsCallback
     from .interrupts import InterruptGuard
     from .panel import TrainingView
@@ -61,6 +62,8 @@ class TrainingRun:
     hardware: Hardware = field(init=False)
     backend_name: BackendName = field(init=False)
     backend: Backend = field(init=False)
+    plan: RunPlan = field(init=False)
+    """What the recipe's "auto" values became on this machine; every later stage reads it."""
     # Each stage sets what it makes; a later stage reads only what earlier ones set.
     model: Model = field(init=False)
     tokenizer: Tokenizer = field(init=False)
@@ -81,6 +84,7 @@ class TrainingRun:
         from ..distributed import check_sharding_supported, is_main_process, world_size
         from ..doctor import plan_training
         from ..hardware import detect
+        from ..plan import resolve_plan
         from ..preflight import print_preflight, run_preflight
         from ..quiet import quiet_libraries
 
@@ -98,13 +102,13 @@ class TrainingRun:
             self.backend_name = plan.backend  # plan.warnings: the backend says those itself when it loads
             check_sharding_supported(self.backend_name)
             quiet_libraries()
-            if self.recipe.data.packing and self.backend_name == "unsloth":
-                raise QloraError("data.packing = true is not supported with the unsloth backend yet",
-                                 hint="--set model.backend=hf (packs with a block-diagonal mask), or --set data.packing=false")
+            self.plan = resolve_plan(self.recipe, self.hardware, self.backend_name)
             self.backend = load_backend(self.backend_name)
             resumed = f" (resumed from {self.checkpoint})" if self.checkpoint else ""
             self.log.line(f"run {self.dirs.name}{resumed}: recipe {self.recipe.source_path}")
             self.log.line(f"backend: {self.backend_name} ({plan.reason})")
+            for line in self.plan.log_lines():
+                self.log.line(line, style="yellow" if line.startswith("note:") else None)
             print_preflight(run_preflight(self.recipe, self.hardware, self.backend_name, target_gb, processes=world_size()),
                             self.hardware)
             if is_main_process():
@@ -124,7 +128,6 @@ class TrainingRun:
 
     def attach_lora(self) -> None:
         """A fresh adapter from the recipe's [lora], or the trained one `model.adapter` names, trainable."""
-        from .config import device_defaults
         from .summary import count_parameters
 
         lora, adapter = self.recipe.lora, self.recipe.model.adapter
@@ -133,9 +136,8 @@ class TrainingRun:
                 self.model = self._load_adapter(Path(adapter).expanduser())
         else:
             with self.stages.stage(f"Attaching LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}"):
-                checkpointing = device_defaults(self.recipe, self.hardware).gradient_checkpointing
                 self.model = self.backend.attach_lora(self.model, lora, seed=self.recipe.training.seed,
-                                                      gradient_checkpointing=checkpointing)
+                                                      gradient_checkpointing=self.plan.gradient_checkpointing)
         trainable, total = count_parameters(self.model)
         self.log.line(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
@@ -193,10 +195,9 @@ class TrainingRun:
         from .trainer import counting_trainer_class
 
         recipe = self.recipe
-        collator = (pack_splits(recipe, self.hardware, self.tokenizer, self.train_split, self.eval_split, self.log)
-                    if recipe.data.packing else None)
-        config = build_sft_config(recipe, self.hardware, self.dirs.checkpoint, has_eval=self.eval_split is not None,
-                                  backend=self.backend_name)
+        collator = (pack_splits(recipe, self.plan, self.tokenizer, self.train_split, self.eval_split, self.log)
+                    if self.plan.packing else None)
+        config = build_sft_config(recipe, self.plan, self.dirs.checkpoint, has_eval=self.eval_split is not None)
         return counting_trainer_class()(
             model=self.model, args=config, train_dataset=self.train_split.dataset,
             eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
@@ -265,9 +266,9 @@ class TrainingRun:
 
         dirs = self.dirs
         summary = build_summary(dirs, output, self.metrics.history, self.train_split, eval_metrics, self.stages.timings,
-                                self.started, self.hardware, self.trainer)
+                                self.started, self.hardware, self.trainer, self.plan)
         with self.stages.stage(f"Saving adapter to {dirs.checkpoint}"):
-            meta = checkpoint_meta(self.recipe, self.backend_name, summary, self.validation_file)
+            meta = checkpoint_meta(self.recipe, self.plan, summary, self.validation_file)
             save_adapter(self.model, self.tokenizer, dirs.checkpoint,
                          {META_FILE: meta.to_json(), **model_card_file(meta, dirs.checkpoint)},
                          last_good=latest_checkpoint(dirs.checkpoint))

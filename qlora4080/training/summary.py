@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -17,11 +18,12 @@ from .rundirs import RunDirs
 from .runlog import RunLog
 
 if TYPE_CHECKING:
+    import torch
     from transformers.trainer_utils import TrainOutput
 
-    from ..backends import BackendName as Backend
     from ..data.dataset import TokenizedSplit
     from ..model_types import Model
+    from ..plan import RunPlan
     from .callbacks import MetricRecord
     from .trainer import CountingTrainer
 
@@ -62,17 +64,29 @@ class RunSummary(TypedDict, total=False):
     """With early stopping: whether it stopped training before max_steps / epochs."""
     stopped_at_step: int
     """The step early stopping ended training at (only when it did)."""
+    plan: dict[str, object]
+    """How the run trained on its machine: backend, device, compute dtype, quantization, optimizer, checkpointing,
+    packing, padding-free (plan.RunPlan.summary_fields)."""
 
 
 def count_parameters(model: Model) -> tuple[int, int]:
+    """(trainable, all) weights; a 4-bit matrix counts its weights, not the bytes that pack two of them into one."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(_weights(p) for p in model.parameters())
     return trainable, total
+
+
+def _weights(parameter: torch.nn.Parameter) -> int:
+    state = getattr(parameter, "quant_state", None)  # bitsandbytes' Params4bit: the unpacked matrix's shape
+    shape = getattr(state, "shape", None)
+    if shape is not None:
+        return int(math.prod(shape))
+    return parameter.numel()
 
 
 def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord], train_split: TokenizedSplit,
                   eval_metrics: dict[str, float], timings: dict[str, float], started: float, hardware: Hardware,
-                  trainer: CountingTrainer) -> RunSummary:
+                  trainer: CountingTrainer, plan: RunPlan) -> RunSummary:
     from ..hardware import memory_snapshot
 
     # The trainer's log history, not only this process's: after --resume it holds the steps before the resume point too,
@@ -98,6 +112,7 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
         "processes": trainer.args.world_size,
         "global_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
         * trainer.args.world_size,
+        "plan": plan.summary_fields(),
     }
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
@@ -137,6 +152,8 @@ def print_summary(summary: RunSummary, log: RunLog) -> None:
     for key, value in summary.items():
         if key == "best_checkpoint" and isinstance(value, dict):
             value = f"step {value['step']}, eval_loss {value['eval_loss']:.4g}"
+        elif key == "plan" and isinstance(value, dict):
+            value = ", ".join(f"{name.replace('_', ' ')} {setting}" for name, setting in value.items())
         elif isinstance(value, dict):  # stage_seconds
             value = ", ".join(f"{name.split(' ')[0].lower()} {sec:.1f}s" for name, sec in value.items())
         table.add_row(key, _short(value))
@@ -144,7 +161,7 @@ def print_summary(summary: RunSummary, log: RunLog) -> None:
     log.line("summary: " + json.dumps(summary), echo=False)
 
 
-def checkpoint_meta(recipe: Recipe, backend: Backend, summary: RunSummary, validation_file: Path | None) -> CheckpointMeta:
+def checkpoint_meta(recipe: Recipe, plan: RunPlan, summary: RunSummary, validation_file: Path | None) -> CheckpointMeta:
     """What `chat` (and later eval/export) needs to rebuild the model exactly as trained."""
     import peft
     import torch
@@ -153,8 +170,8 @@ def checkpoint_meta(recipe: Recipe, backend: Backend, summary: RunSummary, valid
 
     return CheckpointMeta(
         base_model=recipe.model.name,
-        backend=backend,
-        load_in_4bit=recipe.model.load_in_4bit,
+        backend=plan.backend,
+        load_in_4bit=plan.loading.load_in_4bit,  # what was loaded: chat, eval and export rebuild the same base
         dtype=recipe.model.dtype,
         max_seq_len=recipe.model.max_seq_len,
         train_on=recipe.data.train_on,
