@@ -47,10 +47,29 @@ def parse_from_wheel(wheel: Path, module_path: str) -> ast.Module:
 
 
 def named_parameters(function: ast.FunctionDef) -> tuple[set[str], bool]:
-    """The parameters a caller can name, and whether **kwargs swallows any other name."""
+    """The parameters a caller can name, and whether **kwargs swallows any other name.
+
+    A name the body reads out of **kwargs (`kwargs.get("x")`, `kwargs.pop("x")`, `kwargs["x"]`) is one the
+    function takes too: unsloth's from_pretrained reads `local_files_only` that way.
+    """
     args = function.args
     names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    if args.kwarg is not None:
+        names |= _read_from(function, args.kwarg.arg)
     return names, args.kwarg is not None
+
+
+def _read_from(function: ast.FunctionDef, kwargs: str) -> set[str]:
+    names = set()
+    for node in ast.walk(function):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop")
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == kwargs
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            names.add(str(node.args[0].value))
+        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == kwargs
+              and isinstance(node.slice, ast.Constant)):
+            names.add(str(node.slice.value))
+    return names
 
 
 def find_function(tree: ast.Module, qualified: str) -> ast.FunctionDef:

@@ -234,8 +234,12 @@ def test_doctor_finds_the_llama_cpp_folder_unsloth_is_told_to_use(tmp_path, monk
     assert gpu_stack.llama_cpp() == str(folder)
 
 
-@pytest.mark.skipif(has_module("unsloth"), reason="unsloth is installed here")
-def test_unsloth_backend_on_cuda_without_unsloth_is_a_blocker():
+def test_unsloth_backend_on_cuda_without_unsloth_is_a_blocker(monkeypatch):
+    from qlora4080 import unsloth_setup
+
+    monkeypatch.setattr(unsloth_setup, "has_module", lambda name: name != "unsloth")  # a CPU venv has it installed
+    uncached = unsloth_setup.unsloth_import_problem.__wrapped__  # functools.cache keeps this process's real answer
+    monkeypatch.setattr("qlora4080.backends.unsloth_import_problem", uncached)
     blockers = training_blockers(load_recipe(DEMO_RECIPE, ["model.backend=unsloth"]), FAKE_CUDA)
     assert len(blockers) == 1 and "unsloth is not installed" in blockers[0].message
 

@@ -119,12 +119,13 @@ def test_early_stopping_maps_onto_transformers_arguments(tmp_path: Path):
     from transformers import EarlyStoppingCallback
 
     from qlora4080.hardware import Hardware
+    from qlora4080.plan import resolve_plan
     from qlora4080.training.config import build_sft_config, early_stopping_callbacks
 
     cpu = Hardware(device="cpu", cpu_count=2)
     stopping = load_recipe(DEMO_RECIPE, ["training.eval_steps=25", "training.save_steps=100",
                                          "training.early_stopping_patience=3", "training.early_stopping_threshold=0.01"])
-    config = build_sft_config(stopping, cpu, tmp_path, has_eval=True, backend="hf")
+    config = build_sft_config(stopping, resolve_plan(stopping, cpu, "hf"), tmp_path, has_eval=True)
     assert (config.load_best_model_at_end, config.metric_for_best_model, config.greater_is_better) == (True, "eval_loss", False)
     assert config.eval_steps == config.save_steps == 25  # every evaluation saved, so the best one is on disk
     [callback] = early_stopping_callbacks(stopping)
@@ -132,7 +133,7 @@ def test_early_stopping_maps_onto_transformers_arguments(tmp_path: Path):
     assert (callback.early_stopping_patience, callback.early_stopping_threshold) == (3, 0.01)
 
     plain = load_recipe(DEMO_RECIPE, ["training.eval_steps=25", "training.save_steps=100"])
-    config = build_sft_config(plain, cpu, tmp_path, has_eval=True, backend="hf")
+    config = build_sft_config(plain, resolve_plan(plain, cpu, "hf"), tmp_path, has_eval=True)
     assert config.load_best_model_at_end is False and config.save_steps == 100 and early_stopping_callbacks(plain) == []
 
 

@@ -143,13 +143,14 @@ def test_data_preview_shows_both_answers_of_a_pair(tmp_path, tiny_model_dir):
 
 def test_sft_weight_adds_trls_sft_loss_beside_the_preference_loss(tmp_path, tiny_model_dir):
     from qlora4080.hardware import Hardware
+    from qlora4080.plan import resolve_plan
     from qlora4080.preference.trainer import build_dpo_config
 
     plain = load_recipe(dpo_recipe(tmp_path, tiny_model_dir), ["preference.loss_type=ipo"])
-    config = build_dpo_config(plain, Hardware(device="cpu"), tmp_path / "out", has_eval=False, backend="hf")
+    config = build_dpo_config(plain, resolve_plan(plain, Hardware(device="cpu"), "hf"), tmp_path / "out", has_eval=False)
     assert (config.loss_type, config.loss_weights) == (["ipo"], [1.0])
     mixed = load_recipe(dpo_recipe(tmp_path, tiny_model_dir), ["preference.sft_weight=0.5"])
-    config = build_dpo_config(mixed, Hardware(device="cpu"), tmp_path / "out", has_eval=False, backend="hf")
+    config = build_dpo_config(mixed, resolve_plan(mixed, Hardware(device="cpu"), "hf"), tmp_path / "out", has_eval=False)
     assert (config.loss_type, config.loss_weights) == (["sigmoid", "sft"], [1.0, 0.5])
     with pytest.raises(QloraError, match="sft_weight"):
         load_recipe(dpo_recipe(tmp_path, tiny_model_dir), ["preference.sft_weight=-1"])

@@ -123,7 +123,7 @@ def run_backend_case(opts: CaseOptions, record: CaseRecord) -> None:
         from qlora4080.training.summary import checkpoint_meta
 
         # as the run's final save does: adapter + tokenizer + the metadata chat and export read, all or nothing
-        meta = checkpoint_meta(recipe, opts.backend, {}, None)
+        meta = checkpoint_meta(recipe, plan, {}, None)
         save_adapter(model, tokenizer, adapter_dir, {META_FILE: meta.to_json()})
         torch.save(before, opts.work / "before.pt")
     del model

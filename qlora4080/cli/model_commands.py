@@ -205,8 +205,6 @@ def export(
 
     if merged is None and gguf is None and push_to_hub is None:
         raise QloraError("nothing to export", hint="pass --merged OUT_DIR, --gguf QUANT and/or --push-to-hub owner/name")
-    if gguf is not None and (problem := gguf_tooling_problem()):  # first: it imports unsloth before a merge imports peft
-        raise gguf_unavailable(problem)
     if private and push_to_hub is None:
         raise QloraError("--private works with --push-to-hub", where="--private")
     # No network or no token fails here, in seconds, before a merge that takes minutes.
@@ -216,6 +214,8 @@ def export(
         check_output_folder(merged, "--merged")
     if gguf is not None:
         check_output_folder(gguf_target, "--gguf-dir", given=gguf_dir is not None)
+    if gguf is not None and (problem := gguf_tooling_problem()):  # before the merge: it imports unsloth before peft
+        raise gguf_unavailable(problem)
     if merged is not None:
         result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt, repo_id=push_to_hub)
         console.print(f"[green]merged model saved to {result.out_dir}[/]")
