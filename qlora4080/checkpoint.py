@@ -20,6 +20,7 @@ from .backends import BackendName
 from .data.vocabulary import TrainOn
 from .errors import QloraError
 from .recipe.schema import TrainingMethod
+from .thinking import Thinking
 
 if TYPE_CHECKING:
     from .recipe import ModelSection
@@ -46,6 +47,8 @@ class CheckpointMeta(BaseModel):
     dtype: Dtype = "auto"
     max_seq_len: int = 1024
     train_on: TrainOn = "assistant"
+    thinking: Thinking = "auto"
+    """[model] thinking as trained; the saved chat template carries it (see thinking.py)."""
     method: TrainingMethod = "sft"
     """How the adapter was trained: on conversations (sft) or on preference pairs (dpo)."""
     started_from: str | None = None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import QloraError
 from ..recipe import BUILTIN_PREFIX, ModelSection
+from ..thinking import Thinking, with_thinking
 
 if TYPE_CHECKING:
     from ..model_types import Tokenizer
@@ -44,11 +45,11 @@ def load_tokenizer(source: str, model_cfg: ModelSection, template_path: Path | N
                 f"{hub_host()} cannot be reached from this machine and it is not in the local cache")
             raise QloraError(f"could not load the tokenizer of '{model_cfg.name}': {reason}", where="[model] name",
                              hint="connect this machine once to download it, or set [model] name to a local folder") from exc
-    return prepare_tokenizer(tokenizer, template_path)
+    return prepare_tokenizer(tokenizer, template_path, model_cfg.thinking)
 
 
-def prepare_tokenizer(tokenizer: Tokenizer, template_path: Path | None) -> Tokenizer:
-    """Apply a recipe's chat template and make sure padding is possible."""
+def prepare_tokenizer(tokenizer: Tokenizer, template_path: Path | None, thinking: Thinking = "auto") -> Tokenizer:
+    """Apply a recipe's chat template and thinking switch, and make sure padding is possible."""
     if template_path is not None:
         tokenizer.chat_template = template_path.read_text(encoding="utf-8")
     if not getattr(tokenizer, "chat_template", None):
@@ -57,6 +58,7 @@ def prepare_tokenizer(tokenizer: Tokenizer, template_path: Path | None) -> Token
             where="[model] name",
             hint="use an instruct/chat model, or set model.chat_template to a .jinja file",
         )
+    tokenizer.chat_template = with_thinking(str(tokenizer.chat_template), thinking)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise QloraError("the tokenizer has neither a pad nor an eos token", where="[model] name")

@@ -57,7 +57,7 @@ def load_model(model_cfg: ModelSection, hardware: Hardware, *, template_path: Pa
         warn(f"unsloth loaded {resolved[-1]} for model.name = {model_cfg.name}")
     # Some unsloth versions return a processor for multimodal families; the text tokenizer is inside.
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    return model, prepare_tokenizer(tokenizer, template_path)
+    return model, prepare_tokenizer(tokenizer, template_path, model_cfg.thinking)
 
 
 def attach_lora(model: Model, lora: LoraSection, *, seed: int, gradient_checkpointing: bool = True) -> Model:

@@ -152,6 +152,7 @@ def data_preview(
     from ..data.preview import preview_rows, render_row
     from ..quiet import quiet_libraries
     from ..recipe import load_recipe
+    from ..thinking import describe, template_has_switch
 
     loaded = load_recipe(recipe, set_ or [])
     quiet_libraries()
@@ -177,6 +178,8 @@ def data_preview(
         return
     records = read_conversations(path).records[:n]
     rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)
+    if loaded.model.thinking != "auto" or template_has_switch(str(tokenizer.chat_template)):
+        console.print(describe(loaded.model.thinking))
     for row in rows:
         console.print(render_row(row))
     tokens, trained = sum(r["tokens"] for r in rows), sum(r["trained"] for r in rows)

@@ -42,6 +42,10 @@ class ModelSection(Section):
     """auto: unsloth when CUDA is present and unsloth imports, else transformers + peft (hf)."""
     chat_template: str | None = None
     """Optional path to a Jinja chat template that replaces the tokenizer's own."""
+    thinking: bool | Literal["auto"] = "auto"
+    """Reasoning models whose template reads enable_thinking (Qwen3 hybrids): true or false is written into the chat
+    template, so training, chat, eval, generate, serve and every export render the same way; "auto" leaves the
+    template's own default."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own Python code."""
     adapter: str | None = None

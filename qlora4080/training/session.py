@@ -18,6 +18,7 @@ from ..console import stage
 from ..errors import QloraError
 from ..perplexity import from_loss
 from ..recipe import Recipe
+from ..thinking import describe
 from .rundirs import RunDirs, latest_checkpoint
 from .runlog import RunLog
 from .saving import save_adapter
@@ -109,6 +110,8 @@ class TrainingRun:
             self.log.line(f"backend: {self.backend_name} ({plan.reason})")
             for line in self.plan.log_lines():
                 self.log.line(line, style="yellow" if line.startswith("note:") else None)
+            if self.recipe.model.thinking != "auto":
+                self.log.line(describe(self.recipe.model.thinking))
             print_preflight(run_preflight(self.recipe, self.hardware, self.backend_name, target_gb, processes=world_size()),
                             self.hardware)
             if is_main_process():

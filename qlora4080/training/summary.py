@@ -175,6 +175,7 @@ def checkpoint_meta(recipe: Recipe, plan: RunPlan, summary: RunSummary, validati
         dtype=recipe.model.dtype,
         max_seq_len=recipe.model.max_seq_len,
         train_on=recipe.data.train_on,
+        thinking=recipe.model.thinking,
         method=recipe.training.method,
         started_from=str(Path(recipe.model.adapter).expanduser().resolve()) if recipe.model.adapter else None,
         trust_remote_code=recipe.model.trust_remote_code,
