@@ -114,3 +114,18 @@ def test_a_model_trained_with_thinking_off_does_not_think_after_merge(tiny_model
     export_merged(checkpoint, merged, prompt=QUESTION[0]["content"])
     exported = AutoTokenizer.from_pretrained(merged)
     assert generation_prompt(exported, enable_thinking=True).endswith(EMPTY_THINK)
+
+
+def test_continuing_an_adapter_with_another_switch_is_noted(tiny_model_dir, tmp_path):
+    from qlora4080 import load_recipe, train
+
+    template = tmp_path / "qwen3.jinja"
+    template.write_text(QWEN3.read_text(encoding="utf-8"), encoding="utf-8")
+    first = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), training={"max_steps": 1},
+                                     model={"chat_template": str(template), "thinking": False}))
+    checkpoint = train(first, run_name="off", live=False).checkpoint_dir
+    again = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), training={"max_steps": 1},
+                                     model={"chat_template": str(template), "adapter": str(checkpoint)}))
+    train(again, run_name="auto", live=False)
+    log = (tmp_path / "runs" / "auto" / "train.log").read_text(encoding="utf-8")
+    assert 'trained with model.thinking = false, this run renders with "auto"' in " ".join(log.split())

@@ -159,6 +159,10 @@ class TrainingRun:
             raise QloraError(f"the adapter in {folder} was trained on {meta.base_model}, but [model] name is "
                              f"{self.recipe.model.name}", where="[model] adapter",
                              hint=f"set [model] name = \"{meta.base_model}\", or pick an adapter trained on this model")
+        if meta is not None and meta.thinking != self.recipe.model.thinking:
+            self.log.line(f"note: the adapter in {folder} was trained with model.thinking = {_toml(meta.thinking)}, "
+                          f"this run renders with {_toml(self.recipe.model.thinking)}: set the same value unless the "
+                          "change is what you want to train", style="yellow")
         model = PeftModel.from_pretrained(self.model, folder, is_trainable=True)
         shape = model.peft_config["default"]
         lora = self.recipe.lora
@@ -289,3 +293,8 @@ def snapshot_recipe(recipe: Recipe, dirs: RunDirs) -> None:
     staged = dirs.checkpoint / f".{RECIPE_SNAPSHOT}.tmp"
     staged.write_text(recipe.to_toml(), encoding="utf-8")
     staged.replace(dirs.checkpoint / RECIPE_SNAPSHOT)
+
+
+def _toml(value: object) -> str:
+    """A recipe value as it is written in TOML (true, false, "auto")."""
+    return str(value).lower() if isinstance(value, bool) else f'"{value}"'
