@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..recipe import Recipe
+from .replace import settle_replaced, settle_stale
 from .resume_check import check_resume
 from .rundirs import (
     RunDirs,
@@ -92,13 +93,17 @@ def _plan_run(recipe: Recipe, held: ExitStack, run_name: str | None, overwrite: 
         dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
     else:
         dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
-    held.enter_context(holding(dirs.checkpoint, f"run '{dirs.name}'"))
+    # One lock per folder the run writes, keyed by the real path: two runs of one name with different
+    # checkpoints_dir still share runs/<name>, and a symlinked --resume-from is the same run as its target.
+    for folder in sorted({dirs.checkpoint.resolve(), dirs.logs.resolve()}):
+        held.enter_context(holding(folder, f"run '{dirs.name}'"))
+    notes = settle_stale((dirs.checkpoint, dirs.logs), dirs.checkpoint)
     if resuming:
-        notes = check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
+        notes += check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
     else:
         plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
-        create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
-        notes = []
+        moved = create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
+        held.callback(settle_replaced, moved, dirs.checkpoint)  # runs before the locks are released
     dirs.logs.mkdir(parents=True, exist_ok=True)
     return dirs, checkpoint, notes
 
