@@ -10,15 +10,18 @@ come back if the new run fails before it has saved anything (see replace.py).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import QloraError
 from ..recipe import Recipe, run_name_problem
 from .replace import MovedAside, move_aside
 
 RUN_MARKER = ".qlora4080-run"
+TRAINER_STATE = "trainer_state.json"
 # What runs written before the marker existed hold: enough to list them in `runs`, never to delete them.
 EARLIER_RUN_FILES = ("qlora4080.json", "recipe.toml", "train.log", "metrics.jsonl", "summary.json")
 
@@ -117,9 +120,35 @@ def recipe_inputs(recipe: Recipe) -> list[Path]:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint-N folder with the highest N that holds a trainer state."""
-    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    """The checkpoint-N folder with the highest N whose trainer state is intact.
+
+    A kill during a save can leave a truncated trainer_state.json: that
+    checkpoint is passed over for the intact one before it.
+    """
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and trainer_state(p) is not None]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def trainer_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer_state.json as a dict; None when it is missing or damaged."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def check_not_finished(checkpoint: Path, run_name: str) -> None:
+    """Resuming a checkpoint that already reached the run's last step would train past it: refuse, saying so."""
+    state = trainer_state(checkpoint) or {}
+    step, last = state.get("global_step", 0), state.get("max_steps", 0)
+    if isinstance(last, int) and last > 0 and step >= last:
+        adapter = checkpoint.parent / "adapter_model.safetensors"
+        where = (f"its adapter is in {checkpoint.parent}" if adapter.is_file()
+                 else f"{checkpoint} holds its trained adapter (chat with it or eval it there)")
+        raise QloraError(f"run '{run_name}' already finished: {checkpoint.name} is at step {step} of {last}, so there "
+                         f"is nothing to resume; {where}", where="--resume",
+                         hint="to train longer, start a new run with [model] adapter set to this run's adapter")
 
 
 def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | None) -> tuple[RunDirs, Path]:
@@ -127,8 +156,12 @@ def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | 
     checkpoints, runs = Path(recipe.output.checkpoints_dir), Path(recipe.output.runs_dir)
     if resume_from is not None:
         path = Path(resume_from).expanduser().resolve()  # through symlinks: the run is the real folder
-        given = path / "trainer_state.json"
+        given = path / TRAINER_STATE
         run_folder = path.parent if given.is_file() else path
+        if given.is_file() and trainer_state(path) is None:
+            raise QloraError(f"{given} is damaged (cut short by a kill during the save?), so {resume_from} cannot "
+                             "be resumed", where="--resume-from",
+                             hint=f"resume from the run's folder ({run_folder}) to use its last intact checkpoint")
         checkpoint = path if given.is_file() else latest_checkpoint(path)
         if checkpoint is None:
             raise QloraError(f"no resumable checkpoint in {resume_from}", where="--resume-from",
