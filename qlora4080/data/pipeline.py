@@ -27,7 +27,7 @@ from ..recipe import Recipe, SourceSection
 from ..runlock import holding
 from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
-from .jsonl import Row, read_records, write_jsonl, write_text_atomically
+from .jsonl import Row, check_not_special, read_records, write_jsonl, write_text_atomically
 from .mixing import AnyBuildRecord, BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
 from .validate import CONTROL_CHARS, validate_messages
 from .vocabulary import Message
@@ -282,6 +282,7 @@ def _read_hub(source: SourceSection) -> list[Row]:
 
 def _file_digest(path: Path) -> str:
     """sha256 of a file's bytes, or of every file in a folder (an Arrow dataset saved to disk)."""
+    check_not_special(path)  # hashing a FIFO or /dev/zero never ends
     digest = hashlib.sha256()
     for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
         digest.update(str(member.relative_to(path) if path.is_dir() else member.name).encode())
