@@ -124,7 +124,16 @@ class TrainingRun:
         from .data_setup import prepare_data
 
         with self.stages.stage("Preparing data (chat template, assistant-only labels)"):
-            self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log)
+            self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log,
+                                                                                   self.guard_data)
+
+    def guard_data(self, train_file: Path) -> None:
+        """Process 0 records the training file's hash (a new run) or refuses a resume on changed data."""
+        from ..distributed import is_main_process
+        from .data_guard import guard_training_data
+
+        if is_main_process() and (note := guard_training_data(self.dirs.checkpoint, train_file, self.checkpoint is not None)):
+            self.log.line(note, style="yellow")
 
     def attach_lora(self) -> None:
         """A fresh adapter from the recipe's [lora], or the trained one `model.adapter` names, trainable."""
