@@ -7,6 +7,7 @@ already in the output file is skipped, so a stopped run continues where it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -50,7 +51,9 @@ def read_prompts(path: Path) -> PromptFile:
         if isinstance(messages, str):
             result.rejected.append(Rejected(path, number, messages))
             continue
-        identifier = str(record.get("id", f"line-{number}"))
+        # Without an id, one from the line and its prompt: the same prompt file resumes, another one never
+        # collides with answers already in the output ("line-2" of a different file is a different prompt).
+        identifier = str(record["id"]) if "id" in record else f"line-{number}-{_content_key(messages)}"
         if identifier in seen:
             result.rejected.append(Rejected(path, number, f"duplicate id {identifier!r}"))
             continue
@@ -58,6 +61,10 @@ def read_prompts(path: Path) -> PromptFile:
         extra = {k: v for k, v in record.items() if k not in ("messages", "prompt", "system", "id")}
         result.prompts.append(PromptLine(identifier, messages, extra))
     return result
+
+
+def _content_key(messages: list[Message]) -> str:
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _messages(record: dict[str, object]) -> list[Message] | str:
@@ -87,7 +94,7 @@ _ANSWER_START = b'{"id": '
 _QUOTED_ID = re.compile(rb'\{"id": ("(?:[^"\\]|\\.)*")')
 
 
-def prepare_output(input: Path, output: Path) -> Resume:
+def prepare_output(input: Path, output: Path, flag: str = "--output") -> Resume:
     """Check `output` before any model loads; the ids it already answers.
 
     Answers are appended, so `output` must be new or a file of earlier answers:
@@ -96,7 +103,7 @@ def prepare_output(input: Path, output: Path) -> Resume:
     dropped, so its prompt is answered again and the file stays valid JSONL;
     a bad line anywhere else is an error, not a guess.
     """
-    _check_output_path(input, output)
+    check_output_path(input, output, flag)
     if not output.is_file():
         return Resume(set())
     raw = output.read_bytes()
@@ -115,38 +122,38 @@ def prepare_output(input: Path, output: Path) -> Resume:
             if index == last and (written.startswith(_ANSWER_START) or _ANSWER_START.startswith(written)):
                 return Resume(done, _drop_cut_line(output, start, number, written))
             why = f": {exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else " (not UTF-8)"
-            raise _foreign(output, number, f"is not valid JSON{why}", bool(done)) from None
+            raise _foreign(output, number, f"is not valid JSON{why}", bool(done), flag) from None
         if not isinstance(record, dict) or "id" not in record or "answer" not in record:
             raise _foreign(output, number, 'is not an answer as generate writes them (a JSON object with "id" and "answer")',
-                           bool(done))
+                           bool(done), flag)
         done.add(str(record["id"]))
     return Resume(done)
 
 
-def _check_output_path(input: Path, output: Path) -> None:
+def check_output_path(input: Path, output: Path, flag: str) -> None:
     if output.is_dir():
-        raise QloraError(f"{output} is a folder; answers go into one JSONL file", where="--output",
-                         hint=f"pass a file path, e.g. -o {output / 'answers.jsonl'}")
+        raise QloraError(f"{output} is a folder; answers go into one JSONL file", where=flag,
+                         hint=f"pass a file path, e.g. {flag} {output / 'answers.jsonl'}")
     if output.exists() and input.exists() and os.path.samefile(input, output):
         raise QloraError(f"the output {output} is the same file as the input {input}: answers would be appended to your prompts",
-                         where="--output", hint=f"write the answers to another file, e.g. -o {input.with_name(input.stem + '.answers.jsonl')}")
+                         where=flag, hint=f"write the answers to another file, e.g. {flag} {input.with_name(input.stem + '.answers.jsonl')}")
     folder = output.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise QloraError(f"{folder} is a file, so {output} cannot be created under it", where="--output",
+        raise QloraError(f"{folder} is a file, so {output} cannot be created under it", where=flag,
                          hint="choose an output path in a folder")
 
 
-def _foreign(output: Path, number: int, what: str, after_answers: bool) -> QloraError:
+def _foreign(output: Path, number: int, what: str, after_answers: bool, flag: str) -> QloraError:
     """A line that generate did not write: the file is left exactly as it is."""
     if after_answers:  # earlier lines are answers: one damaged line before the end, not a file to replace
         return QloraError(f"line {number} {what}; only a cut-off last line is repaired automatically, so the file "
                           "was left as it is", where=f"{output}:{number}",
-                          hint=f"fix or delete line {number} (a deleted answer is generated again), or pass a new file with -o")
-    return QloraError(f"line {number} {what}; answers are appended to -o, so it must be a file of earlier answers "
+                          hint=f"fix or delete line {number} (a deleted answer is generated again), or pass a new file with {flag}")
+    return QloraError(f"line {number} {what}; answers are appended to {flag}, so it must be a file of earlier answers "
                       "or a new file, and this one was left as it is", where=f"{output}:{number}",
-                      hint=f"pass a new file with -o, e.g. -o answers.jsonl, or move {output} away")
+                      hint=f"pass a new file with {flag}, e.g. {flag} answers.jsonl, or move {output} away")
 
 
 def _drop_cut_line(output: Path, start: int, number: int, written: bytes) -> str:

@@ -9,7 +9,10 @@ trained on a 4-bit base therefore exports as the 16-bit base plus the adapter.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,8 +46,14 @@ class ExportResult:
         return self.adapter_answer == self.merged_answer
 
 
-def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, option: str = "--merged") -> None:
-    """Make sure writing to `out_dir` can only ever replace an earlier export, never the checkpoint itself."""
+def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, option: str = "--merged",
+                  remove: bool = True) -> None:
+    """Make sure writing to `out_dir` can only ever replace an earlier export, never the checkpoint itself.
+
+    An earlier merged export is known by the EXPORT_RECORD this module wrote into it, never by a config.json
+    (every model folder has one: --overwrite once deleted the checkpoint's own base model). With `remove`
+    False the caller replaces the folder itself, once its new contents are complete.
+    """
     if source is not None:
         out, src = out_dir.resolve(), source.resolve()
         if out == src or out in src.parents or src in out.parents:
@@ -56,10 +65,38 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
         if not overwrite:
             raise QloraError(f"{out_dir} exists and is not empty", where=option,
                              hint="choose an empty or new folder, or pass --overwrite to replace its contents")
-        if not (out_dir / "config.json").is_file() and not any(out_dir.glob("*.gguf")):
-            raise QloraError(f"{out_dir} does not look like an earlier export (no config.json or .gguf), so "
-                             "--overwrite leaves it alone", where=option, hint="choose another folder")
-        shutil.rmtree(out_dir)
+        ours = (out_dir / EXPORT_RECORD).is_file() or (option != "--merged" and any(out_dir.glob("*.gguf")))
+        if not ours:
+            raise QloraError(f"{out_dir} does not look like an earlier export (no {EXPORT_RECORD}"
+                             + (")" if option == "--merged" else " or .gguf)") + ", so --overwrite leaves it alone",
+                             where=option, hint="choose another folder")
+        if remove:
+            shutil.rmtree(out_dir)
+
+
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A staging folder beside `out_dir` that replaces it when the block ends without error; removed otherwise."""
+    staging = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except Exception as error:  # noqa: BLE001  a full disk shows as OSError, SafetensorError or torch's RuntimeError
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = f"{error.strerror} ({error.filename})" if isinstance(error, OSError) and error.strerror else str(error)
+        kept = f"the earlier export in {out_dir} was left as it is" if out_dir.exists() else "nothing was left behind"
+        raise QloraError(f"could not write the merged model for {out_dir}: {reason}; {kept}",
+                         hint="free disk space or fix the folder's permissions, then export again", exit_code=4) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    aside = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
+    if out_dir.exists():
+        out_dir.rename(aside)
+    staging.rename(out_dir)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_meta(checkpoint: Path) -> CheckpointMeta:
@@ -91,7 +128,7 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     from .quiet import quiet_libraries
 
     meta = read_meta(checkpoint)
-    check_out_dir(out_dir, overwrite, source=checkpoint)
+    check_out_dir(out_dir, overwrite, source=checkpoint, remove=False)  # replaced below, once the merge is saved
     quiet_libraries()
     hardware = detect()
     dtype = compute_dtype(meta.dtype, hardware)
@@ -104,14 +141,14 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     adapter_answer = generate(ChatModel(model, tokenizer, "", True, end_of_turn_ids(tokenizer)), question, max_new_tokens=max_new_tokens)
 
     merged = model.merge_and_unload()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)  # with the chat template used in training
     record: dict[str, object] = {"merged_from": str(checkpoint.resolve()), "base_model": meta.base_model, "dtype": dtype,
                                  "trained_on_4bit": meta.load_in_4bit}
-    (out_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    (out_dir / CARD_FILE).write_text(card_for_checkpoint(checkpoint, load_from=repo_id or str(out_dir), merged=True),
-                                     encoding="utf-8")
+    with staged_folder(out_dir) as staging:  # an earlier export is replaced only by a complete new one
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)  # with the chat template used in training
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        (staging / CARD_FILE).write_text(card_for_checkpoint(checkpoint, load_from=repo_id or str(out_dir), merged=True),
+                                         encoding="utf-8")
     del merged, model, base
 
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype),

@@ -21,8 +21,13 @@ from .errors import QloraError
 
 
 def lock_path_for(folder: Path) -> Path:
-    """`checkpoints/run` -> `checkpoints/.run.lock` (beside it, so removing the folder keeps the lock)."""
-    return folder.parent / f".{folder.name}.lock"
+    """`checkpoints/run` -> `checkpoints/.run.lock` (beside it, so removing the folder keeps the lock).
+
+    Keyed by the real path: a folder reached through a symlink, `..` or another
+    spelling has the same lock as the folder itself.
+    """
+    real = folder.expanduser().resolve()
+    return real.parent / f".{real.name}.lock"
 
 
 @contextmanager

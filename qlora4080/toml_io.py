@@ -27,8 +27,15 @@ KeyPath = tuple[str | int, ...]
 
 
 def loads_toml(text: str) -> dict[str, object]:
-    """The parsed document; raises TOMLDecodeError (its message names the line and column)."""
-    return tomllib.loads(text)
+    """The parsed document; raises TOMLDecodeError (its message names the line and column).
+
+    Arrays or inline tables nested thousands deep exhaust Python's recursion: that is a TOMLDecodeError
+    too, so every caller's handling of a bad file covers it.
+    """
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise TOMLDecodeError("arrays or tables nested too deeply (thousands of levels) to read") from None
 
 
 def read_toml(path: Path) -> dict[str, object]:

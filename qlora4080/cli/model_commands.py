@@ -47,6 +47,9 @@ def chat(
         test_prompts = read_test_prompts(tests)
         target = save or run_folder(checkpoint) / "chat_tests.jsonl"
         check_output_file(target, "--save", given=save is not None)
+        from ..batch_infer import prepare_output
+
+        prepare_output(tests, target, "--save")  # answers are appended: never into the prompts or another file
         run_tests(load_for_chat(checkpoint), test_prompts, target, system=system, max_new_tokens=max_new_tokens,
                   temperature=temperature)
         console.print(f"answers saved to {target}")
@@ -162,6 +165,15 @@ def generate(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
 ) -> None:
     """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
+    from ..batch_infer import check_output_path
+    from ..runlock import holding
+
+    check_output_path(input, output, "--output")  # a folder or a file in the way is named before the lock is made
+    with holding(output, f"generate into {output}"):  # two runs on one output would answer every id twice
+        _generate(checkpoint, input, output, max_new_tokens, batch_size)
+
+
+def _generate(checkpoint: str, input: Path, output: Path, max_new_tokens: int, batch_size: int) -> None:
     from rich.progress import Progress
 
     from ..batch_infer import prepare_output, read_prompts, run_batch

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..checkpoint import RECIPE_SNAPSHOT
+from ..data.jsonl import check_not_special
 from ..errors import QloraError
 from ..toml_io import TOMLDecodeError, read_toml
 from .friendly import NOT_A_FOLDER_HINT, PERMISSIONS_HINT
@@ -19,13 +20,16 @@ DEFAULT_RUNS_DIR = "runs"
 
 
 def run_folder(checkpoint: str) -> Path:
-    """runs/<run> for a checkpoint: its logs folder, under the runs_dir its recipe snapshot names.
+    """runs/<run> for a checkpoint: its own logs folder, wherever the command runs from.
 
-    A recipe may send logs elsewhere (output.runs_dir); chat --tests and eval
-    write next to those logs. A plain model folder, a built-in model or a
-    snapshot that cannot be read falls back to ./runs.
+    `eval` once wrote ./runs/<name>/eval.json under the current folder: evaluating
+    another project's checkpoint replaced this project's numbers. Now a relative
+    runs_dir of the recipe snapshot is taken from the run's own project folder
+    (the checkpoint's folder less checkpoints_dir). A plain model folder or a
+    built-in model has no run: ./runs/<name>.
     """
-    return _runs_dir(Path(checkpoint)) / Path(checkpoint).name
+    path = Path(checkpoint)
+    return _runs_dir(path) / path.name
 
 
 def _runs_dir(checkpoint: Path) -> Path:
@@ -34,10 +38,20 @@ def _runs_dir(checkpoint: Path) -> Path:
         return Path(DEFAULT_RUNS_DIR)
     try:
         output = read_toml(snapshot).get("output")
-    except (OSError, UnicodeDecodeError, TOMLDecodeError):  # the snapshot is only a hint here; chat/eval judge the checkpoint
+    except (OSError, UnicodeDecodeError, TOMLDecodeError, RecursionError):  # only a hint here; chat/eval judge the checkpoint
         return Path(DEFAULT_RUNS_DIR)
-    runs_dir = output.get("runs_dir") if isinstance(output, dict) else None
-    return Path(runs_dir) if isinstance(runs_dir, str) and runs_dir.strip() else Path(DEFAULT_RUNS_DIR)
+    output = output if isinstance(output, dict) else {}
+    runs_dir, checkpoints_dir = output.get("runs_dir"), output.get("checkpoints_dir")
+    runs = Path(runs_dir) if isinstance(runs_dir, str) and runs_dir.strip() else Path(DEFAULT_RUNS_DIR)
+    if runs.is_absolute() or not isinstance(checkpoints_dir, str):
+        return runs
+    # relative to the folder the run was started in: the checkpoint's parent minus checkpoints_dir
+    parent, parts = checkpoint.resolve().parent, Path(checkpoints_dir).parts
+    if not parts:  # checkpoints_dir = "."
+        return parent / runs
+    if parent.parts[-len(parts):] == parts:
+        return Path(*parent.parts[:-len(parts)]) / runs
+    return runs
 
 
 def check_output_folder(folder: Path, flag: str, *, given: bool = True) -> None:
@@ -62,7 +76,8 @@ def check_output_file(file: Path, flag: str, *, given: bool = True) -> None:
 
 
 def check_input_file(file: Path, flag: str, what: str) -> None:
-    """An input file named by `flag` exists and is a file."""
+    """An input file named by `flag` exists and is a file (not a FIFO or device, which would never end)."""
+    check_not_special(file, flag)
     if file.is_dir():
         raise QloraError(f"{file} is a folder, not a {what}", where=flag, hint=f"give {flag} a file")
     if not file.is_file():

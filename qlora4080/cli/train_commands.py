@@ -6,6 +6,7 @@ same command also runs as is under `torchrun ... -m qlora4080 train` or `acceler
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,11 @@ def train(
     from ..recipe import load_recipe
 
     speak_only_as_main_process()  # under torchrun / accelerate launch: process 0 alone prints
+    if target_gb is not None and not (math.isfinite(target_gb) and 0 < target_gb <= 4096):
+        from ..errors import QloraError
+
+        raise QloraError(f"--target-gb {target_gb} is not a card size", where="--target-gb",
+                         hint="give the card's memory in GB, e.g. --target-gb 16")
     loaded = load_recipe(recipe, set_ or [])
     if dry_run:
         _dry_run(loaded, recipe, run_name, overwrite, target_gb, max(processes, world_size()))

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -29,8 +31,23 @@ Row = tuple[int, object, str | None]
 """(line or row number, the parsed record or None, None or why the line cannot be read)."""
 
 
+def check_not_special(path: Path, where: str | None = None) -> None:
+    """Refuse a FIFO, device or socket before reading it: reading /dev/zero or a pipe nobody writes never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing: the caller says "not found" in its own words
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    raise QloraError(f"{path} is {kind}, not a file: reading it would never end", where=where or str(path),
+                     hint="point at a regular file (save the stream to a file first)")
+
+
 def read_jsonl(path: Path) -> Iterator[Row]:
     """(line number, record, None) for each parsed line; (line number, None, reason) for a bad one. Blank lines are skipped."""
+    check_not_special(path)
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -47,14 +64,35 @@ def read_jsonl(path: Path) -> Iterator[Row]:
                 continue
             if not line.strip():
                 continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"{BAD_JSON}: {exc.msg} (column {exc.colno})"
+            record, problem = parse_json_line(line)
+            yield number, record, problem
+
+
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def parse_json_line(line: str) -> tuple[object, str | None]:
+    """(record, None), or (None, why): bad JSON, nesting deeper than Python reads, an integer of more than
+    4,300 digits, or a lone surrogate escape (\\ud800: JSON accepts it, but it is no text and fails every later write)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"{BAD_JSON}: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, f"{BAD_JSON}: nested too deeply (thousands of brackets)"
+    except ValueError as exc:  # int() refuses more than 4,300 digits
+        return None, f"{BAD_JSON}: {str(exc).split(';')[0]}"
+    if _ESCAPED_SURROGATE.search(line):
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return None, f"a lone surrogate escape ({exc.object[exc.start]!r}) is not text; remove or replace it"
+    return record, None
 
 
 def read_records(path: Path) -> Iterator[Row]:
     """(line or row number, record, problem) from JSONL, or from a .json file holding one array."""
+    check_not_special(path)
     if not path.is_file():
         raise QloraError(f"file not found: {path}")
     if path.suffix != ".json":
@@ -75,6 +113,9 @@ def read_records(path: Path) -> Iterator[Row]:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise QloraError(f"not valid JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{exc.lineno}") from exc
+    except (RecursionError, ValueError) as exc:  # nesting deeper than Python reads; an integer of > 4,300 digits
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise QloraError(f"not valid JSON: {reason}", where=str(path)) from None
     if not isinstance(rows, list):
         raise QloraError("a .json data file must hold one array of records", where=str(path))
     yield from ((index, row, None) for index, row in enumerate(rows, start=1))

@@ -27,7 +27,7 @@ from ..recipe import Recipe, SourceSection
 from ..runlock import holding
 from .conversations import Rejected
 from .formats import FormatError, detect_format, to_messages
-from .jsonl import Row, read_records, write_jsonl, write_text_atomically
+from .jsonl import Row, check_not_special, read_records, write_jsonl, write_text_atomically
 from .mixing import AnyBuildRecord, BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
 from .validate import CONTROL_CHARS, validate_messages
 from .vocabulary import Message
@@ -108,19 +108,39 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
     _require_distinct_names(data.sources)
     folder = Path(data.build_dir) / f"{recipe.stem}-{build_key(recipe)}"
     manifest_path = folder / "manifest.json"
-    if manifest_path.is_file() and not force:
-        return _reuse(folder, manifest_path)
+    if manifest_path.is_file() and not force and (reused := _reuse(folder, manifest_path)):
+        return reused
     # One builder per build folder: a second process fails at once instead of writing the same files.
     with holding(folder, f"data build {folder.name}"):
-        if manifest_path.is_file() and not force:  # another process finished this build while we waited to start
-            return _reuse(folder, manifest_path)
+        # another process may have finished this build while we waited to start
+        if manifest_path.is_file() and not force and (reused := _reuse(folder, manifest_path, quiet=True)):
+            return reused
+        manifest_path.unlink(missing_ok=True)  # until the new build's own manifest: nothing here is reusable
         return _build(recipe, folder, manifest_path, on_pool)
 
 
-def _reuse(folder: Path, manifest_path: Path) -> Build:
-    manifest = cast(Manifest, json.loads(manifest_path.read_text(encoding="utf-8")))  # this module wrote it
-    pools = [PoolStats(**p) for p in manifest["pools"]]  # type: ignore[arg-type]  # PoolStats' own fields
-    return Build(folder, folder / "train.jsonl", folder / "validation.jsonl", pools, reused=True, manifest=manifest)
+def _reuse(folder: Path, manifest_path: Path, quiet: bool = False) -> Build | None:
+    """The finished build, when its manifest is whole and its files still hash as recorded; else None (rebuild).
+
+    A train.jsonl cut short after the build was once "Reused" with the old counts,
+    and a damaged manifest was a JSONDecodeError traceback.
+    """
+    from ..console import warn
+
+    files = {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
+    try:
+        manifest = cast(Manifest, json.loads(manifest_path.read_text(encoding="utf-8")))
+        pools = [PoolStats(**p) for p in manifest["pools"]]  # type: ignore[arg-type]  # PoolStats' own fields
+        changed = [name for name, path in files.items() if _file_digest(path) != manifest["sha256"][name]]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+        problem = f"{manifest_path} is damaged ({type(error).__name__}: {str(error)[:120]})"
+    else:
+        if not changed:
+            return Build(folder, files["train"], files["validation"], pools, reused=True, manifest=manifest)
+        problem = f"{', '.join(str(files[name]) for name in changed)} changed since the build (hash differs)"
+    if not quiet:
+        warn(f"not reusing the data build {folder}: {problem}; building it again")
+    return None
 
 
 def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[[PoolStats], None] | None) -> Build:
@@ -282,6 +302,7 @@ def _read_hub(source: SourceSection) -> list[Row]:
 
 def _file_digest(path: Path) -> str:
     """sha256 of a file's bytes, or of every file in a folder (an Arrow dataset saved to disk)."""
+    check_not_special(path)  # hashing a FIFO or /dev/zero never ends
     digest = hashlib.sha256()
     for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
         digest.update(str(member.relative_to(path) if path.is_dir() else member.name).encode())

@@ -28,7 +28,7 @@ class PreferenceRun(TrainingRun):
         from ..training.data_setup import data_files
 
         with self.stages.stage("Preparing preference pairs (chat template, answer tokens)"):
-            train, validation = data_files(self.recipe, self.log)  # the recipe's pair files, or its data build's
+            train, validation = data_files(self.recipe, self.log, self.guard_data)  # the recipe's pair files, or its build's
             self.train_split = self._pair_split("train", train)
             self.eval_split = self._pair_split("validation", validation) if validation else None
             if self.eval_split is not None and self.eval_split.conversations == 0:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..data.vocabulary import IGNORE_INDEX
 from ..plan import RunPlan
 from ..recipe import Recipe
+from ..training.checkpoint_saving import SafeCheckpointSaving
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -44,7 +45,7 @@ def preference_trainer_class() -> type[CountingTrainer]:
 
     ensure_log_prob_kernel()
 
-    class QloraDPOTrainer(DPOTrainer):
+    class QloraDPOTrainer(SafeCheckpointSaving, DPOTrainer):
         tokens_seen: int = 0
         trained_tokens_seen: int = 0
 
@@ -93,7 +94,7 @@ def orpo_trainer_class() -> type[CountingTrainer]:
     _silence_experimental_notice()
     from trl.experimental.orpo import ORPOTrainer
 
-    class QloraORPOTrainer(ORPOTrainer):
+    class QloraORPOTrainer(SafeCheckpointSaving, ORPOTrainer):
         tokens_seen: int = 0
         trained_tokens_seen: int = 0
 

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..data.jsonl import check_not_special
 from ..errors import QloraError
 from ..toml_io import TOMLDecodeError, find_line, loads_toml
 from .problems import validate
@@ -25,6 +26,7 @@ def load_recipe(path: str | Path, overrides: Overrides | None = None) -> Recipe:
     Raises QloraError naming the file, line and key for anything wrong.
     """
     path = Path(path)
+    check_not_special(path)
     if path.is_dir():
         recipes = sorted(p.name for p in path.glob("*.toml"))
         raise QloraError(

@@ -118,8 +118,9 @@ class DataSection(Section):
     """Instead of train/validation: sources that are normalized, cleaned, deduplicated, mixed and split."""
     mix: Literal["interleave", "resample"] = "interleave"
     """interleave: weighted random order, each record at most once; resample: exact shares, with replacement when short."""
-    total: int | None = Field(default=None, ge=1)
-    """resample: size of the mix (default 0.9 x the records available)."""
+    total: int | None = Field(default=None, ge=1, le=100_000_000)
+    """resample: size of the mix (default 0.9 x the records available). At most 100 million: a mix is built in
+    memory, and a billion records grew it without limit."""
     valid_ratio: float = Field(default=0.05, ge=0.0, lt=0.5)
     """Share of the mix held out for validation when building from sources."""
     valid_min: int = Field(default=100, ge=0)
@@ -174,8 +175,8 @@ class TrainingSection(Section):
     """auto: 8-bit AdamW on CUDA, torch AdamW on a CPU. adamw_8bit and paged_adamw_8bit work on a CPU too."""
     gradient_checkpointing: bool | None = None
     """None = device default (on for CUDA, off on CPU where it only costs time)."""
-    seed: int = 42
-    """Seed for data order, LoRA init and dropout."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seed for data order, LoRA init and dropout (numpy takes 0 to 2**32 - 1; checked here, before the model loads)."""
     logging_steps: int = Field(default=1, ge=1)
     """Log metrics every N optimizer steps."""
     save_steps: int = Field(default=100, ge=1)

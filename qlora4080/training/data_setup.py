@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,12 @@ if TYPE_CHECKING:
     from ..model_types import Tokenizer
 
 
-def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog) -> tuple[TokenizedSplit, TokenizedSplit | None, Path | None]:
+def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog, guard: Callable[[Path], None] | None = None,
+                 ) -> tuple[TokenizedSplit, TokenizedSplit | None, Path | None]:
     """Tokenized train and validation splits, and the validation file they came from (for eval later)."""
     from ..data.render import MaskReport
 
-    train_file, validation_file = data_files(recipe, log)
+    train_file, validation_file = data_files(recipe, log, guard)
     report = MaskReport()  # how each assistant turn was located, and the template's warnings, said once
     train = _tokenize_split("train", train_file, recipe, tokenizer, log, report)
     validation = _tokenize_split("validation", validation_file, recipe, tokenizer, log, report) if validation_file else None
@@ -33,8 +35,15 @@ def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog) -> tuple[Tok
     return train, validation, validation_file.resolve() if validation_file else None
 
 
-def data_files(recipe: Recipe, log: RunLog) -> tuple[Path, Path | None]:
-    """The train and validation JSONL files: the recipe's own, or those of its data build."""
+def data_files(recipe: Recipe, log: RunLog, guard: Callable[[Path], None] | None = None) -> tuple[Path, Path | None]:
+    """The train and validation JSONL files: the recipe's own, or those of its data build (`guard` sees the train file)."""
+    train_file, validation_file = _data_files(recipe, log)
+    if guard is not None:
+        guard(train_file)
+    return train_file, validation_file
+
+
+def _data_files(recipe: Recipe, log: RunLog) -> tuple[Path, Path | None]:
     if not recipe.data.sources:
         train, validation = recipe.data.train, recipe.data.validation
         assert train is not None  # the recipe is refused at load time without data.train or data.sources

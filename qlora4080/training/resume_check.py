@@ -47,7 +47,13 @@ def check_resume(recipe: Recipe, snapshot: Path, run_name: str) -> list[str]:
     """The safe changes, as lines for the log; QloraError listing every change that is not safe."""
     if not snapshot.is_file():
         return [f"note: run '{run_name}' has no recipe snapshot ({snapshot.name}); resuming with the recipe as given"]
-    changed = differences(snapshot.read_text(encoding="utf-8"), recipe)
+    try:
+        changed = differences(snapshot.read_text(encoding="utf-8"), recipe)
+    except (ValueError, RecursionError) as error:  # TOMLDecodeError, UnicodeDecodeError: cut short by a kill
+        raise QloraError(f"the run's recipe snapshot {snapshot} is damaged ({str(error).splitlines()[0]}), so the "
+                         "recipe cannot be checked against the run", where=str(snapshot),
+                         hint=f"if the recipe is unchanged, replace {snapshot.name} with the TOML that "
+                         f"`qlora4080 train RECIPE --dry-run` prints, then resume; or start a new run") from None
     refused = {key: values for key, values in changed.items() if key not in SAFE_ON_RESUME}
     if refused:
         lines = "; ".join(f"{key}: run has {_show(old)}, now {_show(new)}" for key, (old, new) in refused.items())

@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING
 
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..recipe import Recipe
+from .checkpoint_saving import remove_stale_staging
+from .replace import settle_replaced, settle_stale
 from .resume_check import check_resume
 from .rundirs import (
     RunDirs,
+    check_not_finished,
     create_run_dirs,
     find_resume_point,
     plan_run_dirs,
     recipe_inputs,
+    trainer_state,
 )
+from .saving import remove_dead_staging
 from .session import TrainingRun, TrainResult
 
 if TYPE_CHECKING:
@@ -92,13 +97,25 @@ def _plan_run(recipe: Recipe, held: ExitStack, run_name: str | None, overwrite: 
         dirs, checkpoint = find_resume_point(recipe, run_name, resume_from)
     else:
         dirs, checkpoint = plan_run_dirs(recipe, run_name, overwrite), None
-    held.enter_context(holding(dirs.checkpoint, f"run '{dirs.name}'"))
+    # One lock per folder the run writes, keyed by the real path: two runs of one name with different
+    # checkpoints_dir still share runs/<name>, and a symlinked --resume-from is the same run as its target.
+    for folder in sorted({dirs.checkpoint.resolve(), dirs.logs.resolve()}):
+        held.enter_context(holding(folder, f"run '{dirs.name}'"))
+    notes = settle_stale((dirs.checkpoint, dirs.logs), dirs.checkpoint)
+    remove_stale_staging(dirs.checkpoint)  # half-written saves of a killed process: never finished, never used
+    remove_dead_staging(dirs.checkpoint)
     if resuming:
-        notes = check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
+        assert checkpoint is not None
+        skipped = [p.name for p in dirs.checkpoint.glob("checkpoint-*") if p != checkpoint and trainer_state(p) is None
+                   and p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) > int(checkpoint.name.split("-")[-1])]
+        notes += [f"note: {name} has no intact trainer_state.json (a save cut short); resuming from {checkpoint.name}"
+                  for name in sorted(skipped)]
+        notes += check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
+        check_not_finished(checkpoint, dirs.name)  # after the recipe check, which names a changed max_steps
     else:
         plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
-        create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
-        notes = []
+        moved = create_run_dirs(dirs, overwrite, recipe_inputs(recipe))
+        held.callback(settle_replaced, moved, dirs.checkpoint)  # runs before the locks are released
     dirs.logs.mkdir(parents=True, exist_ok=True)
     return dirs, checkpoint, notes
 

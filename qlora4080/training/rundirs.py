@@ -1,24 +1,28 @@
 """Where a run writes: checkpoints/<run>/ and runs/<run>/, never over an existing run by accident.
 
 `--overwrite` once removed `checkpoints/..` (the user's whole folder) for
-`--run-name ..`. Now a run name is a plain name, and a folder is only ever
-removed when it is a run folder this tool wrote (it holds RUN_MARKER, or the
-files of a run from before the marker existed) and holds none of the run's
-own inputs.
+`--run-name ..`, and later a user's project folder because it held a file
+named recipe.toml. Now a run name is a plain name, and a folder is only ever
+replaced when it holds RUN_MARKER (which only this tool writes) and none of
+the run's own inputs. Even then the old folders are only moved aside: they
+come back if the new run fails before it has saved anything (see replace.py).
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import QloraError
 from ..recipe import Recipe, run_name_problem
+from .replace import MovedAside, move_aside
 
 RUN_MARKER = ".qlora4080-run"
-# What runs written before the marker existed hold: enough to recognise them as ours.
+TRAINER_STATE = "trainer_state.json"
+# What runs written before the marker existed hold: enough to list them in `runs`, never to delete them.
 EARLIER_RUN_FILES = ("qlora4080.json", "recipe.toml", "train.log", "metrics.jsonl", "summary.json")
 
 
@@ -59,19 +63,31 @@ def check_run_name(name: str, where: str) -> None:
         raise QloraError(problem, where=where, hint="e.g. --run-name my-run-2")
 
 
-def create_run_dirs(dirs: RunDirs, overwrite: bool, inputs: list[Path] | None = None) -> None:
-    """Make the run's folders (replacing them only when `overwrite` and safe) and mark them as ours."""
-    for path in (dirs.checkpoint, dirs.logs):
-        if overwrite and path.exists():
+def create_run_dirs(dirs: RunDirs, overwrite: bool, inputs: list[Path] | None = None) -> list[MovedAside]:
+    """Make the run's folders and mark them as ours; with `overwrite`, move the old ones aside (not delete them).
+
+    The caller settles the returned folders when the run ends (`settle_replaced`):
+    deleted once the new run has saved something, put back otherwise.
+    """
+    existing = [path for path in (dirs.checkpoint, dirs.logs) if path.exists() or path.is_symlink()]
+    if overwrite:
+        for path in existing:
             check_removable(path, inputs or [])
-            shutil.rmtree(path)
+    moved = [move_aside(path) for path in existing] if overwrite else []
     for path in (dirs.checkpoint, dirs.logs):
         path.mkdir(parents=True, exist_ok=True)
         (path / RUN_MARKER).write_text(f"{dirs.name}\n", encoding="utf-8")
+    return moved
+
+
+def owns_run_folder(path: Path) -> bool:
+    """True only for a folder holding the marker qlora4080 writes: a familiar file name proves nothing."""
+    return (path / RUN_MARKER).is_file()
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / RUN_MARKER).is_file() or any((path / name).is_file() for name in EARLIER_RUN_FILES)
+    """A folder to list in `runs` (marked, or a run from before the marker): for display, never for deleting."""
+    return owns_run_folder(path) or any((path / name).is_file() for name in EARLIER_RUN_FILES)
 
 
 def check_removable(path: Path, inputs: list[Path]) -> None:
@@ -79,8 +95,9 @@ def check_removable(path: Path, inputs: list[Path]) -> None:
     if path.is_symlink() or not path.is_dir():
         raise QloraError(f"{path} is not a run folder (it is a file or a link); it was left as it is",
                          hint="remove or rename it yourself, or choose another --run-name")
-    if any(path.iterdir()) and not is_run_folder(path):
-        raise QloraError(f"{path} exists but was not written by qlora4080, so --overwrite leaves it alone",
+    if any(path.iterdir()) and not owns_run_folder(path):
+        raise QloraError(f"{path} exists but was not written by qlora4080 (it has no {RUN_MARKER} marker), "
+                         "so --overwrite leaves it alone",
                          hint="choose another --run-name, or move that folder away yourself")
     folder = path.resolve()
     inside = [p for p in inputs if p.resolve() == folder or folder in p.resolve().parents]
@@ -96,29 +113,63 @@ def recipe_inputs(recipe: Recipe) -> list[Path]:
         if value:
             paths.append(recipe.resolve_path(value))
     paths += [recipe.resolve_path(source.path) for source in recipe.data.sources if source.path]
-    model = Path(recipe.model.name).expanduser()
-    if model.exists():
-        paths.append(model)
+    for model in (recipe.model.name, recipe.model.adapter):  # a DPO run's adapter may live in checkpoints/ too
+        if model and Path(model).expanduser().exists():
+            paths.append(Path(model).expanduser())
     return paths
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint-N folder with the highest N that holds a trainer state."""
-    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    """The checkpoint-N folder with the highest N whose trainer state is intact.
+
+    A kill during a save can leave a truncated trainer_state.json: that
+    checkpoint is passed over for the intact one before it.
+    """
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and trainer_state(p) is not None]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def trainer_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer_state.json as a dict; None when it is missing or damaged."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def check_not_finished(checkpoint: Path, run_name: str) -> None:
+    """Resuming a checkpoint that already reached the run's last step would train past it: refuse, saying so."""
+    state = trainer_state(checkpoint) or {}
+    step, last = state.get("global_step", 0), state.get("max_steps", 0)
+    if isinstance(last, int) and last > 0 and step >= last:
+        adapter = checkpoint.parent / "adapter_model.safetensors"
+        where = (f"its adapter is in {checkpoint.parent}" if adapter.is_file()
+                 else f"{checkpoint} holds its trained adapter (chat with it or eval it there)")
+        raise QloraError(f"run '{run_name}' already finished: {checkpoint.name} is at step {step} of {last}, so there "
+                         f"is nothing to resume; {where}", where="--resume",
+                         hint="to train longer, start a new run with [model] adapter set to this run's adapter")
 
 
 def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | None) -> tuple[RunDirs, Path]:
     """The run to continue and its checkpoint: an explicit folder, the named run, or this recipe's latest run."""
     checkpoints, runs = Path(recipe.output.checkpoints_dir), Path(recipe.output.runs_dir)
     if resume_from is not None:
-        path = Path(resume_from)
-        given = path / "trainer_state.json"
+        path = Path(resume_from).expanduser().resolve()  # through symlinks: the run is the real folder
+        given = path / TRAINER_STATE
         run_folder = path.parent if given.is_file() else path
+        if given.is_file() and trainer_state(path) is None:
+            raise QloraError(f"{given} is damaged (cut short by a kill during the save?), so {resume_from} cannot "
+                             "be resumed", where="--resume-from",
+                             hint=f"resume from the run's folder ({run_folder}) to use its last intact checkpoint")
         checkpoint = path if given.is_file() else latest_checkpoint(path)
         if checkpoint is None:
-            raise QloraError(f"no resumable checkpoint in {path}", where="--resume-from",
+            raise QloraError(f"no resumable checkpoint in {resume_from}", where="--resume-from",
                              hint="pass checkpoints/<run> or checkpoints/<run>/checkpoint-N")
+        if run_name is not None and run_name != run_folder.name:
+            raise QloraError(f"--resume-from {resume_from} continues run '{run_folder.name}', not '{run_name}'",
+                             where="--run-name", hint=f"leave out --run-name (or pass --run-name {run_folder.name}); "
+                             "to start a new run from a trained adapter, set [model] adapter instead")
         return RunDirs(run_folder.name, run_folder, runs / run_folder.name), checkpoint
     if run_name is not None:
         check_run_name(run_name, "--run-name")  # an empty --run-name "" is refused too, not taken as "default"

@@ -127,7 +127,16 @@ class TrainingRun:
         from .data_setup import prepare_data
 
         with self.stages.stage("Preparing data (chat template, assistant-only labels)"):
-            self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log)
+            self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log,
+                                                                                   self.guard_data)
+
+    def guard_data(self, train_file: Path) -> None:
+        """Process 0 records the training file's hash (a new run) or refuses a resume on changed data."""
+        from ..distributed import is_main_process
+        from .data_guard import guard_training_data
+
+        if is_main_process() and (note := guard_training_data(self.dirs.checkpoint, train_file, self.checkpoint is not None)):
+            self.log.line(note, style="yellow")
 
     def attach_lora(self) -> None:
         """A fresh adapter from the recipe's [lora], or the trained one `model.adapter` names, trainable."""
@@ -239,20 +248,27 @@ class TrainingRun:
         self.view.stop()
         self.stages.timings["Training"] = round(time.monotonic() - started, 2)
         if self.guard.requested:
-            self._stop_interrupted()
+            self._stop_interrupted(output)
         return output
 
-    def _stop_interrupted(self) -> None:
+    def _stop_interrupted(self, output: TrainOutput) -> None:
         from ..distributed import is_main_process
         from .interrupts import TrainingInterrupted
         from .run import resume_command
+        from .summary import build_summary, checkpoint_meta
 
         if is_main_process():  # the trainer's checkpoint is written by every process together; the adapter by one
-            save_adapter(self.model, self.tokenizer, self.dirs.checkpoint, last_good=latest_checkpoint(self.dirs.checkpoint))
+            # With its metadata, so chat, eval and export take the adapter saved so far like a finished one.
+            summary = build_summary(self.dirs, output, self.metrics.history, self.train_split, {}, self.stages.timings,
+                                    self.started, self.hardware, self.trainer, self.plan)
+            meta = checkpoint_meta(self.recipe, self.plan, summary, self.validation_file)
+            save_adapter(self.model, self.tokenizer, self.dirs.checkpoint, {META_FILE: meta.to_json()},
+                         last_good=latest_checkpoint(self.dirs.checkpoint))
         command, step = resume_command(self.recipe, self.dirs), self.trainer.state.global_step
         self.log.line(f"interrupted at step {step}; resume with: {command}", echo=False)
         stopped = TrainingInterrupted(f"training interrupted at step {step}; the adapter and a resumable checkpoint "
-                                      f"are saved in {self.dirs.checkpoint}", hint=f"resume with:  {command}")
+                                      f"are saved in {self.dirs.checkpoint}", hint=f"resume with:  {command}",
+                                      exit_code=self.guard.exit_code)
         stopped.shown_by_main_process = not is_main_process()  # every process stops here; process 0 says it once
         raise stopped
 

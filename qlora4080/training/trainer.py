@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from ..data.vocabulary import IGNORE_INDEX
+from .checkpoint_saving import SafeCheckpointSaving
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -24,7 +25,7 @@ def counting_trainer_class() -> type[CountingTrainer]:
 
     from .compat import fused_loss_usable
 
-    class CountingSFTTrainer(SFTTrainer):
+    class CountingSFTTrainer(SafeCheckpointSaving, SFTTrainer):
         tokens_seen: int = 0
         trained_tokens_seen: int = 0
 
