@@ -196,8 +196,11 @@ def _converter_input(merged: Path, folder: Path) -> Path:
     model, pre = data.get("model") or {}, json.dumps(data.get("pre_tokenizer"))
     if not (model.get("type") == "BPE" and model.get("byte_fallback") and '"ByteLevel"' in pre):
         return merged
-    copy = folder / "converter-input"
-    shutil.copytree(merged, copy)
+    copy = folder / "converter-input"  # links to the merged files (no copy of the weights), its own tokenizer.json
+    copy.mkdir()
+    for item in merged.iterdir():
+        if item.name != path.name:
+            (copy / item.name).symlink_to(item.resolve())
     model["byte_fallback"] = False
     (copy / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return copy
