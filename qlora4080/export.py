@@ -1,4 +1,4 @@
-"""`qlora4080 export`: merge the adapter into its base and save a standalone model (and GGUF where the tooling exists),
+"""`qlora4080 export`: merge the adapter into its base and save a standalone model (GGUF: gguf_export.py),
 and publish the adapter or the merged model to the hub with its model card.
 
 The base is always reloaded in 16-bit (fp32 on CPU) for merging, never in 4-bit:
@@ -24,7 +24,6 @@ from .quantized_agreement import Agreement, agreement_with_4bit_model, validatio
 
 if TYPE_CHECKING:
     from .data.vocabulary import Message
-    from .model_types import Tokenizer
 
 
 EXPORT_RECORD = "qlora4080_export.json"
@@ -230,61 +229,3 @@ def _first_prompt(meta: CheckpointMeta) -> str:
             except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
                 continue
     return "Say hello in one short sentence."
-
-
-def gguf_tooling_problem() -> str | None:
-    """Why GGUF cannot be written on this machine, or None, with unsloth imported, ready for export_gguf.
-
-    Called before anything else of an export: unsloth must be imported before transformers and peft (which a
-    merge imports), and a machine that cannot write GGUF should say so before a merge of minutes.
-    """
-    from .hardware import detect, has_module
-    from .unsloth_setup import unsloth_import_problem
-
-    if not has_module("unsloth"):
-        return "unsloth is not installed"
-    if not detect().is_cuda:
-        return "unsloth's GGUF export needs a CUDA GPU"
-    problem = unsloth_import_problem()
-    return f"unsloth {problem}" if problem else None
-
-
-def gguf_unavailable(problem: str) -> QloraError:
-    return QloraError(
-        f"GGUF export is not available here: {problem}",
-        hint="on a CUDA machine: pip install 'qlora4080[gpu]' and rerun; or export --merged DIR here and convert DIR with "
-             "llama.cpp's convert_hf_to_gguf.py",
-    )
-
-
-def export_gguf(checkpoint: Path, out_dir: Path, quant: str, *, overwrite: bool = False) -> Path:
-    """GGUF through unsloth's llama.cpp tooling; a clear message where that is not available."""
-    read_meta(checkpoint)
-    problem = gguf_tooling_problem()
-    if problem:
-        raise gguf_unavailable(problem)
-    check_out_dir(out_dir, overwrite, source=checkpoint, option="--gguf-dir")
-    from unsloth import FastLanguageModel
-
-    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(checkpoint), load_in_4bit=False)
-    model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quant)
-    ggufs = sorted(out_dir.glob("*.gguf"))
-    if not ggufs:
-        raise QloraError(f"unsloth finished but wrote no .gguf file into {out_dir}")
-    write_modelfile(out_dir / "Modelfile", ggufs[0].name, tokenizer)
-    return ggufs[0]
-
-
-def write_modelfile(path: Path, gguf_name: str, tokenizer: Tokenizer) -> None:
-    """An Ollama Modelfile; ChatML-family templates (SmolLM2, Qwen) are translated, others get their stop tokens."""
-    from .data.render import end_of_turn_ids
-
-    stops = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer)]
-    lines = [f"FROM ./{gguf_name}"]
-    if "<|im_start|>" in (tokenizer.chat_template or ""):
-        lines.append('TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-                     '{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""')
-    else:
-        lines.append("# This model's chat template is not ChatML; Ollama uses the template stored in the GGUF file.")
-    lines += [f'PARAMETER stop "{token}"' for token in dict.fromkeys(stops) if token]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -38,7 +38,7 @@ RESOLVE_WITH_TORCH = "torch==2.13.0"
 # Built against one torch release each: they come with the machine's torch, never from the lock.
 TORCH_BOUND = {"torch", "torchvision", "torchaudio", "triton", "pytorch-triton", "xformers"}
 TORCH_BOUND_PREFIXES = ("nvidia-", "cuda-")
-EXTRAS = ("gpu", "dev", "trackers")
+EXTRAS = ("gpu", "dev", "trackers", "gguf")
 
 
 def canonical(name: str) -> str:
@@ -78,7 +78,7 @@ def main() -> None:
     pins = resolve(project_requirements() + [RESOLVE_WITH_TORCH], constraints)
     lines = [
         "# One exact version of every package qlora4080 installs, CPU and GPU alike.",
-        "# Regenerate: python requirements/lock.py   (resolves pyproject.toml + [gpu,dev,trackers] against the index)",
+        "# Regenerate: python requirements/lock.py   (resolves pyproject.toml + [gpu,dev,trackers,gguf] against the index)",
         "# Use as constraints: pip install -c requirements/lock.txt -e '.[dev]'   (make venv does this)",
         "# torch, torchvision, triton, xformers and CUDA libraries are left out on purpose: they follow",
         "# the torch the machine has (see requirements/torch_pin.py).",

@@ -128,3 +128,9 @@ def test_demo_recipe_end_to_end_with_real_smollm2():
     assert "base model (adapter off):" in answer.stdout and "with the trained adapter:" in answer.stdout
     base = run("chat", "builtin:smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--max-new-tokens", "20")
     assert base.returncode == 0 and "Paris" in base.stdout
+    # The README's GGUF export of the demo, checked by llama.cpp on the run's validation prompts.
+    exported = run("export", "checkpoints/demo", "--gguf", "q8_0")
+    assert exported.returncode == 0, exported.stderr + exported.stdout
+    assert "verified with llama.cpp on 8 test prompts" in exported.stdout and "on 8/8 prompts" in exported.stdout
+    assert sorted(p.name for p in Path("checkpoints/demo-gguf").iterdir()) == ["Modelfile", "demo-q8_0.gguf",
+                                                                              "qlora4080_gguf.json"]

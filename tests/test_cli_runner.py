@@ -66,7 +66,7 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def loaded(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded before the command refused its arguments")
 
-    for target in ("qlora4080.infer.load_for_chat", "qlora4080.export.export_merged", "qlora4080.export.export_gguf"):
+    for target in ("qlora4080.infer.load_for_chat", "qlora4080.export.export_merged", "qlora4080.gguf_export.export_gguf"):
         monkeypatch.setattr(target, loaded)
 
 
@@ -79,7 +79,7 @@ COMMANDS = {
     ("chat",): ["--prompt", "--tests", "--save", "--system", "--max-new-tokens", "--temperature", "--compare"],
     ("eval",): ["--data", "--limit", "--baseline", "--max-new-tokens", "--batch-size", "--out"],
     ("generate",): ["--input", "--output", "--max-new-tokens", "--batch-size"],
-    ("export",): ["--merged", "--gguf", "--gguf-dir", "--overwrite", "--prompt"],
+    ("export",): ["--merged", "--gguf", "--gguf-dir", "--overwrite", "--prompt", "--no-verify"],
     ("recipes",): ["--dir"],
     ("doctor",): ["--set", "--json"],
     ("data",): ["check", "build", "preview"],

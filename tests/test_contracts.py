@@ -42,7 +42,7 @@ def _contract_of(call: ast.Call) -> str | None:
         return "unsloth.FastLanguageModel.from_pretrained"
     if text.endswith("FastLanguageModel.get_peft_model"):
         return "unsloth.FastLanguageModel.get_peft_model"
-    if isinstance(func, ast.Attribute) and func.attr in ("save_pretrained_gguf", "save_pretrained_merged"):
+    if isinstance(func, ast.Attribute) and func.attr == "save_pretrained_merged":
         return f"unsloth.{func.attr}"
     return {"SFTConfig": "trl.SFTConfig", "DPOConfig": "trl.DPOConfig", "BitsAndBytesConfig": "transformers.BitsAndBytesConfig",
             "LoraConfig": "peft.LoraConfig", "prepare_model_for_kbit_training": "peft.prepare_model_for_kbit_training",
@@ -166,7 +166,6 @@ ACCEPTED: dict[str, Callable[[], tuple[set[str], bool]]] = {
     # FastLanguageModel.get_peft_model is (model, *args, **kwargs) forwarding to FastLlamaModel's
     "unsloth.FastLanguageModel.get_peft_model": _unsloth("unsloth/models/llama.py", "FastLlamaModel.get_peft_model"),
     # unsloth binds these functions onto the model it returns
-    "unsloth.save_pretrained_gguf": _unsloth("unsloth/save.py", "unsloth_save_pretrained_gguf"),
     "unsloth.save_pretrained_merged": _unsloth("unsloth/save.py", "unsloth_save_pretrained_merged"),
     "trl.SFTConfig": _installed(_sft_config),
     "trl.SFTTrainer": _installed(_sft_trainer_init),

