@@ -88,6 +88,17 @@ def load_for_chat(target: str | Path) -> ChatModel:
     return ChatModel(model, tokenizer, description, has_adapter, end_of_turn_ids(tokenizer), model_context(model))
 
 
+def prompt_ids(chat: ChatModel, messages: Sequence[Message], tools: list[dict[str, object]] | None = None) -> list[int]:
+    """Token ids of the conversation ready for the model's answer, rendered with the checkpoint's own chat template.
+
+    Every way of asking a loaded model (chat, serve) renders through here, so the
+    same conversation reaches the model as the same tokens whichever way it came.
+    """
+    from .data.render import render_prompt
+
+    return render_prompt(messages, chat.tokenizer, tools)
+
+
 def generate(
     chat: ChatModel,
     messages: Sequence[Message],
@@ -100,9 +111,7 @@ def generate(
     """The assistant's next answer. Greedy when temperature is 0; streams pieces to `on_text`."""
     import torch
 
-    from .data.render import render_prompt
-
-    ids = render_prompt(messages, chat.tokenizer)
+    ids = prompt_ids(chat, messages)
     input_ids = torch.tensor([ids], device=chat.model.device)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     streamer = _streamer(chat.tokenizer, on_text) if on_text is not None else None
