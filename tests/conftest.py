@@ -8,6 +8,8 @@ chat run through the real code paths in seconds.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,3 +98,21 @@ def tiny_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     recipe = load_recipe(write_recipe(work, str(tiny_model_dir), training={"max_steps": 3},
                                       output={"checkpoints_dir": str(work / "checkpoints"), "runs_dir": str(work / "runs")}))
     return train(recipe, run_name="tiny", live=False).checkpoint_dir
+
+
+GO_PROGRAM = Path(__file__).parent / "go" / "render_template.go"
+
+
+@pytest.fixture(scope="session")
+def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go program, built once: CI installs Go (.ci/run), so only a machine without it may skip."""
+    go = shutil.which("go")
+    if go is None:
+        if os.environ.get("CI"):
+            pytest.fail("Go is not installed, but CI must prove the Modelfile with it (.ci/run installs golang-go)")
+        pytest.skip("Go is not installed (apt-get install golang-go): the Modelfile cannot be rendered by Go here")
+    binary = tmp_path_factory.mktemp("go") / "render_template"
+    env = {**os.environ, "GOCACHE": os.environ.get("GOCACHE", str(Path.home() / ".cache" / "go-build"))}
+    subprocess.run([go, "build", "-o", str(binary), str(GO_PROGRAM)], check=True, env=env, timeout=300,
+                   cwd=GO_PROGRAM.parent)
+    return binary

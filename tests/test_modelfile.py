@@ -10,8 +10,6 @@ conversations with and without a system message, and compared byte for byte with
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,23 +20,7 @@ from test_template_families import FAMILIES, family_tokenizer
 from qlora4080.data.templates import fold_system_prompt, render_text
 from qlora4080.modelfile import ChatShape, Untranslatable, build_modelfile, read_shape
 
-GO_PROGRAM = Path(__file__).parent / "go" / "render_template.go"
 DEMO_VALIDATION = Path(__file__).resolve().parent.parent / "recipes" / "data" / "json_cards" / "validation.jsonl"
-
-
-@pytest.fixture(scope="session")
-def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Go program, built once: CI installs Go (.ci/run), so only a machine without it may skip."""
-    go = shutil.which("go")
-    if go is None:
-        if os.environ.get("CI"):
-            pytest.fail("Go is not installed, but CI must prove the Modelfile with it (.ci/run installs golang-go)")
-        pytest.skip("Go is not installed (apt-get install golang-go): the Modelfile cannot be rendered by Go here")
-    binary = tmp_path_factory.mktemp("go") / "render_template"
-    env = {**os.environ, "GOCACHE": os.environ.get("GOCACHE", str(Path.home() / ".cache" / "go-build"))}
-    subprocess.run([go, "build", "-o", str(binary), str(GO_PROGRAM)], check=True, env=env, timeout=300,
-                   cwd=GO_PROGRAM.parent)
-    return binary
 
 
 def go_render(binary: Path, template: str, conversations: list[list[dict[str, str]]]) -> list[str]:

@@ -129,3 +129,17 @@ def test_continuing_an_adapter_with_another_switch_is_noted(tiny_model_dir, tmp_
     train(again, run_name="auto", live=False)
     log = (tmp_path / "runs" / "auto" / "train.log").read_text(encoding="utf-8")
     assert 'trained with model.thinking = false, this run renders with "auto"' in " ".join(log.split())
+
+
+def test_the_modelfile_keeps_thinking_off_as_go_renders_it(smol_tokenizer, go_renderer):
+    """Ollama renders the Modelfile's TEMPLATE with Go: with thinking off it ends in the same empty think block."""
+    from test_modelfile import CONVERSATIONS, go_render, training_render
+
+    from qlora4080.modelfile import build_modelfile
+
+    tokenizer = qwen3_tokenizer(smol_tokenizer, False)
+    modelfile = build_modelfile("model.gguf", tokenizer, CONVERSATIONS)
+    rendered = go_render(go_renderer, modelfile.shape.go_template(), CONVERSATIONS)
+    for messages, got in zip(CONVERSATIONS, rendered, strict=True):
+        assert got == training_render(tokenizer, messages)
+        assert got.endswith(EMPTY_THINK)
