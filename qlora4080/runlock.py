@@ -8,10 +8,12 @@ so a crashed run never leaves a stale lock behind. The file says who holds it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,12 +32,19 @@ def lock_path_for(folder: Path) -> Path:
     return real.parent / f".{real.name}.lock"
 
 
+def lock_path_outside(target: Path) -> Path:
+    """A lock for `target` kept in the system temp folder (keyed by its real path): nothing is left beside a
+    file the command may end up never writing (generate's output, when the model then fails to load)."""
+    key = hashlib.sha256(str(target.expanduser().resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "qlora4080-locks" / f"{key}.lock"
+
+
 @contextmanager
-def holding(folder: Path, what: str) -> Iterator[None]:
-    """Hold the lock of `folder` for the duration of the block, or fail at once naming the holder."""
+def holding(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
+    """Hold the lock of `folder` (in `lock_file`, default beside it) for the block, or fail at once naming the holder."""
     import fcntl
 
-    path = lock_path_for(folder)
+    path = lock_file or lock_path_for(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+", encoding="utf-8")
     try:

@@ -19,6 +19,7 @@ from .friendly import friendly_errors
 from .outputs import check_input_file, check_output_file, check_output_folder, run_folder
 
 if TYPE_CHECKING:
+    from ..batch_infer import PromptFile
     from ..checkpoint import CheckpointMeta
 
 
@@ -165,22 +166,22 @@ def generate(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
 ) -> None:
     """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
-    from ..batch_infer import check_output_path
-    from ..runlock import holding
-
-    check_output_path(input, output, "--output")  # a folder or a file in the way is named before the lock is made
-    with holding(output, f"generate into {output}"):  # two runs on one output would answer every id twice
-        _generate(checkpoint, input, output, max_new_tokens, batch_size)
-
-
-def _generate(checkpoint: str, input: Path, output: Path, max_new_tokens: int, batch_size: int) -> None:
-    from rich.progress import Progress
-
-    from ..batch_infer import prepare_output, read_prompts, run_batch
-    from ..infer import load_for_chat
+    from ..batch_infer import prepare_output, read_prompts
+    from ..runlock import holding, lock_path_outside
 
     parsed = read_prompts(input)
-    resume = prepare_output(input, output)  # before the model loads: a wrong -o fails at once
+    prepare_output(input, output, repair=False)  # a wrong -i or -o is refused before anything is written
+    with holding(output, f"generate into {output}", lock_path_outside(output)):  # two runs on one output would answer every id twice
+        _generate(checkpoint, parsed, input, output, max_new_tokens, batch_size)
+
+
+def _generate(checkpoint: str, parsed: PromptFile, input: Path, output: Path, max_new_tokens: int, batch_size: int) -> None:
+    from rich.progress import Progress
+
+    from ..batch_infer import prepare_output, run_batch
+    from ..infer import load_for_chat
+
+    resume = prepare_output(input, output)  # under the lock: a cut-off last line is ours to repair
     for problem in parsed.rejected:
         console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
     if resume.note:
