@@ -71,3 +71,14 @@ def _describe(text: str) -> str:
         return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+def process_alive(pid: int) -> bool:
+    """Is process `pid` still running on this machine? (A staging folder named after a dead one is stale.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
