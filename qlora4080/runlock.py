@@ -40,7 +40,8 @@ def lock_path_outside(target: Path) -> Path:
 
 
 @contextmanager
-def holding(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
+def holding(folder: Path, what: str, lock_file: Path | None = None,
+            hint: str = "wait for it to finish, stop it, or choose another --run-name") -> Iterator[None]:
     """Hold the lock of `folder` (in `lock_file`, default beside it) for the block, or fail at once naming the holder."""
     import fcntl
 
@@ -54,7 +55,7 @@ def holding(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[
             handle.seek(0)
             raise QloraError(f"{what} is in use by another qlora4080 process ({_describe(handle.read())})",
                              where=str(folder),
-                             hint="wait for it to finish, stop it, or choose another --run-name") from None
+                             hint=hint) from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -82,3 +83,18 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def is_held(folder: Path) -> bool:
+    """Does another process hold `folder`'s lock right now (a run still training)? Takes nothing, makes nothing."""
+    import fcntl
+
+    path = lock_path_for(folder)
+    if not path.is_file():
+        return False
+    with path.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False

@@ -14,6 +14,7 @@ import typer
 
 from ..console import console, warn
 from ..errors import QloraError
+from ..runlock import is_held
 from .app import app
 from .friendly import friendly_errors
 from .outputs import check_input_file, check_output_file, check_output_folder, run_folder
@@ -88,6 +89,9 @@ def evaluate_command(
     meta = read_checkpoint_meta(checkpoint)
     settings = meta or CheckpointMeta(base_model=str(checkpoint))  # a plain model folder: the recipe defaults
     source = data or (Path(meta.validation_file) if meta and meta.validation_file else None)
+    if source is None and meta is None and is_held(Path(checkpoint)):
+        raise QloraError(f"{checkpoint} is still training: its adapter is saved when the run ends", where=str(checkpoint),
+                         hint=f"wait for the run to finish, or evaluate a checkpoint it has saved: {checkpoint}/checkpoint-N")
     if source is None:
         raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
     folder = out or run_folder(checkpoint)
