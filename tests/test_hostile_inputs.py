@@ -159,3 +159,29 @@ def test_a_checkpoint_whose_files_do_not_fit_is_named(tmp_path: Path, tiny_check
     done = invoke("chat", str(copy), "--prompt", "hi", "--max-new-tokens", "2")
     assert done.exit_code == 2, done.output
     assert f"the checkpoint {copy} does not load" in flat(done.output)
+
+
+def _chat(checkpoint: Path, *args: bytes | str, stdin: bytes | None = None, close_stdin: bool = False):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "qlora4080", "chat", str(checkpoint), *args], input=stdin,
+                          capture_output=True, timeout=300, preexec_fn=(lambda: os.close(0)) if close_stdin else None,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_a_prompt_past_the_model_s_positions_is_refused_before_generating(tiny_checkpoint: Path) -> None:
+    done = _chat(tiny_checkpoint, "--prompt", "word " * 2000, "--max-new-tokens", "4")
+    out = flat((done.stdout + done.stderr).decode(errors="replace"))
+    assert done.returncode == 2 and "does not fit the model's 512-token context" in out and "Traceback" not in out
+
+
+def test_chat_input_that_is_not_utf8_or_not_there_is_named(tiny_checkpoint: Path) -> None:
+    bad_prompt = _chat(tiny_checkpoint, "--prompt", b"caf\xe9 \xff")
+    assert bad_prompt.returncode == 2 and "not valid UTF-8" in bad_prompt.stderr.decode(errors="replace")
+    closed = _chat(tiny_checkpoint, close_stdin=True)
+    assert closed.returncode == 2 and "standard input is closed" in flat(closed.stderr.decode(errors="replace"))
+    piped = _chat(tiny_checkpoint, "--max-new-tokens", "2", stdin=b"\xff\xfe bad\nHello\n")
+    out = (piped.stdout + piped.stderr).decode(errors="replace")
+    assert piped.returncode == 0 and "not UTF-8 text" in out and "Traceback" not in out, out[-2000:]

@@ -37,11 +37,17 @@ def chat(
     compare: bool = typer.Option(False, "--compare", help="With --prompt: also show the base model's answer."),
 ) -> None:
     """Chat with a trained adapter (streaming), answer one --prompt, or run --tests."""
-    from ..chat import answer_once, chat_loop, read_test_prompts, run_tests
+    from ..chat import answer_once, chat_loop, is_text, read_test_prompts, run_tests
     from ..infer import load_for_chat
 
     if prompt is None and compare:
         raise QloraError("--compare works with --prompt", where="--compare")
+    if prompt is not None and not is_text(prompt):  # bytes that are not UTF-8 arrive as lone surrogates
+        raise QloraError("the prompt is not valid UTF-8 text", where="--prompt",
+                         hint="pass the prompt as UTF-8 (check the terminal's or the script's encoding)")
+    if prompt is None and tests is None and (sys.stdin is None or sys.stdin.closed):
+        raise QloraError("standard input is closed, so there is nothing to chat with", where="stdin",
+                         hint="run it in a terminal, pipe prompts in, or pass --prompt TEXT or --tests FILE")
     if tests is None and save is not None:
         raise QloraError("--save works with --tests", where="--save", hint="qlora4080 chat CHECKPOINT --tests prompts.txt --save answers.jsonl")
     if tests is not None:  # a bad file or an unwritable --save fails before the model loads
