@@ -8,6 +8,8 @@ checkpoint is broken or what to do. chat, eval, generate and export ask here fir
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import QloraError
@@ -80,3 +82,21 @@ def _repair_hint(folder: Path, recipe: str | None) -> str:
         copy = (f"copy {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} from {saved} (the run's save at step "
                 f"{saved.name.rsplit('-', 1)[-1]}) into {folder}, or ")
     return copy + f"re-train: qlora4080 train {recipe or 'RECIPE'} --run-name {folder.name} --overwrite"
+
+
+@contextmanager
+def loading_checkpoint(folder: Path, recipe: str | None = None) -> Iterator[None]:
+    """Loading a checkpoint's tokenizer and adapter onto its base: what does not fit is named, not a traceback.
+
+    An adapter_config.json that disagrees with its weights, or a base model of
+    other shapes, gave hundreds of lines of peft RuntimeError; a missing
+    tokenizer file a ValueError.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = "; ".join(lines[:3])[:400] or type(error).__name__
+        raise QloraError(f"the checkpoint {folder} does not load: {detail}", where=str(folder),
+                         hint="its adapter files do not fit each other or the base model (or a tokenizer file is "
+                              "missing); " + _repair_hint(folder, recipe)) from None

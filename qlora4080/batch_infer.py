@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from .data.conversations import Rejected
-from .data.jsonl import read_jsonl
+from .data.jsonl import check_not_special, read_jsonl
 from .errors import QloraError
 from .infer import ChatModel
 
@@ -94,7 +94,7 @@ _ANSWER_START = b'{"id": '
 _QUOTED_ID = re.compile(rb'\{"id": ("(?:[^"\\]|\\.)*")')
 
 
-def prepare_output(input: Path, output: Path, flag: str = "--output") -> Resume:
+def prepare_output(input: Path, output: Path, flag: str = "--output", *, repair: bool = True) -> Resume:
     """Check `output` before any model loads; the ids it already answers.
 
     Answers are appended, so `output` must be new or a file of earlier answers:
@@ -120,7 +120,8 @@ def prepare_output(input: Path, output: Path, flag: str = "--output") -> Resume:
             record = json.loads(written.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             if index == last and (written.startswith(_ANSWER_START) or _ANSWER_START.startswith(written)):
-                return Resume(done, _drop_cut_line(output, start, number, written))
+                # `repair` False: only checking (without the lock, another run may be writing that line)
+                return Resume(done, _drop_cut_line(output, start, number, written) if repair else None)
             why = f": {exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else " (not UTF-8)"
             raise _foreign(output, number, f"is not valid JSON{why}", bool(done), flag) from None
         if not isinstance(record, dict) or "id" not in record or "answer" not in record:
@@ -131,6 +132,7 @@ def prepare_output(input: Path, output: Path, flag: str = "--output") -> Resume:
 
 
 def check_output_path(input: Path, output: Path, flag: str) -> None:
+    check_not_special(output, flag)  # appending to a FIFO nobody reads never returns
     if output.is_dir():
         raise QloraError(f"{output} is a folder; answers go into one JSONL file", where=flag,
                          hint=f"pass a file path, e.g. {flag} {output / 'answers.jsonl'}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +94,12 @@ def _convert(source: Path, target: Path, hub_id: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary sibling and rename, so an interrupted conversion
     # never leaves a half-written model that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    # Named after this process: a kill during the conversion (291 MB) left a hidden folder for ever; now the next
+    # conversion removes those whose process is gone.
+    remove_dead_conversions(target)
+    staging = target.parent / f".{target.name}-converting-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -105,3 +109,13 @@ def _convert(source: Path, target: Path, hub_id: str) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_dead_conversions(target: Path) -> None:
+    """Staging folders of conversions whose process died (killed mid-save): never finished, never used."""
+    from .runlock import process_alive
+
+    for stale in target.parent.glob(f".{target.name}-*"):
+        pid = stale.name.rpartition("-")[2]
+        if stale.is_dir() and (not pid.isdigit() or not process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)

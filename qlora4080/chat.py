@@ -15,6 +15,15 @@ if TYPE_CHECKING:
 HELP = "Commands: /reset (forget the conversation), /system <text> (set the system prompt), /exit (or Ctrl-D). Ctrl-C stops an answer."
 
 
+def is_text(value: str) -> bool:
+    """False for a str holding lone surrogates: bytes that were not UTF-8, which no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def chat_loop(
     chat: ChatModel, *, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, echo: bool = False
 ) -> None:
@@ -30,6 +39,11 @@ def chat_loop(
         except EOFError:
             console.print()
             break
+        except UnicodeDecodeError:  # piped bytes that are not UTF-8: that line is skipped, not the chat ended
+            line = "\udcff"
+        if not is_text(line):  # (read with surrogateescape, such bytes arrive as lone surrogates)
+            console.print("(that line is not UTF-8 text; skipped)", style="yellow")
+            continue
         text = line.strip()
         if not text:
             continue
@@ -138,6 +152,13 @@ def answer_once(
 ) -> str:
     """`chat --prompt`: one answer, streamed; with `compare`, the base model's answer first."""
     messages = with_system(system, [{"role": "user", "content": prompt}])
+    fitted, _ = fit_history(chat, system, [{"role": "user", "content": prompt}], max_new_tokens)
+    if not fitted:  # a 100,000-character prompt once ran for minutes past the model's positions, then answered "_____"
+        from .errors import QloraError
+
+        raise QloraError(f"the prompt does not fit the model's {chat.context}-token context with room for a "
+                         f"{max_new_tokens}-token answer", where="--prompt",
+                         hint="shorten the prompt (or lower --max-new-tokens)")
     if compare and chat.has_adapter:
         console.print("[bold]base model (adapter off):[/]")
         stream_answer(chat, messages, max_new_tokens=max_new_tokens, temperature=temperature, use_adapter=False)

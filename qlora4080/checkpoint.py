@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .backends import BackendName
 from .data.vocabulary import TrainOn
@@ -45,7 +45,7 @@ class CheckpointMeta(BaseModel):
     backend: BackendName = "hf"
     load_in_4bit: bool = False
     dtype: Dtype = "auto"
-    max_seq_len: int = 1024
+    max_seq_len: int = Field(default=1024, ge=1)
     train_on: TrainOn = "assistant"
     thinking: Thinking = "auto"
     """[model] thinking as trained; the saved chat template carries it (see thinking.py)."""

@@ -118,6 +118,7 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .adapter_files import loading_checkpoint
     from .backends import hf
     from .backends.loading import prepare_tokenizer
     from .data.render import end_of_turn_ids
@@ -133,8 +134,9 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     dtype = compute_dtype(meta.dtype, hardware)
     base_cfg = meta.model_section(load_in_4bit=False, dtype=dtype)
     base, _ = hf.load_model(base_cfg, hardware, for_training=False)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
-    model = PeftModel.from_pretrained(base, checkpoint)
+    with loading_checkpoint(checkpoint, meta.recipe_path):  # shapes that do not fit are named, not a traceback
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(checkpoint), None)
+        model = PeftModel.from_pretrained(base, checkpoint)
     model.eval()
     question: list[Message] = [{"role": "user", "content": prompt or _first_prompt(meta)}]
     adapter_answer = generate(ChatModel(model, tokenizer, "", True, end_of_turn_ids(tokenizer)), question, max_new_tokens=max_new_tokens)

@@ -232,6 +232,11 @@ def _upload(staging: Path, repo_id: str, *, token: str, private: bool, timeout: 
     except httpx.HTTPError as error:
         raise QloraError(f"the upload to {hub_endpoint()} failed: {error}", where="--push-to-hub",
                          hint="check the network (or HF_ENDPOINT) and run again") from None
+    except ValueError as error:  # JSONDecodeError: a 200 with a web page, as a captive portal or proxy answers
+        raise QloraError(f"{hub_endpoint()} answered with something that is not the hub's JSON ({error}): a login "
+                         "page of a network portal or a proxy answers like that", where="--push-to-hub",
+                         hint="open a web page to log in to the network (or check HF_ENDPOINT), then run again; "
+                              "nothing was uploaded") from None
     finally:
         session.timeout = saved
 

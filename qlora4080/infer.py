@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .adapter_files import check_adapter
+from .adapter_files import check_adapter, loading_checkpoint
 from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
 from .eval_rules import Generated
@@ -71,8 +71,9 @@ def load_for_chat(target: str | Path) -> ChatModel:
         model_cfg = meta.model_section()
         base, _ = hf.load_model(model_cfg, hardware, for_training=False)
         # The tokenizer saved with the adapter carries the exact chat template used in training.
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), None)
-        model = PeftModel.from_pretrained(base, path)
+        with loading_checkpoint(path, meta.recipe_path):
+            tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), None)
+            model = PeftModel.from_pretrained(base, path)
         description = f"{meta.base_model} + adapter {path}"
         has_adapter = True
     elif str(target).startswith(BUILTIN_PREFIX) or (path / "config.json").is_file():

@@ -8,10 +8,12 @@ so a crashed run never leaves a stale lock behind. The file says who holds it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,12 +32,20 @@ def lock_path_for(folder: Path) -> Path:
     return real.parent / f".{real.name}.lock"
 
 
+def lock_path_outside(target: Path) -> Path:
+    """A lock for `target` kept in the system temp folder (keyed by its real path): nothing is left beside a
+    file the command may end up never writing (generate's output, when the model then fails to load)."""
+    key = hashlib.sha256(str(target.expanduser().resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "qlora4080-locks" / f"{key}.lock"
+
+
 @contextmanager
-def holding(folder: Path, what: str) -> Iterator[None]:
-    """Hold the lock of `folder` for the duration of the block, or fail at once naming the holder."""
+def holding(folder: Path, what: str, lock_file: Path | None = None,
+            hint: str = "wait for it to finish, stop it, or choose another --run-name") -> Iterator[None]:
+    """Hold the lock of `folder` (in `lock_file`, default beside it) for the block, or fail at once naming the holder."""
     import fcntl
 
-    path = lock_path_for(folder)
+    path = lock_file or lock_path_for(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+", encoding="utf-8")
     try:
@@ -45,7 +55,7 @@ def holding(folder: Path, what: str) -> Iterator[None]:
             handle.seek(0)
             raise QloraError(f"{what} is in use by another qlora4080 process ({_describe(handle.read())})",
                              where=str(folder),
-                             hint="wait for it to finish, stop it, or choose another --run-name") from None
+                             hint=hint) from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -62,3 +72,29 @@ def _describe(text: str) -> str:
         return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+def process_alive(pid: int) -> bool:
+    """Is process `pid` still running on this machine? (A staging folder named after a dead one is stale.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def is_held(folder: Path) -> bool:
+    """Does another process hold `folder`'s lock right now (a run still training)? Takes nothing, makes nothing."""
+    import fcntl
+
+    path = lock_path_for(folder)
+    if not path.is_file():
+        return False
+    with path.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False

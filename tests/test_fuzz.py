@@ -12,6 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,6 +85,21 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@contextmanager
+def failing_if_hung(seconds: int, args: list[str]) -> Iterator[None]:
+    """A command that never returns (reading a FIFO or /dev/zero) fails the test instead of hanging the suite."""
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"qlora4080 {' '.join(args)} still running after {seconds} s: it hangs")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def user_files(folder: Path) -> None:
     (folder / "notes.txt").write_text("mine")
     (folder / "recipes").mkdir(exist_ok=True)
@@ -138,6 +157,13 @@ LINES = st.lists(st.one_of(
     MESSAGES.map(lambda r: json.dumps(r, ensure_ascii=False).encode()),
     st.binary(max_size=40),
     st.sampled_from([b"", b"{", b"\xff\xfe{}", b"\xef\xbb\xbf{\"messages\": []}", b"null", b"[]"]),
+    # what breaks parsers rather than shapes: nesting past the recursion limit, huge integers, lone surrogates
+    st.integers(1, 60_000).map(lambda depth: b"[" * depth + b"]" * depth),
+    st.integers(1, 60_000).map(lambda depth: b'{"messages": ' + b"[" * depth + b"]" * depth + b"}"),
+    st.integers(4000, 9000).map(lambda digits: b'{"messages": [], "n": ' + b"7" * digits + b"}"),
+    st.sampled_from(["\\ud800", "\\udfff", "\\ud83d", "\\ud83d\\ude00"]).map(
+        lambda escape: ('{"messages": [{"role": "user", "content": "a' + escape
+                        + '"}, {"role": "assistant", "content": "b"}]}').encode()),
 ), max_size=6)
 
 
@@ -153,8 +179,12 @@ def test_any_data_file_gets_a_report(workdir: Path, lines: list[bytes], suffix: 
 
 
 def _wrong_paths(root: Path) -> dict[str, str]:
-    """Paths of every wrong kind a user passes by mistake."""
+    """Paths of every wrong kind a user passes by mistake (FIFOs and devices never end when read)."""
     (root / "empty-dir").mkdir(exist_ok=True)
+    if not (root / "pipe.jsonl").exists():
+        os.mkfifo(root / "pipe.jsonl")
+        (root / "loop").symlink_to(root / "loop")  # a symlink to itself
+        (root / "linked-dir").symlink_to(root / "empty-dir")
     junk = root / "junk-dir"
     junk.mkdir(exist_ok=True)
     (junk / "adapter_config.json").write_text("{not json")
@@ -162,7 +192,8 @@ def _wrong_paths(root: Path) -> dict[str, str]:
     (root / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
     return {"missing": str(root / "nope"), "empty-dir": str(root / "empty-dir"), "junk-dir": str(junk),
             "junk-file": str(root / "junk.bin"), "prompts": str(root / "prompts.jsonl"), "builtin-typo": "builtin:nope",
-            "blank": "", "dash": "-"}
+            "blank": "", "dash": "-", "fifo": str(root / "pipe.jsonl"), "device": "/dev/zero",
+            "symlink-loop": str(root / "loop"), "linked-dir": str(root / "linked-dir")}
 
 
 COMMANDS = [
@@ -180,13 +211,115 @@ COMMANDS = [
 @FUZZ
 @given(command=st.sampled_from(range(len(COMMANDS))),
        picks=st.lists(st.sampled_from(["missing", "empty-dir", "junk-dir", "junk-file", "prompts", "builtin-typo",
-                                       "blank", "dash"]), min_size=3, max_size=3))
+                                       "blank", "dash", "fifo", "device", "symlink-loop", "linked-dir"]),
+                      min_size=3, max_size=3))
 def test_wrong_paths_get_clear_errors(workdir: Path, command: int, picks: list[str]) -> None:
     paths = _wrong_paths(workdir)
     args = COMMANDS[command]([paths[p] for p in picks])
     before = snapshot(workdir)
-    code, output = run_cli(args)
+    with failing_if_hung(120, args):
+        code, output = run_cli(args)
     assert code != 0, f"qlora4080 {' '.join(args)} succeeded on wrong input:\n{output[-2000:]}"
     after = snapshot(workdir)
     changed = {name for name in set(before) | set(after) if before.get(name) != after.get(name)}
     assert not changed, f"qlora4080 {' '.join(args)} changed {sorted(changed)}"
+
+
+@FUZZ
+@given(depth=st.integers(1, 60_000), where=st.sampled_from(["recipe", "--set"]),
+       brackets=st.sampled_from([("[", "]"), ("{a=", "}")]))
+def test_any_nesting_depth_gets_a_verdict(workdir: Path, tiny_model_dir: Path, depth: int, where: str,
+                                          brackets: tuple[str, str]) -> None:
+    value = brackets[0] * depth + brackets[1] * depth
+    recipe = workdir / "deep.toml"
+    text = recipe_text(tiny_model_dir, [])
+    recipe.write_text(text + (f"\n[extra]\nx = {value}\n" if where == "recipe" else ""), encoding="utf-8")
+    before = snapshot(workdir)
+    args = ["train", str(recipe), "--dry-run"] + (["--set", f"training.seed={value}"] if where == "--set" else [])
+    code, output = run_cli(args)
+    assert code == 2, output[-2000:]  # refused: an unknown section, or a seed that is no integer
+    assert snapshot(workdir) == before
+
+
+@FUZZ
+@given(checkpoints_dir=st.sampled_from(["checkpoints", "elsewhere", "deep/er", "."]),
+       locked=st.sampled_from(["checkpoint", "logs"]), linked_runs=st.booleans(), overwrite=st.booleans())
+def test_concurrent_runs_of_one_name_across_output_folders_are_refused(workdir: Path, tiny_model_dir: Path,
+                                                                      checkpoints_dir: str, locked: str,
+                                                                      linked_runs: bool, overwrite: bool) -> None:
+    """Another process holds run 'busy' through one of its folders; this run names the same folders another way."""
+    from qlora4080.runlock import holding
+
+    real_runs = workdir / "real-runs"
+    real_runs.mkdir(exist_ok=True)
+    runs = workdir / "runs-link"
+    if linked_runs and not runs.exists():
+        runs.symlink_to(real_runs)
+    runs_dir = runs if linked_runs else real_runs
+    recipe = workdir / "busy.toml"
+    recipe.write_text(recipe_text(tiny_model_dir, [("output", "checkpoints_dir", str(workdir / checkpoints_dir)),
+                                                   ("output", "runs_dir", str(runs_dir))]), encoding="utf-8")
+    held = (workdir / checkpoints_dir / "busy") if locked == "checkpoint" else (real_runs / "busy")
+    def files() -> dict[str, str]:  # lock files are the locks' own business
+        return {name: digest for name, digest in snapshot(workdir).items() if not name.endswith(".lock")}
+
+    with holding(held, "run 'busy'"):
+        before = files()
+        code, output = run_cli(["train", str(recipe), "--run-name", "busy", *(["--overwrite"] * overwrite)])
+    assert code == 2 and "in use by another qlora4080 process" in output, output[-2000:]
+    assert files() == before
+
+
+_TINY_ADAPTER: list[object] = []
+
+
+def _tiny_adapter(tiny_model_dir: Path) -> tuple[object, object]:
+    """A real LoRA model (peft over the tiny Llama) and its tokenizer, built once."""
+    if not _TINY_ADAPTER:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, target_modules="all-linear"))
+        _TINY_ADAPTER.extend([model, AutoTokenizer.from_pretrained(tiny_model_dir)])
+    return _TINY_ADAPTER[0], _TINY_ADAPTER[1]
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(kilobytes=st.integers(4, 4200))
+def test_a_save_failing_at_any_write_keeps_the_weights_and_the_old_files(tmp_path: Path, tiny_model_dir: Path,
+                                                                         kilobytes: int) -> None:
+    """A filesystem of every size from nearly empty to just enough: the save fails at a different write each time."""
+    import shutil
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from qlora4080.errors import QloraError
+    from qlora4080.training.saving import save_adapter
+
+    mount = tmp_path / f"disk-{kilobytes}"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        folder = mount / "run"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("the run's earlier files")
+        model, tokenizer = _tiny_adapter(tiny_model_dir)
+        try:
+            save_adapter(model, tokenizer, folder, {"qlora4080.json": "{}"})  # type: ignore[arg-type]
+        except QloraError as error:
+            message = " ".join(str(error).split())
+            assert error.exit_code == 4, message
+            rescue = Path(message.split("saved instead to ")[1].split()[0].rstrip(";,"))
+            assert load_file(str(rescue / "adapter_model.safetensors"))
+            shutil.rmtree(rescue)
+        else:
+            assert load_file(str(folder / "adapter_model.safetensors")) and (folder / "tokenizer.json").is_file()
+        assert (folder / "notes.txt").read_text() == "the run's earlier files"
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".saving")]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -21,7 +21,7 @@ from qlora4080.batch_infer import read_prompts
 from qlora4080.cli import app
 from qlora4080.errors import QloraError
 from qlora4080.export import EXPORT_RECORD, check_out_dir
-from qlora4080.runlock import holding
+from qlora4080.runlock import holding, lock_path_outside
 
 
 def invoke(*args: str) -> Result:
@@ -78,7 +78,7 @@ def test_generate_ids_of_another_prompts_file_never_collide(tmp_path: Path) -> N
 def test_two_generate_runs_on_one_output_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
     prompts, output = tmp_path / "p.jsonl", tmp_path / "answers.jsonl"
     prompts.write_text('{"prompt": "Hi"}\n')
-    with holding(output, f"generate into {output}"):
+    with holding(output, f"generate into {output}", lock_path_outside(output)):
         done = invoke("generate", str(tiny_checkpoint), "-i", str(prompts), "-o", str(output))
     assert done.exit_code == 2 and "in use by another qlora4080 process" in flat(done.output)
     assert not output.exists()

@@ -219,3 +219,39 @@ def test_repo_names_the_hub_refuses_are_refused_before_any_merge(name: str) -> N
     with pytest.raises(QloraError, match="is not a hub repository name"):
         hub.check_repo_id(name)
     hub.check_repo_id("my-name/qwen3-4b_emoji.v2")  # what the hub takes passes
+
+
+@pytest.fixture
+def captive_portal() -> Iterator[str]:
+    """A local endpoint that answers every request with 200 and a login page, as a network portal does."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class LoginPage(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>Please log in to the guest network</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LoginPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_hub_answering_with_a_web_page_is_a_clear_error(tiny_checkpoint: Path, captive_portal: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", captive_portal)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this test only talks to its own server
+    with pytest.raises(QloraError, match="not the hub's JSON") as failed:
+        hub.push_folder(tiny_checkpoint, "me/tiny", token="hf_dummy", private=False, card="card", timeout=10.0)
+    assert "nothing was uploaded" in (failed.value.hint or "")

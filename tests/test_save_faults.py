@@ -163,3 +163,18 @@ def test_sigterm_saves_like_ctrl_c_and_the_saved_adapter_chats(tmp_path: Path, t
     chat = subprocess.run([*CLI, "chat", "checkpoints/term", "--prompt", "Hi", "--max-new-tokens", "4"],
                           capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stdout + chat.stderr
+
+
+def test_conversions_killed_mid_save_are_cleared_and_a_running_one_is_kept(tmp_path: Path) -> None:
+    from qlora4080.builtin_models import remove_dead_conversions
+
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    dead = target.parent / ".smollm2-135m-instruct-converting-999999999"  # no such process
+    older = target.parent / ".smollm2-135m-instruct-k3j9x_2a"  # what earlier versions named their staging folder
+    running = target.parent / f".smollm2-135m-instruct-converting-{os.getpid()}"
+    other = target.parent / ".another-model-converting-999999999"
+    for folder in (dead, older, running, other):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    remove_dead_conversions(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([running.name, other.name])

@@ -30,13 +30,19 @@ def data_check(
     from rich.table import Table
 
     from ..data.check import check_file
+    from ..data.formats import DEFAULT_COLUMNS
 
+    known = sorted({key for names in DEFAULT_COLUMNS.values() for key in names})
     columns: dict[str, str] = {}
     for item in column or []:
         if "=" not in item:
             raise QloraError(f"--column {item!r} must be field=name", where="--column")
-        key, value = item.split("=", 1)
-        columns[key.strip()] = value.strip()
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in known or not value:  # `-c =x` or `-c wizard=q` was once silently ignored
+            raise QloraError(f"--column {item!r}: " + (f"{key!r} is not a field a format reads" if key not in known
+                             else "the name after '=' is empty"), where="--column",
+                             hint=f"write field=name with a field among {', '.join(known)}, e.g. -c user=question")
+        columns[key] = value
     result = check_file(file, format, columns)
     console.print(f"format: {result.format}{' (detected)' if result.detected else ''}")
     table = Table(title=str(file), title_justify="left")

@@ -14,11 +14,13 @@ import typer
 
 from ..console import console, warn
 from ..errors import QloraError
+from ..runlock import is_held
 from .app import app
 from .friendly import friendly_errors
 from .outputs import check_input_file, check_output_file, check_output_folder, run_folder
 
 if TYPE_CHECKING:
+    from ..batch_infer import PromptFile
     from ..checkpoint import CheckpointMeta
     from ..gguf_export import GgufResult
 
@@ -36,11 +38,17 @@ def chat(
     compare: bool = typer.Option(False, "--compare", help="With --prompt: also show the base model's answer."),
 ) -> None:
     """Chat with a trained adapter (streaming), answer one --prompt, or run --tests."""
-    from ..chat import answer_once, chat_loop, read_test_prompts, run_tests
+    from ..chat import answer_once, chat_loop, is_text, read_test_prompts, run_tests
     from ..infer import load_for_chat
 
     if prompt is None and compare:
         raise QloraError("--compare works with --prompt", where="--compare")
+    if prompt is not None and not is_text(prompt):  # bytes that are not UTF-8 arrive as lone surrogates
+        raise QloraError("the prompt is not valid UTF-8 text", where="--prompt",
+                         hint="pass the prompt as UTF-8 (check the terminal's or the script's encoding)")
+    if prompt is None and tests is None and (sys.stdin is None or sys.stdin.closed):
+        raise QloraError("standard input is closed, so there is nothing to chat with", where="stdin",
+                         hint="run it in a terminal, pipe prompts in, or pass --prompt TEXT or --tests FILE")
     if tests is None and save is not None:
         raise QloraError("--save works with --tests", where="--save", hint="qlora4080 chat CHECKPOINT --tests prompts.txt --save answers.jsonl")
     if tests is not None:  # a bad file or an unwritable --save fails before the model loads
@@ -88,6 +96,9 @@ def evaluate_command(
     meta = read_checkpoint_meta(checkpoint)
     settings = meta or CheckpointMeta(base_model=str(checkpoint))  # a plain model folder: the recipe defaults
     source = data or (Path(meta.validation_file) if meta and meta.validation_file else None)
+    if source is None and meta is None and is_held(Path(checkpoint)):
+        raise QloraError(f"{checkpoint} is still training: its adapter is saved when the run ends", where=str(checkpoint),
+                         hint=f"wait for the run to finish, or evaluate a checkpoint it has saved: {checkpoint}/checkpoint-N")
     if source is None:
         raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
     folder = out or run_folder(checkpoint)
@@ -166,22 +177,22 @@ def generate(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
 ) -> None:
     """Batch inference: answer every prompt of a JSONL file (greedy), resumable."""
-    from ..batch_infer import check_output_path
-    from ..runlock import holding
-
-    check_output_path(input, output, "--output")  # a folder or a file in the way is named before the lock is made
-    with holding(output, f"generate into {output}"):  # two runs on one output would answer every id twice
-        _generate(checkpoint, input, output, max_new_tokens, batch_size)
-
-
-def _generate(checkpoint: str, input: Path, output: Path, max_new_tokens: int, batch_size: int) -> None:
-    from rich.progress import Progress
-
-    from ..batch_infer import prepare_output, read_prompts, run_batch
-    from ..infer import load_for_chat
+    from ..batch_infer import prepare_output, read_prompts
+    from ..runlock import holding, lock_path_outside
 
     parsed = read_prompts(input)
-    resume = prepare_output(input, output)  # before the model loads: a wrong -o fails at once
+    prepare_output(input, output, repair=False)  # a wrong -i or -o is refused before anything is written
+    with holding(output, f"generate into {output}", lock_path_outside(output)):  # two runs on one output would answer every id twice
+        _generate(checkpoint, parsed, input, output, max_new_tokens, batch_size)
+
+
+def _generate(checkpoint: str, parsed: PromptFile, input: Path, output: Path, max_new_tokens: int, batch_size: int) -> None:
+    from rich.progress import Progress
+
+    from ..batch_infer import prepare_output, run_batch
+    from ..infer import load_for_chat
+
+    resume = prepare_output(input, output)  # under the lock: a cut-off last line is ours to repair
     for problem in parsed.rejected:
         console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
     if resume.note:

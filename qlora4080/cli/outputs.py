@@ -63,8 +63,9 @@ def check_output_folder(folder: Path, flag: str, *, given: bool = True) -> None:
 
 
 def check_output_file(file: Path, flag: str, *, given: bool = True) -> None:
-    """`file` is a writable file, or can be made in a writable folder."""
+    """`file` is a writable file, or can be made in a writable folder (never a FIFO or device: writes would hang)."""
     where = flag if given else None
+    check_not_special(file, where)
     if file.is_dir():
         raise QloraError(f"{file} is a folder, not a file", where=where, hint=_elsewhere(flag, "a file path, e.g. answers.jsonl"))
     if file.exists():

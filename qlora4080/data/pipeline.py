@@ -111,7 +111,8 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
     if manifest_path.is_file() and not force and (reused := _reuse(folder, manifest_path)):
         return reused
     # One builder per build folder: a second process fails at once instead of writing the same files.
-    with holding(folder, f"data build {folder.name}"):
+    with holding(folder, f"data build {folder.name}",
+                 hint="wait for that build to finish (this command then reuses it), or stop it and run again"):
         # another process may have finished this build while we waited to start
         if manifest_path.is_file() and not force and (reused := _reuse(folder, manifest_path, quiet=True)):
             return reused
@@ -276,8 +277,15 @@ def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[Row], Path
     if path.suffix in (".parquet", ".arrow") or path.is_dir():
         from datasets import Dataset, load_from_disk
 
-        table = load_from_disk(str(path)) if path.is_dir() else (
-            Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else Dataset.from_file(str(path)))
+        check_not_special(path)
+        try:
+            table = load_from_disk(str(path)) if path.is_dir() else (
+                Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else Dataset.from_file(str(path)))
+        except (OSError, ValueError, TypeError, RuntimeError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            kind = {".parquet": "Parquet", ".arrow": "Arrow"}.get(path.suffix, "saved dataset")
+            raise QloraError(f"{path} cannot be read as {kind}: {str(error).splitlines()[0][:200]}",
+                             where=f"[[data.sources]] {source.name or path.name}",
+                             hint="a JSONL file needs the .jsonl suffix; otherwise check the file is not damaged") from None
         return [(index, row, None) for index, row in enumerate(table, start=1)], path
     return list(read_records(path)), path
 

@@ -91,7 +91,7 @@ class SourceSection(Section):
     preference pairs (for dpo and orpo: "pairs", {"prompt", "chosen", "rejected"} or two whole conversations)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Field-name overrides for the format, e.g. {user = "question", assistant = "answer"}."""
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     """Relative share in the mix (normalized over sources; all zero means equal)."""
     tags: list[str] = Field(default_factory=list)
     """Tags added to every record of this source (e.g. "json" turns on JSON validity in eval)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import QloraError
+from ..runlock import process_alive
 
 STAGING_PREFIX = ".saving-"
 
@@ -87,18 +88,8 @@ def remove_dead_staging(folder: Path) -> None:
     """Staging folders of save_adapter calls whose process died mid-save (kill -9): never finished, never used."""
     for stale in folder.glob(f"{STAGING_PREFIX}*"):
         pid = stale.name.removeprefix(STAGING_PREFIX)
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def _save_failed(error: Exception, model: Model, tokenizer: Tokenizer, folder: Path, extra_files: dict[str, str],

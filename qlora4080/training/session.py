@@ -232,6 +232,10 @@ class TrainingRun:
         batch = f"batch {t.batch_size} x grad-accum {t.grad_accum}" + (
             f" x {processes} processes = global batch {global_batch(self.recipe, processes)}" if processes > 1 else "")
         stage(f"Training: {self.train_split.conversations} {unit}, {batch}, {steps} steps, lr {t.learning_rate}")
+        if (needed := global_batch(self.recipe, processes)) > self.train_split.conversations:
+            self.log.line(f"warning: one optimizer step takes {needed} {unit} (batch x grad-accum x processes) but the "
+                          f"data has {self.train_split.conversations}: every step is the whole epoch and more; lower "
+                          "training.grad_accum or training.batch_size", style="yellow")
         started = time.monotonic()
         try:
             with self.guard:
