@@ -53,7 +53,7 @@ class Served:
 def build_app(served: Served) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.model_id, "decoding": served.engine.decoding,
-                             "waiting": served.engine.waiting})
+                             "waiting": served.engine.waiting, "cancelled": served.engine.cancelled})
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_model_card(served)]})

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..data.vocabulary import Message
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -64,7 +65,7 @@ def parse_chat_request(body: object, default_max_tokens: int) -> ChatRequest:
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, above_minimum=True),
         max_tokens=max_tokens if max_tokens is not None else default_max_tokens,
         stop=_stop_strings(body.get("stop")),
-        seed=_optional_int(body, "seed"),
+        seed=_seed(body),
     )
     stream = _optional_bool(body, "stream") or False
     options = body.get("stream_options")
@@ -167,6 +168,13 @@ def _optional_int(body: dict[str, object], name: str, *, minimum: int | None = N
     if minimum is not None and value < minimum:
         raise bad(f"{name}={value} is too small: the least is {minimum}", name)
     return value
+
+
+def _seed(body: dict[str, object]) -> int | None:
+    seed = _optional_int(body, "seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise bad(f"seed={seed} is out of range: use an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}", "seed")
+    return seed
 
 
 def _optional_bool(body: dict[str, object], name: str) -> bool | None:

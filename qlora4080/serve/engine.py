@@ -57,6 +57,7 @@ class Engine:
         self.threads = threads
         self._waiting: queue.Queue[Job | None] = queue.Queue()
         self._current: list[Job] = []
+        self.cancelled = 0  # answers stopped because their client left, since the start
         self._thread = threading.Thread(target=self._run, name="qlora4080-decode", daemon=True)
 
     def start(self) -> None:
@@ -107,4 +108,5 @@ class Engine:
             finally:
                 self._current = []
                 for job in jobs:
+                    self.cancelled += job.decoding.finish_reason == "cancelled"
                     job.finish(error)

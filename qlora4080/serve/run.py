@@ -63,7 +63,8 @@ def serve(checkpoint: str, *, host: str, port: int, api_key: str | None, model_i
     engine.start()
     shown_host = f"[{host}]" if ":" in host else host
     console.print(f"[bold]serving[/] {chat.description} as model [bold]{name}[/] "
-                  f"(context {chat.context or 'unknown'} tokens, up to {batch_size} answers decoded together)")
+                  f"(context {chat.context or 'unknown'} tokens, "
+                  f"{'one answer at a time' if batch_size == 1 else f'up to {batch_size} answers decoded together'})")
     console.print(f"OpenAI base_url: http://{shown_host}:{port}/v1{'  (API key required)' if api_key else ''}; "
                   "Ctrl-C stops", highlight=False)
     try:
