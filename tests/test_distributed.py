@@ -65,7 +65,7 @@ def _check_two_process_run(work: Path, result: subprocess.CompletedProcess[str],
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # one run, one name: process 0 chose the timestamped default name and process 1 used it
-    runs, checkpoints = list((work / "runs").iterdir()), [p for p in (work / "checkpoints").iterdir() if p.is_dir()]
+    runs, checkpoints = [p for p in (work / "runs").iterdir() if p.is_dir()], [p for p in (work / "checkpoints").iterdir() if p.is_dir()]
     assert len(runs) == 1 and [p.name for p in checkpoints] == [runs[0].name], (runs, checkpoints)
     run_dir, checkpoint = runs[0], checkpoints[0]
     assert re.fullmatch(r"recipe-\d{8}-\d{6}", run_dir.name)

@@ -26,7 +26,7 @@ def q8_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     done = run("export", str(tiny_checkpoint), "--gguf", "q8_0", "--gguf-dir", str(folder))
     assert done.returncode == 0, done.stderr + done.stdout
     assert "verified with llama.cpp on 8 test prompts" in done.stdout
-    assert "on 8/8 prompts" in done.stdout
+    assert "the merged model's greedy answers get the same log-probabilities within" in done.stdout
     return folder
 
 
@@ -37,7 +37,8 @@ def test_q8_0_export_is_checked_by_llama_cpp_and_recorded(q8_export, tiny_checkp
     record = json.loads((q8_export / GGUF_RECORD).read_text())
     check = record["verification"]
     assert check["template_renders_identically"] and check["tokenizes_identically"]
-    assert check["greedy_agreement"] == "8/8" and check["greedy_tokens_compared"] == 16
+    assert check["greedy_tokens_compared"] == 16 and check["logprob_difference_nats"]["tokens"] > 8
+    assert check["logprob_difference_nats"]["mean"] <= check["tolerance_nats"]["mean"] == 0.1
     assert "<|im_end|>" in check["end_of_turn"] and check["add_bos"] is False
     assert record["quant"] == "q8_0" and record["converter"] == "0.1.1"
     with (q8_export / f"{tiny_checkpoint.name}-q8_0.gguf").open("rb") as gguf:
@@ -78,6 +79,24 @@ def test_no_verify_is_recorded_and_k_quants_report_their_agreement(tiny_checkpoi
     k_quant = run("export", str(tiny_checkpoint), "--gguf", "q4_k_m", "--gguf-dir", str(tmp_path / "q4"))
     assert k_quant.returncode == 0, k_quant.stderr + k_quant.stdout
     record = json.loads((tmp_path / "q4" / GGUF_RECORD).read_text())
-    assert record["quant"] == "q4_k_m" and 0.25 <= record["verification"]["greedy_agreement_rate"] <= 1
-    assert f"tokens on {record['verification']['greedy_agreement']} prompts" in k_quant.stdout
+    check = record["verification"]
+    assert record["quant"] == "q4_k_m" and check["logprob_difference_nats"]["worst"] <= check["tolerance_nats"]["worst"] == 3.0
+    assert f"tokens on {check['greedy_agreement']} prompts" in k_quant.stdout
     assert sorted(p.name for p in (tmp_path / "q4").iterdir()) == ["Modelfile", GGUF_RECORD, f"{tiny_checkpoint.name}-q4_k_m.gguf"]
+
+
+def test_a_gguf_that_computes_another_model_is_refused(q8_export, tiny_checkpoint, tmp_path):
+    """Same template, same tokens, other weights: the log-probabilities of the merged model's answers give it away."""
+    from safetensors.torch import load_file, save_file
+
+    merged = tmp_path / "merged"
+    assert run("export", str(tiny_checkpoint), "--merged", str(merged)).returncode == 0
+    gguf = next(q8_export.glob("*.gguf"))
+    prompts = validation_prompts(read_meta(tiny_checkpoint))
+    assert verify_gguf(gguf, merged, prompts, "q8_0")["logprob_difference_nats"]["mean"] <= 0.1
+    weights = load_file(merged / "model.safetensors")
+    norm = next(name for name in weights if name.endswith("model.norm.weight"))
+    weights[norm] = weights[norm] * 3  # sharper logits: every answer token's probability moves
+    save_file(weights, merged / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(GgufMismatch, match=r"nats"):
+        verify_gguf(gguf, merged, prompts, "q8_0")
