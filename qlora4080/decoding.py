@@ -26,12 +26,15 @@ if TYPE_CHECKING:
     from .model_types import Model, Tokenizer
 
 FinishReason = Literal["stop", "length", "cancelled"]
+# Below this a temperature decodes greedily, as vLLM does: dividing logits by 1e-300 made them inf and the
+# sampler failed (a 500 from serve, a traceback from chat). The limit of sampling as T -> 0 is the argmax anyway.
+GREEDY_BELOW = 1e-5
 REPLACEMENT = "\ufffd"  # what a decoder shows for the first bytes of a character split across tokens
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one answer picks its tokens. temperature 0 is greedy (and ignores top_p and seed)."""
+    """How one answer picks its tokens. temperature 0 (or below GREEDY_BELOW) is greedy and ignores top_p and seed."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -175,9 +178,10 @@ def choose_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Gene
     """The next token from one row of logits: the most likely (temperature 0) or drawn from the top-p nucleus."""
     import torch
 
-    if sampling.temperature <= 0:
+    if sampling.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    scores = logits.float()
+    probs = torch.softmax((scores - scores.max()) / sampling.temperature, dim=-1)  # the largest is 0: no inf/inf
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set of most likely tokens whose mass reaches top_p (the first one always).

@@ -114,7 +114,10 @@ def generate(
 
     ids = prompt_ids(chat, messages)
     input_ids = torch.tensor([ids], device=chat.model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+    from .decoding import GREEDY_BELOW
+
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature >= GREEDY_BELOW
+                else {"do_sample": False})
     streamer = _streamer(chat.tokenizer, on_text) if on_text is not None else None
     with torch.inference_mode(), adapter_switch(chat, use_adapter):
         output = chat.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

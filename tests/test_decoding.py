@@ -65,3 +65,17 @@ def test_decoded_together_or_alone_greedy_answers_are_generates(tiny_model_dir, 
     cancelled.is_cancelled = lambda: next(steps) >= 3
     DecodeBatch(model, smol_tokenizer, chat.stop_ids, chat.context).run([cancelled])
     assert cancelled.finish_reason == "cancelled" and cancelled.completion_tokens == 3
+
+
+def test_a_vanishing_temperature_is_greedy_and_a_small_one_still_samples() -> None:
+    """1e-300 once made the logits inf and the sampler fail (a 500 from serve, a traceback from chat)."""
+    import torch
+
+    from qlora4080.decoding import GREEDY_BELOW, choose_token
+
+    logits = torch.tensor([1.0, 30.0, 29.5, -4.0])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1e-300, 5e-324, GREEDY_BELOW / 2, GREEDY_BELOW, 1e-3):
+        assert choose_token(logits, Sampling(temperature=temperature), generator) == 1, temperature
+    drawn = {choose_token(logits, Sampling(temperature=2.0), generator) for _ in range(200)}
+    assert {1, 2} <= drawn  # a real temperature still samples the two close tokens

@@ -243,6 +243,9 @@ def test_bad_json_and_unknown_routes_are_openai_shaped(server: str) -> None:
     response = http.post(f"{server}/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers=headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
+    for body in (b'{"model": "tiny", "max_tokens": ' + b"9" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000):
+        response = http.post(f"{server}/v1/chat/completions", content=body, headers=headers)  # digits, depth past Python's
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json", response.text[:300]
     response = http.post(f"{server}/v1/chat/completions", content=b'["a list"]', headers=headers)
     assert response.status_code == 400 and "JSON object" in response.json()["error"]["message"]
     response = http.get(f"{server}/v1/completions", headers=headers)

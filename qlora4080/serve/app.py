@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -65,9 +65,15 @@ def build_app(served: Served) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raw = await request.body()
+        except ClientDisconnect:  # the client left while sending: nobody to answer, nothing to log
+            return Response(status_code=499)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as error:  # ValueError: bad JSON, or an int of 4300+ digits
             raise bad(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+        except RecursionError:
+            raise bad("the request body is not valid JSON: nested too deeply", None, "invalid_json") from None
         chat = parse_chat_request(body, served.default_max_tokens)
         if chat.model != served.model_id:
             raise _unknown_model(chat.model, served.model_id, "model")

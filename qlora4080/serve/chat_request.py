@@ -54,8 +54,10 @@ def parse_chat_request(body: object, default_max_tokens: int) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if model is None or model == "":
         raise bad("'model' is required: the name GET /v1/models lists", "model")
+    if not isinstance(model, str):
+        raise bad(f"'model' must be a string (the name GET /v1/models lists), not {_kind(model)}", "model")
     _refuse_unsupported(body)
     max_tokens = _optional_int(body, "max_completion_tokens", minimum=1)
     if max_tokens is None:
@@ -104,6 +106,16 @@ def _messages(value: object) -> list[Message]:
 
 def _text(content: object, where: str) -> str:
     """A message's text: a string, or a list of {"type": "text"} parts (joined). Images and audio are refused."""
+    text = _parts(content, where)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON may spell a lone surrogate ("\\ud800"); the tokenizer cannot take it
+        raise bad(f"{where} is not valid Unicode: {text[error.start:error.end]!r} at character {error.start} is half "
+                  "of a surrogate pair", where) from None
+    return text
+
+
+def _parts(content: object, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -196,5 +208,6 @@ def _stop_strings(value: object) -> tuple[str, ...]:
 
 
 def _kind(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+             int: "a number", float: "a number"}
     return names.get(type(value), f"a {type(value).__name__}")
