@@ -26,6 +26,11 @@ def check_adapter(folder: Path, recipe: str | None = None) -> None:
     neither says which checkpoint is broken or what to do.
     """
     config, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not config.is_file() and not weights.is_file() and not _written_by_a_run(folder):
+        # A data or model folder given where an adapter belongs: "re-train with --overwrite" would be wrong advice.
+        raise QloraError(f"{folder} is not a trained adapter: it has neither {ADAPTER_CONFIG} nor {ADAPTER_WEIGHTS}",
+                         where=str(folder), hint="give the folder training wrote, e.g. checkpoints/<run> "
+                         "(qlora4080 runs lists them)")
     problem = None
     if not config.is_file():
         problem = f"{ADAPTER_CONFIG} is missing"
@@ -41,6 +46,14 @@ def check_adapter(folder: Path, recipe: str | None = None) -> None:
     if problem:
         raise QloraError(f"the adapter in {folder} cannot be loaded: {problem}", where=str(folder),
                          hint=_repair_hint(folder, recipe))
+
+
+def _written_by_a_run(folder: Path) -> bool:
+    from .checkpoint import META_FILE
+    from .training.rundirs import owns_run_folder
+
+    return folder.is_dir() and (owns_run_folder(folder) or (folder / META_FILE).is_file()
+                                or any(folder.glob("checkpoint-*")))
 
 
 def safetensors_problem(path: Path) -> str | None:

@@ -177,6 +177,7 @@ def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_n
     """Answer every prompt, appending one line per answer as each batch finishes. Returns how many were written."""
     from .infer import generate_answers
 
+    check_prompts_fit(chat, prompts, max_new_tokens)
     output.parent.mkdir(parents=True, exist_ok=True)
     _end_with_newline(output)
     written = 0
@@ -192,6 +193,22 @@ def run_batch(chat: ChatModel, prompts: list[PromptLine], output: Path, *, max_n
             if on_batch:
                 on_batch(len(batch))
     return written
+
+
+def check_prompts_fit(chat: ChatModel, prompts: list[PromptLine], max_new_tokens: int) -> None:
+    """Refuse, before answering any, prompts past the model's positions: they ran for minutes, then answered junk."""
+    from .infer import prompt_ids
+
+    if not chat.context:
+        return
+    too_long = [(prompt.id, size) for prompt in prompts
+                if (size := len(prompt_ids(chat, prompt.messages))) + max_new_tokens > chat.context]
+    if too_long:
+        shown = ", ".join(f"{name} ({size:,} tokens)" for name, size in too_long[:5])
+        more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+        raise QloraError(f"{len(too_long)} prompt(s) do not fit the model's {chat.context:,}-token context with room "
+                         f"for a {max_new_tokens}-token answer: {shown}{more}", where="--input",
+                         hint="shorten or remove those prompts, or lower --max-new-tokens")
 
 
 def _end_with_newline(path: Path) -> None:

@@ -186,13 +186,50 @@ def _with_count(label: str, counts: set[int | None]) -> str:
     return f"{label[:-1]}, {counts.pop()} records)"
 
 
+REPORT_JSON, REPORT_MD = "eval.json", "eval.md"
+MD_TITLE = "# Evaluation\n"
+
+
+def check_report_folder(folder: Path, flag: str) -> None:
+    """Refuse, before any model loads, a folder whose eval.json or eval.md this command did not write.
+
+    `eval --out notes/` once replaced the user's own eval.md; a report of ours is
+    known by its shape (eval.json: an object with "data" and "records"; eval.md:
+    our title line), and only that is ever replaced.
+    """
+    for name in (REPORT_JSON, REPORT_MD):
+        path = folder / name
+        if (path.exists() or path.is_symlink()) and not _our_report(path):
+            raise QloraError(f"{path} exists and is not an eval report written by qlora4080, so eval leaves it alone",
+                             where=flag, hint=f"pass {flag} with a new or empty folder, or move {path.name} away")
+
+
+def _our_report(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.name == REPORT_MD:
+            return text.startswith(MD_TITLE)
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "data" in data and "records" in data
+
+
 def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Path, Path]:
-    """eval.json (everything, per-record answers included) and eval.md (the table)."""
+    """eval.json (everything, per-record answers included) and eval.md (the table).
+
+    Each through a temporary file and a rename: a link at either name is replaced, never written through,
+    and a kill mid-write leaves the earlier report whole.
+    """
+    from .data.jsonl import write_text_atomically
+
     folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / "eval.json", folder / "eval.md"
-    json_path.write_text(json.dumps({"data": source, **report}, indent=2, ensure_ascii=False), encoding="utf-8")
+    json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
+    write_text_atomically(json_path, json.dumps({"data": source, **report}, indent=2, ensure_ascii=False))
     header, rows = report_rows(report)
-    lines = [f"# Evaluation\n\nData: `{source}`\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"{MD_TITLE}\nData: `{source}`\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomically(md_path, "\n".join(lines) + "\n")
     return json_path, md_path

@@ -64,11 +64,9 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
         if not overwrite:
             raise QloraError(f"{out_dir} exists and is not empty", where=option,
                              hint="choose an empty or new folder, or pass --overwrite to replace its contents")
-        ours = (out_dir / EXPORT_RECORD).is_file() or (option != "--merged" and any(out_dir.glob("*.gguf")))
-        if not ours:
-            raise QloraError(f"{out_dir} does not look like an earlier export (no {EXPORT_RECORD}"
-                             + (")" if option == "--merged" else " or .gguf)") + ", so --overwrite leaves it alone",
-                             where=option, hint="choose another folder")
+        if not (out_dir / EXPORT_RECORD).is_file():
+            raise QloraError(f"{out_dir} does not look like an earlier export (no {EXPORT_RECORD}), so --overwrite "
+                             "leaves it alone", where=option, hint="choose another folder")
         if remove:
             shutil.rmtree(out_dir)
 

@@ -138,8 +138,9 @@ def _check_target(out_dir: Path, overwrite: bool, checkpoint: Path) -> None:
         if not overwrite:
             raise QloraError(f"{out_dir} exists and is not empty", where="--gguf-dir",
                              hint="choose an empty or new folder, or pass --overwrite to replace its contents")
-        if not any(out_dir.glob("*.gguf")):
-            raise QloraError(f"{out_dir} does not look like an earlier GGUF export (no .gguf file), so --overwrite "
+        # Known by the record this module writes, not by a .gguf file: a user's model folder holds those too.
+        if not (out_dir / GGUF_RECORD).is_file():
+            raise QloraError(f"{out_dir} is not an earlier GGUF export of qlora4080 (no {GGUF_RECORD}), so --overwrite "
                              "leaves it alone", where="--gguf-dir", hint="choose another folder")
 
 

@@ -424,6 +424,32 @@ def test_chat_tests_and_eval_write_into_the_recipes_runs_dir(tiny_checkpoint, tm
     assert not (tmp_path / "runs").exists()
 
 
+def test_eval_replaces_only_its_own_reports(tiny_checkpoint, tmp_path):
+    """A second eval replaces the first one's report; a user's eval.md, or a link at eval.json, is left alone."""
+    args = ["eval", str(tiny_checkpoint), "--limit", "1", "--max-new-tokens", "2", "--batch-size", "1", "--out"]
+    ours = tmp_path / "reports"
+    for _ in range(2):
+        evaluated = invoke(*args, str(ours))
+        assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((ours / "eval.json").read_text(encoding="utf-8"))["records"]
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "eval.md").write_text("my own evaluation notes\n", encoding="utf-8")
+    refused = invoke(*args, str(notes))
+    assert refused.exit_code == 2 and "is not an eval report written by qlora4080" in flat(refused.output), refused.output
+    assert (notes / "eval.md").read_text(encoding="utf-8") == "my own evaluation notes\n"
+    assert not (notes / "eval.json").exists()
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    elsewhere = tmp_path / "precious.json"
+    elsewhere.write_text("{}", encoding="utf-8")
+    (linked / "eval.json").symlink_to(elsewhere)
+    refused = invoke(*args, str(linked))
+    assert refused.exit_code == 2 and elsewhere.read_text(encoding="utf-8") == "{}"
+
+
 def test_run_folder_falls_back_to_runs(tiny_checkpoint, tmp_path):
     assert run_folder(str(_checkpoint_logging_to(tiny_checkpoint, tmp_path, None))) == Path("runs") / "mine"
     assert run_folder(str(tmp_path / "plain-model")) == Path("runs") / "plain-model"

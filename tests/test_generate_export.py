@@ -118,3 +118,14 @@ def test_chat_loads_a_merged_folder_and_a_bare_base(tiny_model_dir):
     bare = load_for_chat(tiny_model_dir)
     assert not bare.has_adapter
     assert isinstance(generate(bare, [{"role": "user", "content": "Hi"}], max_new_tokens=3), str)
+
+
+def test_generate_refuses_prompts_past_the_models_positions_before_answering(tiny_checkpoint, tmp_path):
+    """The tiny model has 512 positions: a 700-word prompt once ran on and answered junk, exit 0."""
+    source, output = tmp_path / "prompts.jsonl", tmp_path / "answers.jsonl"
+    source.write_text(json.dumps({"id": "short", "prompt": "Hi"}) + "\n"
+                      + json.dumps({"id": "essay", "prompt": "word " * 700}) + "\n")
+    refused = run("generate", str(tiny_checkpoint), "-i", str(source), "-o", str(output), "--max-new-tokens", "4")
+    text = " ".join(refused.stdout.split()) + " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "1 prompt(s) do not fit the model's 512-token context" in text, text
+    assert "essay (" in text and not output.exists()

@@ -81,11 +81,16 @@ def test_target_gb_must_be_a_card_size(tmp_path: Path, tiny_model_dir: Path, siz
     assert done.exit_code == 2 and "is not a card size" in flat(done.output)
 
 
-@pytest.mark.parametrize(("item", "reason"), [("=x", "is not a field a format reads"),
-                                              ("wizard=q", "'wizard' is not a field"), ("user=", "is empty")])
-def test_data_check_columns_must_name_a_field(tmp_path: Path, item: str, reason: str) -> None:
-    done = invoke("data", "check", str(DEMO_DATA / "train.jsonl"), "-c", item)
-    assert done.exit_code == 2 and reason in flat(done.output)
+@pytest.mark.parametrize(("fmt", "item", "reason"), [
+    ("columns", "=x", "'' is not a field --format columns reads"),
+    ("columns", "wizard=q", "'wizard' is not a field"),
+    ("columns", "user=", "is empty"),
+    ("alpaca", "user=q", "'user' is not a field --format alpaca reads"),  # a field of another format: once ignored
+    ("auto", "user=q", "--format auto has none to rename"),
+])
+def test_data_check_columns_must_name_a_field(tmp_path: Path, fmt: str, item: str, reason: str) -> None:
+    done = invoke("data", "check", str(DEMO_DATA / "train.jsonl"), "-f", fmt, "-c", item)
+    assert done.exit_code == 2 and reason in flat(done.output), done.output
 
 
 def test_a_source_weight_of_inf_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -94,6 +94,18 @@ def test_export_overwrite_never_removes_a_model_folder_it_did_not_write(tmp_path
     assert _hashes(base) == before
 
 
+def test_gguf_overwrite_never_removes_a_folder_of_gguf_files_it_did_not_write(tmp_path: Path,
+                                                                               tiny_checkpoint: Path) -> None:
+    models = tmp_path / "my-models"  # the user's own llama.cpp models and notes
+    models.mkdir()
+    (models / "llama-3-8b-q4_k_m.gguf").write_bytes(b"GGUF" + bytes(64))
+    (models / "notes.txt").write_text("which quant worked best\n")
+    before = _hashes(models)
+    result = invoke("export", str(tiny_checkpoint), "--gguf", "q8_0", "--gguf-dir", str(models), "--overwrite")
+    assert result.exit_code == 2 and "is not an earlier GGUF export of qlora4080" in flat(result.output), result.output
+    assert _hashes(models) == before
+
+
 def test_a_failed_export_keeps_the_earlier_one(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "merged"
     first = subprocess.run([*CLI, "export", str(tiny_checkpoint), "--merged", str(out)], capture_output=True, text=True,

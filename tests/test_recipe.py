@@ -89,6 +89,18 @@ def test_out_of_range_value(tmp_path):
     assert "training.learning_rate = -1" in info.value.message
 
 
+@pytest.mark.parametrize(("override", "words"), [
+    ("training.max_steps=0", "trains nothing"),  # HF read 0 as unset and trained one step, "step 1/0"
+    ("training.batch_size=1000000000000", "less than or equal to 4096"),
+    ("training.grad_accum=1000000000000", "less than or equal to 65536"),
+    ("training.epochs=inf", "finite"),
+])
+def test_absurd_training_sizes_are_refused_by_key(tmp_path, override, words):
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, GOOD), [override])
+    assert info.value.where == f"--set {override.split('=')[0]}" and words in info.value.message, info.value.message
+
+
 def test_missing_required_key(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD.replace('train = "train.jsonl"', 'validation = "train.jsonl"')))

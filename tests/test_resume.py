@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -56,6 +57,15 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny
     assert 2 <= len(first_part) < 6
     assert (Path("checkpoints/cut") / f"checkpoint-{len(first_part)}" / "trainer_state.json").is_file()
     assert (Path("checkpoints/cut") / "adapter_model.safetensors").is_file()  # the adapter so far is usable
+
+    # A copy of the save with one file gone: refused by name, instead of a traceback or a fresh optimizer.
+    saved = Path("checkpoints/cut") / f"checkpoint-{len(first_part)}"
+    for missing in ("optimizer.pt", "scheduler.pt", "adapter_model.safetensors"):
+        broken = tmp_path / "broken" / missing.split(".")[0] / saved.name
+        shutil.copytree(saved, broken)
+        (broken / missing).unlink()
+        with pytest.raises(QloraError, match=f"cannot be resumed exactly: {missing} is missing"):
+            train(recipe, resume_from=broken, live=False)
 
     resumed = train(recipe, run_name="cut", resume=True, live=False)
     assert resumed.summary["steps"] == 6

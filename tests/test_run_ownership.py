@@ -35,6 +35,21 @@ def test_a_familiar_file_name_is_no_proof_that_a_folder_is_a_run(tmp_path: Path,
     assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == sorted([familiar, "notes.md", "results"])
 
 
+def test_one_folder_for_checkpoints_and_logs_is_refused_and_no_run_becomes_the_logs_folder(tmp_path: Path,
+                                                                                           tiny_model_dir: Path) -> None:
+    """checkpoints_dir = runs_dir made a run's two folders one: --overwrite moved the old run aside twice and lost it."""
+    path = write_recipe(tmp_path, str(tiny_model_dir))
+    with pytest.raises(QloraError, match="are one folder"):
+        load_recipe(path, ["output.checkpoints_dir=out", "output.runs_dir=./out/"])
+    earlier = tmp_path / "runs" / "old" / "train.log"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("another run's log")
+    recipe = load_recipe(path, ["output.checkpoints_dir=."])  # runs/ inside: fine, but not a run named "runs"
+    with pytest.raises(QloraError, match=r"which is \(or holds\) the output folder runs of every run"):
+        train(recipe, run_name="runs", overwrite=True, live=False)
+    assert earlier.read_text() == "another run's log" and not (tmp_path / "runs" / RUN_MARKER).exists()
+
+
 def test_overwrite_keeps_the_adapter_the_recipe_continues_from(tmp_path: Path, tiny_model_dir: Path) -> None:
     sft = tmp_path / "checkpoints" / "sft1"
     sft.mkdir(parents=True)

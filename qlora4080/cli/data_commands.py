@@ -31,17 +31,26 @@ def data_check(
 
     from ..data.check import check_file
     from ..data.formats import DEFAULT_COLUMNS
+    from ..preference.pairs import PAIR_FIELDS
 
-    known = sorted({key for names in DEFAULT_COLUMNS.values() for key in names})
+    # Each format reads its own fields (pairs: prompt/chosen/rejected/system); a field the format does not read
+    # was once accepted and silently ignored.
+    fields_of = {**{name: list(names) for name, names in DEFAULT_COLUMNS.items()}, "pairs": list(PAIR_FIELDS)}
+    known = sorted(fields_of.get(format, []))
     columns: dict[str, str] = {}
     for item in column or []:
         if "=" not in item:
             raise QloraError(f"--column {item!r} must be field=name", where="--column")
         key, value = (part.strip() for part in item.split("=", 1))
-        if key not in known or not value:  # `-c =x` or `-c wizard=q` was once silently ignored
-            raise QloraError(f"--column {item!r}: " + (f"{key!r} is not a field a format reads" if key not in known
-                             else "the name after '=' is empty"), where="--column",
-                             hint=f"write field=name with a field among {', '.join(known)}, e.g. -c user=question")
+        if not value:
+            raise QloraError(f"--column {item!r}: the name after '=' is empty", where="--column",
+                             hint="write field=name, e.g. -c user=question")
+        if format not in fields_of:
+            raise QloraError(f"--column renames the fields of one format, and --format {format} has none to rename",
+                             where="--column", hint="pass --format with one of: " + ", ".join(fields_of))
+        if key not in known:  # `-c =x` or `-c wizard=q` was once silently ignored
+            raise QloraError(f"--column {item!r}: {key!r} is not a field --format {format} reads", where="--column",
+                             hint=f"write field=name with a field among {', '.join(known)}")
         columns[key] = value
     result = check_file(file, format, columns)
     console.print(f"format: {result.format}{' (detected)' if result.detected else ''}")

@@ -7,6 +7,8 @@ written) is checked first, because loading takes seconds to minutes.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import typer
 
 from ..console import console, warn
 from ..errors import QloraError
-from ..runlock import is_held
+from ..runlock import holding, is_held, lock_path_outside
 from .app import app
 from .friendly import friendly_errors
 from .outputs import check_input_file, check_output_file, check_output_folder, run_folder
@@ -103,6 +105,9 @@ def evaluate_command(
         raise QloraError("no data to evaluate on: the run had no validation file", where="--data", hint="pass --data FILE.jsonl")
     folder = out or run_folder(checkpoint)
     check_output_folder(folder, "--out", given=out is not None)
+    from ..evaluate import check_report_folder
+
+    check_report_folder(folder, "--out")
     from ..preference.evaluate import looks_like_pairs
 
     if source.is_file() and looks_like_pairs(source):
@@ -244,31 +249,33 @@ def export(
         check_output_folder(gguf_target, "--gguf-dir", given=gguf_dir is not None)
     if gguf is not None and (problem := gguf_tooling_problem(check_quant(gguf), verify)):  # before a merge of minutes
         raise gguf_unavailable(problem)
-    if merged is not None:
-        result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt, repo_id=push_to_hub)
-        console.print(f"[green]merged model saved to {result.out_dir}[/]")
-        console.print(f"check prompt: {result.prompt}", markup=False)
-        console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
-        console.print(f"  merged (plain transformers): {result.merged_answer}", markup=False)
-        if result.answers_match:
-            console.print("[green]verified: the merged model gives the same greedy answer as base + adapter[/]")
-        else:
-            console.print("[yellow]the merged model's answer differs from base + adapter: merging rounds the LoRA update "
-                          "into the weights' dtype; compare them on more prompts with qlora4080 eval[/]")
-        if result.agreement is not None:
-            shown = result.agreement
-            console.print(f"trained on a 4-bit base: the merged 16-bit model gives the 4-bit model's greedy answer on "
-                          f"{shown['same_answers']} of {shown['prompts']} validation prompts (the same first token on "
-                          f"{shown['same_first_token']}); the difference is the 4-bit rounding, which a merge cannot keep")
-    if gguf is not None:
-        written = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite, verify=verify, merged_dir=merged)
-        show_gguf(written)
-    if push_to_hub is not None and token is not None:
-        with console.status(f"uploading {merged or checkpoint} to {push_to_hub}"):
-            pushed = publish(checkpoint, push_to_hub, token=token, private=private, merged_dir=merged)
-        if pushed.kept_own_card:
-            console.print("README.md has no qlora4080 marker line, so your own card was uploaded as it is")
-        console.print(f"[green]uploaded to {pushed.url}[/]")
+    # Two exports into one folder once both "succeeded", each replacing the other's files as it went.
+    with _export_locks([merged, gguf_target if gguf is not None else None]):
+        if merged is not None:
+            result = export_merged(checkpoint, merged, overwrite=overwrite, prompt=prompt, repo_id=push_to_hub)
+            console.print(f"[green]merged model saved to {result.out_dir}[/]")
+            console.print(f"check prompt: {result.prompt}", markup=False)
+            console.print(f"  base + adapter: {result.adapter_answer}", markup=False)
+            console.print(f"  merged (plain transformers): {result.merged_answer}", markup=False)
+            if result.answers_match:
+                console.print("[green]verified: the merged model gives the same greedy answer as base + adapter[/]")
+            else:
+                console.print("[yellow]the merged model's answer differs from base + adapter: merging rounds the LoRA update "
+                              "into the weights' dtype; compare them on more prompts with qlora4080 eval[/]")
+            if result.agreement is not None:
+                shown = result.agreement
+                console.print(f"trained on a 4-bit base: the merged 16-bit model gives the 4-bit model's greedy answer on "
+                              f"{shown['same_answers']} of {shown['prompts']} validation prompts (the same first token on "
+                              f"{shown['same_first_token']}); the difference is the 4-bit rounding, which a merge cannot keep")
+        if gguf is not None:
+            written = export_gguf(checkpoint, gguf_target, gguf, overwrite=overwrite, verify=verify, merged_dir=merged)
+            show_gguf(written)
+        if push_to_hub is not None and token is not None:
+            with console.status(f"uploading {merged or checkpoint} to {push_to_hub}"):
+                pushed = publish(checkpoint, push_to_hub, token=token, private=private, merged_dir=merged)
+            if pushed.kept_own_card:
+                console.print("README.md has no qlora4080 marker line, so your own card was uploaded as it is")
+            console.print(f"[green]uploaded to {pushed.url}[/]")
 
 
 def show_gguf(written: GgufResult) -> None:
@@ -280,8 +287,12 @@ def show_gguf(written: GgufResult) -> None:
     if isinstance(check, dict):
         console.print(f"verified with llama.cpp on {check['prompts']} test prompts: the GGUF's chat template renders and "
                       f"tokenizes each one as training did; end of turn {', '.join(check['end_of_turn'])} is "
-                      f"end-of-generation; greedy answers equal the merged model's first {check['greedy_tokens_compared']} "
-                      f"tokens on {check['greedy_agreement']} prompts", markup=False, soft_wrap=True)
+                      f"end-of-generation; the merged model's greedy answers get the same log-probabilities within "
+                      f"{check['logprob_difference_nats']['mean']} nats on average (worst "
+                      f"{check['logprob_difference_nats']['worst']}; {record['quant']} allows {check['tolerance_nats']['mean']} "
+                      f"/ {check['tolerance_nats']['worst']}); llama.cpp's own greedy answers equal the merged model's "
+                      f"first {check['greedy_tokens_compared']} tokens on {check['greedy_agreement']} prompts",
+                      markup=False, soft_wrap=True)
     else:
         console.print(f"[yellow]not checked with llama.cpp: {check}[/]")
     if written.modelfile is not None:
@@ -289,3 +300,14 @@ def show_gguf(written: GgufResult) -> None:
                       markup=False, soft_wrap=True)
     else:
         console.print(f"no Modelfile: {written.modelfile_problem}", style="yellow", markup=False, soft_wrap=True)
+
+
+@contextmanager
+def _export_locks(targets: list[Path | None]) -> Iterator[None]:
+    """Hold every output folder of this export: a second export into one of them fails at once, naming this one."""
+    with ExitStack() as held:
+        for target in targets:
+            if target is not None:
+                held.enter_context(holding(target, f"export into {target}", lock_path_outside(target),
+                                           hint="wait for that export to finish, or export into another folder"))
+        yield

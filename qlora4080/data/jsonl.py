@@ -93,6 +93,8 @@ def parse_json_line(line: str) -> tuple[object, str | None]:
 def read_records(path: Path) -> Iterator[Row]:
     """(line or row number, record, problem) from JSONL, or from a .json file holding one array."""
     check_not_special(path)
+    if path.is_dir():
+        raise QloraError(f"{path} is a folder, not a data file", hint="give one .jsonl or .json file inside it")
     if not path.is_file():
         raise QloraError(f"file not found: {path}")
     if path.suffix != ".json":

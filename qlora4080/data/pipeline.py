@@ -106,6 +106,11 @@ def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolSt
 
     data = recipe.data
     _require_distinct_names(data.sources)
+    blocker = next((p for p in (Path(data.build_dir), *Path(data.build_dir).parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # mkdir would say only "File exists"
+        raise QloraError(f"data.build_dir {data.build_dir!r} cannot be made: {blocker} is a file, not a folder",
+                         where="[data] build_dir", hint="set data.build_dir to a folder (default \"data_builds\"), "
+                         "or move that file away")
     folder = Path(data.build_dir) / f"{recipe.stem}-{build_key(recipe)}"
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and not force and (reused := _reuse(folder, manifest_path)):

@@ -153,13 +153,15 @@ class TrainingSection(Section):
     """sft: learn the assistant turns of conversations; dpo: learn to prefer the chosen answer of preference pairs
     ({"prompt", "chosen", "rejected"} lines) against a reference model, usually an SFT adapter (model.adapter);
     orpo: the same pairs without a reference model (an odds-ratio penalty added to SFT on the chosen answers)."""
-    epochs: float = Field(default=1.0, gt=0)
+    # Upper bounds: far past any real run, and short of the integer overflows and hours of work an absurd value
+    # (batch_size = 1e12) once reached before anything said no.
+    epochs: float = Field(default=1.0, gt=0, le=10_000, allow_inf_nan=False)
     """Passes over the training data (ignored when max_steps > 0)."""
-    max_steps: int = Field(default=-1, ge=-1)
+    max_steps: int = Field(default=-1, ge=-1, le=100_000_000)
     """Stop after this many optimizer steps; -1 means run `epochs` epochs."""
-    batch_size: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=2, ge=1, le=4096)
     """Sequences per device per forward pass."""
-    grad_accum: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=8, ge=1, le=65536)
     """Forward passes accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
     learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
     """Peak learning rate."""
@@ -192,6 +194,14 @@ class TrainingSection(Section):
     early_stopping_threshold: float = Field(default=0.0, ge=0.0)
     """How much lower than the best so far the validation loss must be to count as an improvement (resets the
     patience); a smaller gain still updates the best checkpoint."""
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, value: int) -> int:
+        if value == 0:  # HF reads 0 as "not set" and trained one step, shown as "step 1/0"
+            raise ValueError("training.max_steps = 0 trains nothing: give a number of steps (e.g. 100), "
+                             "or -1 to train training.epochs epochs")
+        return value
 
     @model_validator(mode="after")
     def _early_stopping_evaluates(self) -> TrainingSection:
@@ -243,6 +253,16 @@ class OutputSection(Section):
     def _safe_run_name(self) -> OutputSection:
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _separate_folders(self) -> OutputSection:
+        # One folder for both made checkpoints/<run> and runs/<run> the same folder: --overwrite then moved the old
+        # run aside twice and lost it. (One inside the other is allowed; plan_run_dirs refuses the run names
+        # that would make a run's folder the other root.)
+        if Path(self.checkpoints_dir).expanduser().resolve() == Path(self.runs_dir).expanduser().resolve():
+            raise ValueError(f"output.checkpoints_dir ({self.checkpoints_dir!r}) and output.runs_dir "
+                             f"({self.runs_dir!r}) are one folder: give them two (e.g. \"checkpoints\" and \"runs\")")
         return self
 
 

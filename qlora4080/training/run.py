@@ -20,6 +20,7 @@ from .resume_check import check_resume
 from .rundirs import (
     RunDirs,
     check_not_finished,
+    check_resumable,
     create_run_dirs,
     find_resume_point,
     plan_run_dirs,
@@ -112,6 +113,7 @@ def _plan_run(recipe: Recipe, held: ExitStack, run_name: str | None, overwrite: 
                   for name in sorted(skipped)]
         notes += check_resume(recipe, dirs.checkpoint / RECIPE_SNAPSHOT, dirs.name)
         check_not_finished(checkpoint, dirs.name)  # after the recipe check, which names a changed max_steps
+        check_resumable(checkpoint, "--resume-from" if resume_from is not None else "--resume")
     else:
         plan_run_dirs(recipe, dirs.name, overwrite)  # again, under the lock: another run may have just finished
         moved = create_run_dirs(dirs, overwrite, recipe_inputs(recipe))

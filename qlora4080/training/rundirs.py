@@ -49,6 +49,7 @@ def plan_run_dirs(recipe: Recipe, run_name: str | None = None, overwrite: bool =
             suffix += 1
             name = f"{base}-{suffix}"
     dirs = RunDirs(name=name, checkpoint=checkpoints / name, logs=runs / name)
+    check_not_a_root(dirs, (checkpoints, runs))
     taken = [p for p in (dirs.checkpoint, dirs.logs) if p.exists() and any(p.iterdir())]
     if taken and not overwrite:
         raise QloraError(
@@ -56,6 +57,17 @@ def plan_run_dirs(recipe: Recipe, run_name: str | None = None, overwrite: bool =
             hint="pick another --run-name, or pass --overwrite to replace it",
         )
     return dirs
+
+
+def check_not_a_root(dirs: RunDirs, roots: tuple[Path, Path]) -> None:
+    """With checkpoints_dir = "." (runs/ inside it) a run named "runs" would be the folder of every run's logs."""
+    for folder in (dirs.checkpoint, dirs.logs):
+        real = folder.expanduser().resolve()
+        for root in roots:
+            other = root.expanduser().resolve()
+            if real == other or real in other.parents:
+                raise QloraError(f"run '{dirs.name}' would be written into {folder}, which is (or holds) the output "
+                                 f"folder {root} of every run", where="--run-name", hint="choose another --run-name")
 
 
 def check_run_name(name: str, where: str) -> None:
@@ -149,6 +161,31 @@ def check_not_finished(checkpoint: Path, run_name: str) -> None:
         raise QloraError(f"run '{run_name}' already finished: {checkpoint.name} is at step {step} of {last}, so there "
                          f"is nothing to resume; {where}", where="--resume",
                          hint="to train longer, start a new run with [model] adapter set to this run's adapter")
+
+
+# What HF's Trainer reads to continue exactly where a run stopped. Without the optimizer or scheduler state it
+# starts them afresh with no word, so the resumed losses differ from an uninterrupted run's.
+RESUME_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def check_resumable(checkpoint: Path, where: str) -> None:
+    """The checkpoint holds an adapter that loads and the optimizer and scheduler states; refuse, naming what is missing."""
+    from ..adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, safetensors_problem
+
+    weights = checkpoint / ADAPTER_WEIGHTS
+    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, *RESUME_FILES) if not (checkpoint / name).is_file()]
+    problem = (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing" if missing
+               else safetensors_problem(weights))
+    if problem is None:
+        return
+    earlier = [p for p in checkpoint.parent.glob("checkpoint-*") if p != checkpoint and trainer_state(p) is not None]
+    hint = (f"resume from an earlier save: --resume-from {max(earlier, key=lambda p: p.stat().st_mtime)}; or " if earlier
+            else "")
+    if (checkpoint / ADAPTER_WEIGHTS).is_file() and safetensors_problem(weights) is None:
+        hint += f"start a new run that continues this adapter (fresh optimizer): [model] adapter = \"{checkpoint}\""
+    else:
+        hint += "start the run again without --resume"
+    raise QloraError(f"{checkpoint} cannot be resumed exactly: {problem}", where=where, hint=hint)
 
 
 def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | None) -> tuple[RunDirs, Path]:
