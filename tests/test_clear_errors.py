@@ -157,7 +157,7 @@ def test_typo_in_a_required_key_shows_the_typo_first_then_what_is_missing(tmp_pa
     assert "3 problems:" in out
     typo = out.index("- unknown key 'nmae' in [model] (line 3); did you mean 'name'?")
     missing = out.index("- missing required 'name' in [model] (line 1)")
-    choice = out.index("model.backend = 'vllm'")
+    choice = out.index('model.backend = "vllm"')
     assert typo < missing < choice and "(line 4)" in out
     assert "more problem(s)" not in out
 

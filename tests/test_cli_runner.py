@@ -223,7 +223,7 @@ def test_bad_value_from_set_blames_the_flag(tmp_path):
     result = invoke("train", str(recipe(tmp_path)), "--dry-run", "--set", "training.batch_size=zero")
     text = flat(result.output)
     assert result.exit_code == 2
-    assert "--set training.batch_size training.batch_size = 'zero'" in text and str(tmp_path / "r.toml") not in text
+    assert '--set training.batch_size training.batch_size = "zero"' in text and str(tmp_path / "r.toml") not in text
 
 
 def test_malformed_set_item(tmp_path):

@@ -72,7 +72,7 @@ def test_bad_type_names_key_and_value(tmp_path):
     path = _write(tmp_path, GOOD.replace("max_seq_len = 256", 'max_seq_len = "long"'))
     with pytest.raises(QloraError) as info:
         load_recipe(path)
-    assert "model.max_seq_len = 'long'" in info.value.message
+    assert 'model.max_seq_len = "long"' in info.value.message
     assert info.value.where == f"{path}:3"
 
 
@@ -99,6 +99,18 @@ def test_absurd_training_sizes_are_refused_by_key(tmp_path, override, words):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD), [override])
     assert info.value.where == f"--set {override.split('=')[0]}" and words in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize(("override", "shown"), [
+    ("training.seed=true", "training.seed = true: Input should be a valid integer"),  # was taken as seed 1
+    ('model.load_in_4bit="yes"', 'model.load_in_4bit = "yes": Input should be a valid boolean'),
+    ("lora.r=8.5", "lora.r = 8.5: Input should be a valid integer"),
+    ('training.max_steps="10"', 'training.max_steps = "10": Input should be a valid integer'),
+])
+def test_values_of_another_type_are_refused_not_converted(tmp_path, override, shown):
+    with pytest.raises(QloraError) as info:
+        load_recipe(_write(tmp_path, GOOD), [override])
+    assert info.value.message == shown
 
 
 def test_missing_required_key(tmp_path):
@@ -177,12 +189,12 @@ def test_snapshot_round_trips_with_absolute_paths(tmp_path):
 def test_bad_train_on_and_format_list_the_choices(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, GOOD.replace('train = "train.jsonl"', 'train = "train.jsonl"\ntrain_on = "everything"')))
-    assert info.value.message == "data.train_on = 'everything': Input should be 'assistant', 'last_assistant' or 'all'"
+    assert info.value.message == "data.train_on = \"everything\": Input should be 'assistant', 'last_assistant' or 'all'"
     assert info.value.where.endswith("r.toml:7")
     sources = GOOD.replace('[data]\ntrain = "train.jsonl"', '[data]\n\n[[data.sources]]\npath = "train.jsonl"\nformat = "csv"')
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, sources))
-    assert info.value.message == ("[[data.sources]] #1 format = 'csv': Input should be 'auto', 'messages', 'sharegpt', 'alpaca', "
+    assert info.value.message == ("[[data.sources]] #1 format = \"csv\": Input should be 'auto', 'messages', 'sharegpt', 'alpaca', "
                                   "'prompt_completion', 'columns', 'cmath', 'mawps', 'emoji' or 'pairs'")
     assert info.value.where.endswith("r.toml:9")
 

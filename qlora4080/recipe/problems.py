@@ -8,6 +8,7 @@ closest valid one.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,16 @@ def _explain(error: ErrorDetails, path: Path, text: str, override_keys: set[tupl
     if error["type"] == "value_error":
         # Our own rules (an empty name, keys of one table that contradict each other): their sentence says it all.
         return _Problem(str(error["msg"]).removeprefix("Value error, "), where, place, doc=doc)
-    return _Problem(f"{field} = {error.get('input')!r}: {error['msg']}", where, place, doc=doc)
+    return _Problem(f"{field} = {_as_toml(error.get('input'))}: {error['msg']}", where, place, doc=doc)
+
+
+def _as_toml(value: object) -> str:
+    """The value as the recipe spells it: `true`, `"yes"`, not Python's True and 'yes'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
 
 
 def _field_doc(model: type[Section], prefix: str, key: str) -> str | None:

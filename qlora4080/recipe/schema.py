@@ -25,7 +25,8 @@ Tracker = Literal["tensorboard", "wandb", "mlflow"]
 class Section(BaseModel):
     """A recipe table: unknown keys are errors, each field's docstring is its help, assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              strict=True)
 
 
 class ModelSection(Section):
