@@ -48,6 +48,37 @@ def check_adapter(folder: Path, recipe: str | None = None) -> None:
                          hint=_repair_hint(folder, recipe))
 
 
+def check_tokenizer_files(folder: Path, recipe: str | None = None) -> None:
+    """The checkpoint's own tokenizer and chat template are there (they are what training rendered with).
+
+    Without them transformers' errors blamed [model] name ("this tokenizer has no
+    chat template", "neither a pad nor an eos token") for a file missing here.
+    """
+    config = folder / "tokenizer_config.json"
+    missing = [name for name in ("tokenizer_config.json", "tokenizer.json") if not (folder / name).is_file()]
+    if not missing and not (folder / "chat_template.jinja").is_file():
+        try:
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            settings = None
+        if not (isinstance(settings, dict) and settings.get("chat_template")):
+            missing.append("chat_template.jinja")
+    if missing:
+        raise QloraError(f"the checkpoint {folder} cannot be used: {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} missing (the tokenizer and chat template training "
+                         "used are saved with the adapter)", where=str(folder), hint=_tokenizer_hint(folder, missing, recipe))
+
+
+def _tokenizer_hint(folder: Path, missing: list[str], recipe: str | None) -> str:
+    from .training.rundirs import latest_checkpoint
+
+    saved = latest_checkpoint(folder) if folder.is_dir() else None
+    retrain = f"re-train: qlora4080 train {recipe or 'RECIPE'} --run-name {folder.name} --overwrite"
+    if saved is not None and all((saved / name).is_file() for name in missing):
+        return f"copy {', '.join(missing)} from {saved} into {folder}, or {retrain}"
+    return retrain
+
+
 def _written_by_a_run(folder: Path) -> bool:
     from .checkpoint import META_FILE
     from .training.rundirs import owns_run_folder

@@ -98,12 +98,13 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
 
 def read_meta(checkpoint: Path) -> CheckpointMeta:
     """The checkpoint's qlora4080.json, after checking its adapter files load (before any model does)."""
-    from .adapter_files import check_adapter
+    from .adapter_files import check_adapter, check_tokenizer_files
     from .infer import read_checkpoint_meta
 
     meta = read_checkpoint_meta(checkpoint)
     if not meta:
         raise QloraError(f"{checkpoint} is not a qlora4080 checkpoint (no {META_FILE})", hint="pass checkpoints/<run> as written by `qlora4080 train`")
+    check_tokenizer_files(checkpoint, meta.recipe_path)
     check_adapter(checkpoint, meta.recipe_path)
     return meta
 

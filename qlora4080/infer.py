@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .adapter_files import check_adapter, loading_checkpoint
+from .adapter_files import check_adapter, check_tokenizer_files, loading_checkpoint
 from .checkpoint import META_FILE, CheckpointMeta
 from .errors import QloraError
 from .eval_rules import Generated
@@ -67,6 +67,7 @@ def load_for_chat(target: str | Path) -> ChatModel:
 
         meta = CheckpointMeta.load(path)
         assert meta is not None  # the file exists (checked above)
+        check_tokenizer_files(path, meta.recipe_path)
         check_adapter(path, meta.recipe_path)  # before the base model loads: a broken checkpoint fails in a second, not after a minute
         model_cfg = meta.model_section()
         base, _ = hf.load_model(model_cfg, hardware, for_training=False)

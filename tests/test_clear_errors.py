@@ -47,16 +47,20 @@ def _damaged_copy(tiny_checkpoint: Path, tmp_path: Path, damage: str) -> Path:
     weights = folder / "adapter_model.safetensors"
     if damage == "deleted":
         weights.unlink()
+    elif damage in ("chat_template.jinja", "tokenizer_config.json"):
+        (folder / damage).unlink()
     else:
         data = weights.read_bytes()
         weights.write_bytes(data[: len(data) - 100])  # the header is whole, the last tensor is not
     return folder
 
 
-EXPECTED = {"deleted": "adapter_model.safetensors is missing", "truncated": "adapter_model.safetensors is damaged or truncated"}
+EXPECTED = {"deleted": "adapter_model.safetensors is missing", "truncated": "adapter_model.safetensors is damaged or truncated",
+            # transformers' own errors blamed [model] name for these
+            "chat_template.jinja": "chat_template.jinja is missing", "tokenizer_config.json": "tokenizer_config.json is missing"}
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+@pytest.mark.parametrize("damage", list(EXPECTED))
 @pytest.mark.parametrize("command", ["chat", "eval", "export"])
 def test_broken_adapter_is_named_with_what_to_do(tiny_checkpoint, tmp_path, damage, command):
     folder = _damaged_copy(tiny_checkpoint, tmp_path, damage)
