@@ -186,6 +186,7 @@ def choose_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Gene
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set of most likely tokens whose mass reaches top_p (the first one always).
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        outside[0] = False  # a top_p under float32's smallest (1e-300 becomes 0.0) once dropped every token
         sorted_probs[outside] = 0.0
         pick = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[pick].item())

@@ -67,8 +67,30 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, op
         if not (out_dir / EXPORT_RECORD).is_file():
             raise QloraError(f"{out_dir} does not look like an earlier export (no {EXPORT_RECORD}), so --overwrite "
                              "leaves it alone", where=option, hint="choose another folder")
+        check_only_written(out_dir, out_dir / EXPORT_RECORD, option)
         if remove:
             shutil.rmtree(out_dir)
+
+
+def check_only_written(out_dir: Path, record_path: Path, option: str, written: list[str] | None = None) -> None:
+    """Refuse to replace an earlier export that now holds files it did not write (a user's notes, another export).
+
+    `written` defaults to the record's "files"; a record from before that list existed proves nothing more.
+    """
+    if written is None:
+        try:
+            listed = json.loads(record_path.read_text(encoding="utf-8")).get("files")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+            listed = None
+        if not isinstance(listed, list):
+            return
+        written = [str(name) for name in listed]
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name not in written)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise QloraError(f"{out_dir} is an earlier export, but it now also holds {shown}, which the export did not "
+                         "write, so --overwrite leaves it alone", where=option,
+                         hint=f"move {'that' if len(extra) == 1 else 'those'} out of {out_dir}, or export into another folder")
 
 
 @contextmanager
@@ -146,9 +168,11 @@ def export_merged(checkpoint: Path, out_dir: Path, *, overwrite: bool = False, p
     with staged_folder(out_dir) as staging:  # an earlier export is replaced only by a complete new one
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)  # with the chat template used in training
-        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
         (staging / CARD_FILE).write_text(card_for_checkpoint(checkpoint, load_from=repo_id or str(out_dir), merged=True),
                                          encoding="utf-8")
+        # What this export wrote: a later --overwrite replaces these and refuses a folder holding anything else.
+        record["files"] = sorted([*(p.name for p in staging.iterdir()), EXPORT_RECORD])
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     del merged, model, base
 
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=getattr(torch, dtype),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import QloraError
-from .export import export_merged, read_meta
+from .export import check_only_written, export_merged, read_meta
 from .hardware import has_module
 
 GGUF_RECORD = "qlora4080_gguf.json"
@@ -142,6 +142,18 @@ def _check_target(out_dir: Path, overwrite: bool, checkpoint: Path) -> None:
         if not (out_dir / GGUF_RECORD).is_file():
             raise QloraError(f"{out_dir} is not an earlier GGUF export of qlora4080 (no {GGUF_RECORD}), so --overwrite "
                              "leaves it alone", where="--gguf-dir", hint="choose another folder")
+        check_only_written(out_dir, out_dir / GGUF_RECORD, "--gguf-dir", _written_by(out_dir / GGUF_RECORD))
+
+
+def _written_by(record_path: Path) -> list[str] | None:
+    """The files a GGUF export writes: its .gguf (named in the record), the Modelfile and the record."""
+    from .modelfile import MODELFILE
+
+    try:
+        name = json.loads(record_path.read_text(encoding="utf-8")).get("file")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+        return None
+    return [str(name), MODELFILE, GGUF_RECORD] if isinstance(name, str) else None
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:

@@ -79,3 +79,14 @@ def test_a_vanishing_temperature_is_greedy_and_a_small_one_still_samples() -> No
         assert choose_token(logits, Sampling(temperature=temperature), generator) == 1, temperature
     drawn = {choose_token(logits, Sampling(temperature=2.0), generator) for _ in range(200)}
     assert {1, 2} <= drawn  # a real temperature still samples the two close tokens
+
+
+def test_a_vanishing_top_p_keeps_the_most_likely_token() -> None:
+    """top_p 1e-300 is 0.0 in float32: every token was dropped and serve answered 500."""
+    import torch
+
+    from qlora4080.decoding import choose_token
+
+    generator = torch.Generator().manual_seed(0)
+    for top_p in (1e-300, 5e-324, 1e-8):
+        assert choose_token(torch.tensor([1.0, 3.0, 2.9]), Sampling(temperature=1.0, top_p=top_p), generator) == 1

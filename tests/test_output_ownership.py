@@ -106,6 +106,20 @@ def test_gguf_overwrite_never_removes_a_folder_of_gguf_files_it_did_not_write(tm
     assert _hashes(models) == before
 
 
+def test_gguf_overwrite_refuses_an_earlier_export_holding_files_it_did_not_write(tmp_path: Path,
+                                                                               tiny_checkpoint: Path) -> None:
+    earlier = tmp_path / "gguf"
+    earlier.mkdir()
+    (earlier / "ck-q8_0.gguf").write_bytes(b"GGUF")
+    (earlier / "Modelfile").write_text("FROM ./ck-q8_0.gguf\n")
+    (earlier / "qlora4080_gguf.json").write_text(json.dumps({"file": "ck-q8_0.gguf"}))
+    (earlier / "llama-3-8b.gguf").write_bytes(b"GGUF the user's own")
+    before = _hashes(earlier)
+    result = invoke("export", str(tiny_checkpoint), "--gguf", "q8_0", "--gguf-dir", str(earlier), "--overwrite")
+    assert result.exit_code == 2 and "now also holds llama-3-8b.gguf" in flat(result.output), result.output
+    assert _hashes(earlier) == before
+
+
 def test_a_failed_export_keeps_the_earlier_one(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "merged"
     first = subprocess.run([*CLI, "export", str(tiny_checkpoint), "--merged", str(out)], capture_output=True, text=True,
@@ -122,3 +136,9 @@ def test_a_failed_export_keeps_the_earlier_one(tmp_path: Path, tiny_checkpoint: 
     assert again.returncode != 0 and "Traceback" not in again.stderr, again.stdout + again.stderr
     assert _hashes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".merged")) == []
+
+    # A file the user then put into the export is not the export's to delete: --overwrite refuses, naming it.
+    (out / "notes.txt").write_text("which prompts worked")
+    refused = invoke("export", str(tiny_checkpoint), "--merged", str(out), "--overwrite")
+    assert refused.exit_code == 2 and "now also holds notes.txt, which the export did not write" in flat(refused.output)
+    assert (out / "notes.txt").read_text() == "which prompts worked"

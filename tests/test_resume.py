@@ -66,6 +66,14 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny
         (broken / missing).unlink()
         with pytest.raises(QloraError, match=f"cannot be resumed exactly: {missing} is missing"):
             train(recipe, resume_from=broken, live=False)
+    # Damaged rather than missing: garbage, empty, cut short (an UnpicklingError, a bare "Aborted.", a zip error).
+    for damaged, cut in (("optimizer.pt", lambda data: b"garbage\n"), ("scheduler.pt", lambda data: b""),
+                         ("rng_state.pth", lambda data: data[:100])):
+        broken = tmp_path / "damaged" / damaged.split(".")[0] / saved.name
+        shutil.copytree(saved, broken)
+        (broken / damaged).write_bytes(cut((broken / damaged).read_bytes()))
+        with pytest.raises(QloraError, match=f"cannot be resumed exactly: {damaged} is damaged or truncated"):
+            train(recipe, resume_from=broken, live=False)
 
     resumed = train(recipe, run_name="cut", resume=True, live=False)
     assert resumed.summary["steps"] == 6

@@ -175,17 +175,39 @@ def check_resumable(checkpoint: Path, where: str) -> None:
     weights = checkpoint / ADAPTER_WEIGHTS
     missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, *RESUME_FILES) if not (checkpoint / name).is_file()]
     problem = (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing" if missing
-               else safetensors_problem(weights))
+               else safetensors_problem(weights) or _damaged_state(checkpoint))
     if problem is None:
         return
     earlier = [p for p in checkpoint.parent.glob("checkpoint-*") if p != checkpoint and trainer_state(p) is not None]
-    hint = (f"resume from an earlier save: --resume-from {max(earlier, key=lambda p: p.stat().st_mtime)}; or " if earlier
+    hint = (f"resume from another save of the run: --resume-from {max(earlier, key=lambda p: p.stat().st_mtime)}; or " if earlier
             else "")
     if (checkpoint / ADAPTER_WEIGHTS).is_file() and safetensors_problem(weights) is None:
         hint += f"start a new run that continues this adapter (fresh optimizer): [model] adapter = \"{checkpoint}\""
     else:
         hint += "start the run again without --resume"
     raise QloraError(f"{checkpoint} cannot be resumed exactly: {problem}", where=where, hint=hint)
+
+
+def _damaged_state(checkpoint: Path) -> str | None:
+    """torch.save writes a zip archive with a CRC per entry: a file cut short or overwritten fails that check.
+
+    Without it a damaged optimizer.pt was an UnpicklingError traceback, an empty
+    scheduler.pt only "Aborted." (torch.load's EOFError, taken by click for a Ctrl-D).
+    """
+    import zipfile
+
+    for name in (*RESUME_FILES, "rng_state.pth"):
+        path = checkpoint / name
+        if not path.is_file():
+            continue  # rng_state.pth is optional: transformers resumes without it (and says so)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is None:
+                    continue
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            pass
+        return f"{name} is damaged or truncated"
+    return None
 
 
 def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | None) -> tuple[RunDirs, Path]:
