@@ -180,7 +180,7 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resume_continues(tiny_model_
     import signal
     import time
 
-    steps = 100
+    steps = 400  # ~0.1 s a step: 100 once finished before a signal sent under load reached both processes
     recipe = write_recipe(tmp_path, str(tiny_model_dir), training={"max_steps": steps, "batch_size": 1, "grad_accum": 1},
                           data={"validation": None})
     command = [*CLI, "train", str(recipe), "--processes", "2", "--run-name", "stop"]
