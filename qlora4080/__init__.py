@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["QloraError", "Recipe", "__version__", "load_recipe", "train"]
 
 from .errors import QloraError
+from .methods import registry as _methods  # noqa: F401  declares the training methods to the recipe schema: before any recipe
 from .quiet import quiet_import_chatter
 from .recipe import Recipe, load_recipe
 from .training.run import train  # light to import: torch and the trainers load when training starts

@@ -70,7 +70,7 @@ def check_tokenizer_files(folder: Path, recipe: str | None = None) -> None:
 
 
 def _tokenizer_hint(folder: Path, missing: list[str], recipe: str | None) -> str:
-    from .training.rundirs import latest_checkpoint
+    from .run_folders import latest_checkpoint
 
     saved = latest_checkpoint(folder) if folder.is_dir() else None
     retrain = f"re-train: qlora4080 train {recipe or 'RECIPE'} --run-name {folder.name} --overwrite"
@@ -81,7 +81,7 @@ def _tokenizer_hint(folder: Path, missing: list[str], recipe: str | None) -> str
 
 def _written_by_a_run(folder: Path) -> bool:
     from .checkpoint import META_FILE
-    from .training.rundirs import owns_run_folder
+    from .run_folders import owns_run_folder
 
     return folder.is_dir() and (owns_run_folder(folder) or (folder / META_FILE).is_file()
                                 or any(folder.glob("checkpoint-*")))
@@ -117,7 +117,7 @@ def safetensors_problem(path: Path) -> str | None:
 
 def _repair_hint(folder: Path, recipe: str | None) -> str:
     """What to do about a broken adapter: copy it from the run's latest intermediate save, or train again."""
-    from .training.rundirs import latest_checkpoint
+    from .run_folders import latest_checkpoint
 
     saved = latest_checkpoint(folder) if folder.is_dir() else None
     copy = ""

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .backends import BackendName
 from .data.vocabulary import TrainOn
 from .errors import QloraError
-from .recipe.schema import TrainingMethod
 from .thinking import Thinking
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ class CheckpointMeta(BaseModel):
     train_on: TrainOn = "assistant"
     thinking: Thinking = "auto"
     """[model] thinking as trained; the saved chat template carries it (see thinking.py)."""
-    method: TrainingMethod = "sft"
+    method: str = "sft"
     """How the adapter was trained: on conversations (sft) or on preference pairs (dpo)."""
     started_from: str | None = None
     """The checkpoint whose adapter this run continued (for dpo: the reference model), absolute."""

@@ -30,11 +30,6 @@ CARD_FILE = "README.md"
 CARD_MARKER = "<!-- qlora4080 model card: `qlora4080 export` writes it anew; delete this line to keep your own edits -->"
 # The built-in model is a GGUF copy of a hub model: the card names the original and its license.
 BUILTIN_BASES = {f"{BUILTIN_PREFIX}{key}": (model.hub_id, model.license) for key, model in BUILTIN_MODELS.items()}
-METHOD_TEXT = {
-    "sft": "supervised fine-tuning (SFT) on chat conversations, with loss on the assistant turns only",
-    "dpo": "direct preference optimization (DPO) on preference pairs (chosen vs rejected answers)",
-    "orpo": "odds-ratio preference optimization (ORPO) on preference pairs, without a reference model",
-}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -89,7 +84,7 @@ def _intro(card: CardInputs) -> str:
     base = f"[{card.hub_base_model}](https://huggingface.co/{card.hub_base_model})" if card.hub_base_model else f"`{card.base_model}`"
     what = ("The LoRA adapter of this run merged into the 16-bit weights of" if card.merged
             else "A LoRA adapter for")
-    text = f"{what} {base}, trained with qlora4080 by {METHOD_TEXT.get(card.method, card.method)}."
+    text = f"{what} {base}, trained with qlora4080 by {_method_text(card.method)}."
     if card.base_model in BUILTIN_BASES:
         text += (f" It was trained on qlora4080's built-in copy of the base (`{card.base_model}`: the Q4_1 GGUF of "
                  f"{card.hub_base_model} de-quantized to fp32), so on the original weights it behaves close to, "
@@ -281,3 +276,10 @@ def home_as_tilde(text: str) -> str:
     """Published text (the card, the uploaded metadata) need not show the account's home folder: /home/me/data -> ~/data."""
     home = str(Path.home())
     return text.replace(home + "/", "~/") if len(home) > 1 else text
+
+
+def _method_text(method: str) -> str:
+    """How the card names the training: the method's own wording, or its name for one this version does not know."""
+    from .methods.registry import METHODS
+
+    return METHODS[method].card_text if method in METHODS else method

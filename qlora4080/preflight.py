@@ -44,7 +44,10 @@ class Preflight:
 
 def memory_shape(recipe: Recipe, plan: RunPlan) -> TrainingShape:
     """The values of the recipe and of its plan that decide memory."""
+    from .methods.registry import method_spec
+
     t = recipe.training
+    method = method_spec(t.method)
     return TrainingShape(
         batch_size=t.batch_size,
         seq_len=recipe.model.max_seq_len,
@@ -55,9 +58,9 @@ def memory_shape(recipe: Recipe, plan: RunPlan) -> TrainingShape:
         gradient_checkpointing=plan.gradient_checkpointing,
         optimizer=plan.optimizer,
         backend=plan.backend,
-        # DPO: chosen and rejected in one batch (the reference pass runs without gradients, so it adds no activations)
-        sequences_per_row=1 if t.method == "sft" else 2,
-        reference_adapter=t.method == "dpo" and recipe.model.adapter is not None,
+        # e.g. DPO: chosen and rejected in one batch (the reference pass runs without gradients: no activations)
+        sequences_per_row=method.sequences_per_row,
+        reference_adapter=method.reference_copy(recipe),
     )
 
 

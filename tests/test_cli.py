@@ -28,6 +28,17 @@ def test_help_is_instant_and_lists_commands():
     assert time.monotonic() - started < 5
 
 
+def test_methods_lists_every_registered_method_with_its_data():
+    from qlora4080.methods.registry import METHODS
+
+    result = run("methods")
+    assert result.returncode == 0, result.stderr
+    for spec in METHODS.values():  # what the registry holds is what the user is told, nothing written twice
+        assert f"{spec.name}: {spec.summary[:30]}" in " ".join(result.stdout.split())
+        assert spec.records.unit in result.stdout
+    assert "[preference]" in result.stdout and "pairs" in result.stdout
+
+
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
 
 # Every command's --help in one interpreter, then which heavy libraries got imported (on stderr: help is on stdout).
@@ -35,7 +46,7 @@ HELP_PROBE = f"""
 import sys
 HEAVY = {HEAVY!r}
 from qlora4080.cli import app
-for command in ([], ["train"], ["chat"], ["eval"], ["generate"], ["export"], ["recipes"], ["doctor"],
+for command in ([], ["train"], ["chat"], ["eval"], ["generate"], ["export"], ["recipes"], ["doctor"], ["methods"],
                 ["data", "check"], ["data", "build"], ["data", "preview"]):
     try:
         app([*command, "--help"], prog_name="qlora4080")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_DATA, write_recipe
 
+from qlora4080.data.conversation_records import CONVERSATIONS
 from qlora4080.data.mixing import conversation_key, dedup_across_pools, interleave, resample, split
 from qlora4080.data.pipeline import build_data
 from qlora4080.errors import QloraError
@@ -96,7 +97,7 @@ def test_dedup_across_pools_keeps_intended_repeats():
     for record in b:
         record["id"] = record["id"].replace("a-", "b-")  # same conversations, another pool
     repeats = [a[0], a[0]]
-    kept = dedup_across_pools(a + b + repeats)
+    kept = dedup_across_pools(a + b + repeats, CONVERSATIONS.key)
     assert [r["id"] for r in kept] == ["a-0", "a-1", "a-2", "a-0", "a-0"]
     assert conversation_key(a[0]["messages"]) == conversation_key(b[0]["messages"])
 

@@ -74,10 +74,10 @@ def test_pairs_go_through_the_data_build(tmp_path, tiny_model_dir):
 
 
 def test_a_conversation_format_for_pairs_and_pairs_for_sft_are_refused(tmp_path, tiny_model_dir):
-    with pytest.raises(QloraError, match=r'sources\]\] 2 \(uf\) has format = "alpaca", a conversation format'):
+    with pytest.raises(QloraError, match=r'sources\]\] 2 \(uf\) has format = "alpaca", a format of conversations .* reads preference pairs: set format = "pairs"'):
         load_recipe(sources_recipe(tmp_path, tiny_model_dir, {"format": "alpaca"}))
     path = sources_recipe(tmp_path, tiny_model_dir)
-    with pytest.raises(QloraError, match='format = "pairs", which is for training.method = "dpo" or "orpo"'):
+    with pytest.raises(QloraError, match=r'format = "pairs", a format of preference pairs \(training.method = "dpo" or "orpo"\), but training.method = "sft" reads conversations'):
         load_recipe(path, ["training.method=sft"])
 
 
@@ -120,3 +120,21 @@ def test_dpo_from_sources_resumes_after_ctrl_c_like_an_uninterrupted_run(tmp_pat
     assert resumed.summary["steps"] == 6
     combined = _losses(Path("runs/cut"))
     assert torch.allclose(torch.tensor(combined), torch.tensor(expected), atol=1e-4), (combined, expected)
+
+
+def test_every_pair_of_one_prompt_lands_on_the_same_side_of_the_split():
+    import random
+
+    from qlora4080.data.mixing import split
+    from qlora4080.preference.pair_records import PAIRS
+
+    def record(number: int, prompt: int) -> dict[str, object]:
+        return {"id": f"p-{number}", "prompt": [{"role": "user", "content": f"question {prompt}"}],
+                "chosen": [{"role": "assistant", "content": f"good {number}"}],
+                "rejected": [{"role": "assistant", "content": f"bad {number}"}]}
+
+    records = [record(number, number // 3) for number in range(30)]  # 10 prompts, 3 pairs each
+    train, validation = split(records, 0.3, 1, random.Random(0), PAIRS.split_group)
+    held = {PAIRS.split_group(r) for r in validation}
+    assert len(held) == 3 and len(validation) == 9  # whole prompts held out: 30% of the 10
+    assert not held & {PAIRS.split_group(r) for r in train}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DEMO_RECIPE, REPO
+from pydantic import ValidationError
 
 from qlora4080.errors import QloraError
 from qlora4080.recipe import load_recipe, parse_override
@@ -206,7 +207,12 @@ def test_train_on_and_formats_are_the_data_layers_own():
     from qlora4080.recipe import DataSection, SourceSection
 
     assert get_args(DataSection.model_fields["train_on"].annotation) == TRAIN_ON_CHOICES
-    assert get_args(SourceSection.model_fields["format"].annotation) == ("auto", *FORMATS, "pairs")
+    from qlora4080.recipe import declared_methods
+
+    formats = {fmt for method in declared_methods().values() for fmt in method.formats}
+    assert formats == {*FORMATS, "pairs"}  # every format is some method's, declared by the method
+    with pytest.raises(ValidationError, match="Input should be 'auto', 'messages'"):
+        SourceSection.model_validate({"path": "x.jsonl", "format": "csv"})
 
 
 def test_overrides_as_a_mapping(tmp_path):

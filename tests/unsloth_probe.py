@@ -49,7 +49,6 @@ from qlora4080.backends import hf
 from qlora4080.data.vocabulary import IGNORE_INDEX
 from qlora4080.hardware import Hardware
 from qlora4080.plan import resolve_plan
-from qlora4080.preference.run import PreferenceRun
 from qlora4080.preference.tokens import orpo_columns
 from qlora4080.recipe import load_recipe
 from qlora4080.training.rundirs import RunDirs, create_run_dirs
@@ -113,7 +112,7 @@ def probe(method: str, recipe_path: Path, work: Path) -> dict[str, object]:
     recipe = load_recipe(recipe_path)
     dirs = RunDirs(method, work / "checkpoints" / method, work / "runs" / method)
     create_run_dirs(dirs, overwrite=False)
-    run = (TrainingRun if method == "sft" else PreferenceRun)(recipe, dirs, RunLog(dirs.logs / "train.log"), None)
+    run = TrainingRun(recipe, dirs, RunLog(dirs.logs / "train.log"), None)
     run.hardware = Hardware(device="cpu")
     run.backend_name = "unsloth"  # the configuration an unsloth run gets; the model itself loads through hf
     run.backend = hf  # type: ignore[assignment]
@@ -129,7 +128,7 @@ def probe(method: str, recipe_path: Path, work: Path) -> dict[str, object]:
     args = run.trainer.args
     inputs, labels = expected_rows(method, run.train_split.dataset)
     return {
-        "trainer_classes": [cls.__name__ for cls in type(run.trainer).__mro__[:4]],
+        "trainer_classes": [cls.__name__ for cls in type(run.trainer).__mro__],
         "padding_free": getattr(args, "padding_free", None),
         "packing": getattr(args, "packing", None),
         "max_length": getattr(args, "max_length", None),

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 @friendly_errors
 def data_check(
     file: Path = typer.Argument(..., help="JSONL (one record a line) or .json (one array)."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto, messages, sharegpt, alpaca, prompt_completion, columns, cmath, mawps, emoji, "
-                                                         "pairs (preference pairs for dpo/orpo)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, or a format of the kind of records a training "
+                                                         "method reads: qlora4080 methods lists them."),
     column: list[str] | None = typer.Option(None, "--column", "-c", help="Field name override, e.g. -c user=question -c assistant=answer."),
     show: int = typer.Option(5, "--show", min=0, help="How many problems to list."),
 ) -> None:
@@ -30,12 +30,13 @@ def data_check(
     from rich.table import Table
 
     from ..data.check import check_file
-    from ..data.formats import DEFAULT_COLUMNS
-    from ..preference.pairs import PAIR_FIELDS
+    from ..data.records import fields_by_format
+    from ..methods.registry import record_kinds
 
     # Each format reads its own fields (pairs: prompt/chosen/rejected/system); a field the format does not read
     # was once accepted and silently ignored.
-    fields_of = {**{name: list(names) for name, names in DEFAULT_COLUMNS.items()}, "pairs": list(PAIR_FIELDS)}
+    kinds = record_kinds()
+    fields_of = {name: fields for name, fields in fields_by_format(kinds).items() if fields}
     known = sorted(fields_of.get(format, []))
     columns: dict[str, str] = {}
     for item in column or []:
@@ -52,7 +53,7 @@ def data_check(
             raise QloraError(f"--column {item!r}: {key!r} is not a field --format {format} reads", where="--column",
                              hint=f"write field=name with a field among {', '.join(known)}")
         columns[key] = value
-    result = check_file(file, format, columns)
+    result = check_file(file, format, columns, kinds)
     console.print(f"format: {result.format}{' (detected)' if result.detected else ''}")
     table = Table(title=str(file), title_justify="left")
     for name in ("records read", "valid", "rejected"):
@@ -115,8 +116,6 @@ def _print_token_table(loaded: Recipe, build: Build) -> None:
     from rich.table import Table
 
     from ..backends.loading import load_tokenizer, model_source
-    from ..data.dataset import tokens_by_source
-    from ..data.render import MaskReport
 
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
     try:  # only what is already on this machine: a build must not wait on the hub
@@ -125,32 +124,23 @@ def _print_token_table(loaded: Recipe, build: Build) -> None:
         warn(f"token counts skipped: the tokenizer of {loaded.model.name} is not on this machine yet "
              "(training downloads it and reports the same counts in train.log; run data build again afterwards)")
         return
-    report = MaskReport()
-    files = [build.train_file, build.validation_file]
-    if loaded.training.method == "sft":
-        by_source, dropped = tokens_by_source(files, tokenizer, loaded.model.max_seq_len, loaded.data.train_on,
-                                              loaded.data.truncation, report=report)
-        console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}, "
-                      f"truncation {loaded.data.truncation}, train_on {loaded.data.train_on})")
-    else:
-        from ..preference.tokens import pair_tokens_by_source
+    from ..data.pipeline import records_of
 
-        by_source, dropped = pair_tokens_by_source(files, tokenizer, loaded.model.max_seq_len)
-        console.print(f"[bold]Tokenized for {loaded.model.name}[/] (max_seq_len {loaded.model.max_seq_len}; "
-                      "pairs: tokens count both answers with their prompt, trained counts the answers)")
+    tokens = records_of(loaded).tokens_by_source([build.train_file, build.validation_file], tokenizer, loaded)
+    console.print(f"[bold]Tokenized for {loaded.model.name}[/] ({tokens.heading})")
     table = Table()
     for column in ("source", "kept", "dropped", "truncated", "tokens", "trained"):
         table.add_column(column, justify="left" if column == "source" else "right")
-    for name, tally in by_source.items():
+    for name, tally in tokens.by_source.items():
         share = f" ({100 * tally.trained_tokens / max(tally.tokens, 1):.0f}%)"
         table.add_row(name, str(tally.kept), f"[red]{tally.dropped}[/]" if tally.dropped else "0", str(tally.truncated),
                       f"{tally.tokens:,}", f"{tally.trained_tokens:,}{share}")
     console.print(table)
-    for problem in dropped[:5]:
+    for problem in tokens.dropped[:5]:
         console.print(f"dropped {problem}", style="yellow", markup=False, soft_wrap=True)  # file:line stays whole
-    if len(dropped) > 5:
-        console.print(f"... and {len(dropped) - 5} more dropped at tokenization")
-    for line in report.lines():
+    if len(tokens.dropped) > 5:
+        console.print(f"... and {len(tokens.dropped) - 5} more dropped at tokenization")
+    for line in tokens.notes:
         console.print(line, style="yellow" if line.startswith("warning") else None, markup=False, soft_wrap=True)
 
 
@@ -163,11 +153,8 @@ def data_preview(
 ) -> None:
     """Show rendered training samples with the trained (loss) tokens highlighted (for DPO: both answers of each pair)."""
     from ..backends.loading import load_tokenizer, model_source
-    from ..data.conversations import read_conversations
-    from ..data.preview import preview_rows, render_row
     from ..quiet import quiet_libraries
     from ..recipe import load_recipe
-    from ..thinking import describe, template_has_switch
 
     loaded = load_recipe(recipe, set_ or [])
     quiet_libraries()
@@ -179,24 +166,11 @@ def data_preview(
         path = build_data(loaded).train_file
     template = loaded.resolve_path(loaded.model.chat_template) if loaded.model.chat_template else None
     tokenizer = load_tokenizer(model_source(loaded.model.name), loaded.model, template)
-    if loaded.training.method != "sft":
-        from ..preference.pairs import read_pairs
-        from ..preference.preview import pair_preview_rows
+    from ..data.pipeline import records_of
 
-        pairs = read_pairs(path)
-        for problem in pairs.rejected[:5]:
-            console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
-        for row in pair_preview_rows(pairs.pairs[:n], tokenizer, loaded.model.max_seq_len):
-            console.print(render_row(row))
-        console.print(f"{min(n, len(pairs.pairs))} pairs from {path}: the highlighted answer is what "
-                      f"{loaded.training.method.upper()} scores, chosen against rejected")
-        return
-    records = read_conversations(path).records[:n]
-    rows = preview_rows(records, tokenizer, loaded.model.max_seq_len, loaded.data.train_on)
-    if loaded.model.thinking != "auto" or template_has_switch(str(tokenizer.chat_template)):
-        console.print(describe(loaded.model.thinking))
-    for row in rows:
-        console.print(render_row(row))
-    tokens, trained = sum(r["tokens"] for r in rows), sum(r["trained"] for r in rows)
-    console.print(f"{len(rows)} samples from {path}: {tokens} tokens, {trained} trained "
-                  f"({100 * trained / max(tokens, 1):.0f}%); highlighted text carries the loss (train_on = {loaded.data.train_on})")
+    preview = records_of(loaded).preview(path, tokenizer, loaded, n)
+    for note in preview.notes:
+        console.print(note, style="yellow" if note.startswith("skipped") else None, markup=False, soft_wrap=True)
+    for row in preview.rows:
+        console.print(row)
+    console.print(preview.footer, markup=False, soft_wrap=True)

@@ -1,4 +1,4 @@
-"""What can run here: `qlora4080 recipes` (the recipes and their VRAM estimates) and `qlora4080 doctor`."""
+"""What can run here: `qlora4080 recipes` (the recipes and their VRAM estimates), `methods`, and `doctor`."""
 
 from __future__ import annotations
 
@@ -62,6 +62,26 @@ def list_recipes(
     console.print(table)
     for line in about:
         console.print(line)
+
+
+@app.command("methods")
+@friendly_errors
+def list_methods() -> None:
+    """List the training methods a recipe can name (training.method), what data each reads, and its settings table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..methods.registry import METHODS
+
+    table = Table(title=escape("Training methods ([training] method = ...)"), title_justify="left")
+    for column in ("method", "reads", "formats", "settings"):
+        table.add_column(column, overflow="fold", no_wrap=column == "method")
+    for spec in METHODS.values():
+        table.add_row(spec.name, spec.records.unit, ", ".join(spec.records.formats), f"[{spec.table}]" if spec.table else "-")
+    console.print(table, markup=False)
+    for spec in METHODS.values():  # below the table, where the sentences can wrap
+        console.print(f"{spec.name}: {spec.summary}", markup=False)
+    console.print("A source's format may be left out: `auto` detects the records the method reads.", markup=False)
 
 
 def _display(path: Path) -> str:

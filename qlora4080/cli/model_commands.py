@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..console import console, warn
+from ..console import console
 from ..errors import QloraError
 from ..runlock import holding, is_held, lock_path_outside
 from .app import app
@@ -23,8 +23,8 @@ from .outputs import check_input_file, check_output_file, check_output_folder, r
 
 if TYPE_CHECKING:
     from ..batch_infer import PromptFile
-    from ..checkpoint import CheckpointMeta
     from ..gguf_export import GgufResult
+    from ..methods.spec import MethodSpec
 
 
 @app.command()
@@ -94,6 +94,7 @@ def evaluate_command(
     from ..data.conversations import read_conversations
     from ..evaluate import evaluate, to_eval_records, write_report
     from ..infer import load_for_chat, read_checkpoint_meta
+    from ..methods.spec import EvalRequest
 
     meta = read_checkpoint_meta(checkpoint)
     settings = meta or CheckpointMeta(base_model=str(checkpoint))  # a plain model folder: the recipe defaults
@@ -108,10 +109,12 @@ def evaluate_command(
     from ..evaluate import check_report_folder
 
     check_report_folder(folder, "--out")
-    from ..preference.evaluate import looks_like_pairs
-
-    if source.is_file() and looks_like_pairs(source):
-        _evaluate_pairs(checkpoint, source, settings, limit=limit, baseline=baseline, batch_size=batch_size, folder=folder)
+    if source.is_file() and (method := _method_evaluating(source)) is not None:
+        assert method.evaluate is not None
+        outcome = method.evaluate(EvalRequest(checkpoint, source, settings, limit, baseline, batch_size))
+        _print_report(outcome.report, outcome.title)
+        json_path, md_path = write_report(outcome.report, folder, str(source))
+        console.print(f"saved {json_path} and {md_path}")
         return
     conversations = read_conversations(source)
     for problem in conversations.rejected[:5]:
@@ -129,33 +132,15 @@ def evaluate_command(
     console.print(f"saved {json_path} and {md_path}")
 
 
-def _evaluate_pairs(checkpoint: str, source: Path, settings: CheckpointMeta, *, limit: int | None, baseline: bool,
-                    batch_size: int, folder: Path) -> None:
-    """eval on preference pairs: how often each model prefers the chosen answer (base, SFT start, adapter)."""
-    from ..evaluate import write_report
-    from ..infer import load_for_chat
-    from ..preference.evaluate import evaluate_pairs
-    from ..preference.pairs import read_pairs
+def _method_evaluating(source: Path) -> MethodSpec | None:
+    """The method whose own eval reads this file's records (pairs: dpo's), or None: the generation eval."""
+    from itertools import islice
 
-    read = read_pairs(source)
-    for problem in read.rejected[:5]:
-        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
-    if not read.pairs:
-        raise QloraError(f"no usable preference pair in {source}", where=str(source),
-                         hint='each line needs "prompt", "chosen" and "rejected"')
-    pairs = read.pairs[:limit] if limit else read.pairs
-    sft = Path(settings.started_from) if settings.started_from else None
-    if baseline and sft is not None and not sft.is_dir():
-        warn(f"the checkpoint this run started from, {sft}, is not there any more: the table has no sft column, and "
-             "the rows 'than the model it started from' compare with the base model instead")
-        sft = None
-    model = load_for_chat(checkpoint)
-    with console.status(f"scoring {len(pairs)} pairs"):
-        report = evaluate_pairs(model, pairs, max_seq_len=settings.max_seq_len, baseline=baseline, batch_size=batch_size,
-                                sft_adapter=sft)
-    _print_report(report, f"Preference evaluation on {len(pairs)} pairs of {source}")
-    json_path, md_path = write_report(report, folder, str(source))
-    console.print(f"saved {json_path} and {md_path}")
+    from ..data.jsonl import read_jsonl
+    from ..methods.registry import METHODS
+
+    first = [record for _, record, _problem in islice(read_jsonl(source), 20)]
+    return next((spec for spec in METHODS.values() if spec.evaluate is not None and spec.records.detect(first)), None)
 
 
 def _print_report(report: dict[str, Any], title: str) -> None:

@@ -58,7 +58,7 @@ def train(
         arguments += [f"--target-gb={target_gb}"] if target_gb is not None else []
         console.print(f"Starting {processes} processes: torchrun --standalone --nproc_per_node {processes} "
                       f"-m qlora4080 {shlex.join(arguments)}", markup=False)
-        from ..distributed import launch_processes
+        from ..launcher import launch_processes
 
         if code := launch_processes(processes, arguments):
             raise typer.Exit(code)

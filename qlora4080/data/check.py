@@ -1,21 +1,24 @@
 """`qlora4080 data check FILE`: does every record of a file normalize into a trainable conversation (or pair)?
 
-A file of preference pairs ("chosen" and "rejected" in most records, or
---format pairs) is checked by the reader dpo and orpo train with.
+Each kind of record (conversations, preference pairs, ...) is checked by the
+reader its training method trains with; "auto" guesses the kind and format.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import QloraError
 from .conversations import Rejected
-from .formats import FormatError, detect_format, to_messages
+from .formats import DETECTED_FORMATS
 from .jsonl import BAD_JSON, BAD_UTF8, read_records
-from .validate import validate_messages
+
+if TYPE_CHECKING:
+    from .records import RecordKind
 
 __all__ = ["CheckResult", "check_file"]
 
@@ -35,37 +38,43 @@ class CheckResult:
                        for r in self.rejected)
 
 
-def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None = None) -> CheckResult:
-    """Every record of the file through the build's normalizing and validation: how many fit, and why the others not."""
-    from ..preference.pairs import mostly_pairs, to_pair, with_pair_fields
+def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None = None,
+               kinds: Sequence[RecordKind] | None = None) -> CheckResult:
+    """Every record of the file through the build's reading and validation: how many fit, and why the others not.
 
+    `kinds` are the record kinds to read it as, tried in order when the format is "auto" (default: every kind
+    a training method reads).
+    """
+    if kinds is None:
+        from ..methods.registry import record_kinds
+
+        kinds = record_kinds()
     rows = list(read_records(path))
     detected = fmt == "auto"
     parsed = [record for _, record, problem in rows if problem is None]
-    if detected and mostly_pairs(parsed):
-        fmt = "pairs"
-    elif detected:
-        found = detect_format(parsed)
-        if found is None:
-            raise QloraError(
-                "could not detect the format: the first records fit none of messages, sharegpt, prompt_completion, alpaca, "
-                "pairs",
-                where=str(path), hint="pass --format (and --column field=name for other shapes)",
-            )
-        fmt = found
+    found = next(((kind, name) for kind in kinds if (name := kind.detect(parsed)) is not None), None) if detected else \
+        next(((kind, fmt) for kind in kinds if fmt in kind.formats), None)
+    if found is None:
+        if not detected:
+            raise QloraError(f"unknown format {fmt!r}", where="--format",
+                             hint=f"formats: {', '.join(name for kind in kinds for name in kind.formats)}")
+        raise QloraError(
+            "could not detect the format: the first records fit none of "
+            + ", ".join(name for kind in kinds for name in _detectable(kind)),
+            where=str(path), hint="pass --format (and --column field=name for other shapes)",
+        )
+    kind, fmt = found
     result = CheckResult(path=path, format=fmt, detected=detected)
     for number, record, problem in rows:
         result.read += 1
-        if problem is None and fmt == "pairs":
-            pair = to_pair(with_pair_fields(record, columns or {}), "") if isinstance(record, dict) else "expected a JSON object"
-            problem = pair if isinstance(pair, str) else None
-        elif problem is None:
-            try:
-                problem = validate_messages(to_messages(record, fmt, columns))
-            except FormatError as exc:
-                problem = str(exc)
+        problem = problem or kind.check(record, fmt, columns or {})
         if problem:
             result.rejected.append(Rejected(path, number, problem))
         else:
             result.valid += 1
     return result
+
+
+def _detectable(kind: RecordKind) -> tuple[str, ...]:
+    """The formats "auto" can find (named data sets such as cmath are only ever chosen explicitly)."""
+    return DETECTED_FORMATS if kind.name == "conversations" else kind.formats

@@ -61,9 +61,13 @@ def to_messages(record: object, fmt: str, columns: Mapping[str, str] | None = No
     return messages
 
 
+DETECTED_FORMATS: tuple[DataFormat, ...] = ("messages", "sharegpt", "prompt_completion", "alpaca")
+"""The formats "auto" can find; named data sets (cmath, ...) are only ever chosen explicitly."""
+
+
 def detect_format(records: Sequence[object]) -> DataFormat | None:
     """The format the first records fit (the most of them), or None. Named data sets are only ever chosen explicitly."""
-    candidates: tuple[DataFormat, ...] = ("messages", "sharegpt", "prompt_completion", "alpaca")
+    candidates = DETECTED_FORMATS
     scores = {fmt: 0 for fmt in candidates}
     for record in records[:20]:
         for fmt in candidates:

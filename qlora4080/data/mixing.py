@@ -12,8 +12,8 @@ The second dedup removes the same conversation arriving from two pools; the
 repeats resample made on purpose stay. The split keeps every copy of a
 conversation on one side, so validation never contains a training record.
 
-Records are conversations (sft) or preference pairs (dpo, orpo); everything
-here works on either, telling them apart by their fields.
+Records are of any kind (records.py): everything here reads only their "id",
+and the dedup key the kind computes.
 """
 
 from __future__ import annotations
@@ -21,41 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
-from typing import TypedDict, TypeVar, final
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from .vocabulary import Message
 
 Item = TypeVar("Item")
-
-
-class _BuildRecordRequired(TypedDict):
-    id: str  # "<source name>-<line>": one id per input record, shared by its resampled copies
-    messages: list[Message]
-    source: str  # the source (pool) name
-    tags: list[str]
-
-
-@final  # final, so `"messages" in record` tells a conversation from a pair for mypy too
-class BuildRecord(_BuildRecordRequired, total=False):
-    """One line of a build's train.jsonl / validation.jsonl."""
-
-    tools: object  # the record's tool definitions, as written
-
-
-@final
-class PairBuildRecord(TypedDict):
-    """One line of a preference build's train.jsonl / validation.jsonl (preference/pairs.py reads it back)."""
-
-    id: str
-    prompt: list[Message]
-    chosen: list[Message]  # one assistant message, in TRL's conversational shape
-    rejected: list[Message]
-    source: str
-    tags: list[str]
-
-
-AnyBuildRecord = TypeVar("AnyBuildRecord", BuildRecord, PairBuildRecord)
+Record = TypeVar("Record", bound=Mapping[str, object])
+"""A build record of any kind: its own fields, plus "id" (shared by resampled copies), "source" and "tags"."""
 
 
 def conversation_key(messages: Sequence[Message]) -> str:
@@ -109,32 +82,28 @@ def resample(pools: list[list[Item]], weights: list[float], rng: random.Random, 
     return mixed
 
 
-def record_key(record: BuildRecord | PairBuildRecord) -> str:
-    """The dedup key of a conversation, or of a pair (its prompt and both answers, in order)."""
-    if "messages" in record:
-        return conversation_key(record["messages"])
-    return conversation_key([*record["prompt"], *record["chosen"], {"role": "rejected", "content": ""},
-                             *record["rejected"]])
-
-
-def dedup_across_pools(records: list[AnyBuildRecord]) -> list[AnyBuildRecord]:
-    owner: dict[str, str] = {}
+def dedup_across_pools(records: list[Record], key: Callable[[Record], str]) -> list[Record]:
+    """The first record of each content (`key`); copies of one record (the same id) all stay."""
+    owner: dict[str, object] = {}
     kept = []
     for record in records:
-        key = record_key(record)
-        if owner.setdefault(key, record["id"]) == record["id"]:
+        if owner.setdefault(key(record), record["id"]) == record["id"]:
             kept.append(record)
     return kept
 
 
-def split(records: list[AnyBuildRecord], ratio: float, floor: int, rng: random.Random,
-          ) -> tuple[list[AnyBuildRecord], list[AnyBuildRecord]]:
-    ids = sorted({r["id"] for r in records})
-    rng.shuffle(ids)
-    wanted = min(max(floor, round(ratio * len(ids))), len(ids) // 2)
-    held = set(ids[:wanted])
-    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+def split(records: list[Record], ratio: float, floor: int, rng: random.Random,
+          group: Callable[[Record], str] = lambda record: str(record["id"])) -> tuple[list[Record], list[Record]]:
+    """(train, validation): whole groups held out, `ratio` of them but at least `floor`, at most half.
+
+    A group is one record and its copies (the same id) by default; a record kind may group more widely
+    (every answer to one prompt), so validation never scores a prompt training has seen.
+    """
+    groups = sorted({group(r) for r in records})
+    rng.shuffle(groups)
+    wanted = min(max(floor, round(ratio * len(groups))), len(groups) // 2)
+    held = set(groups[:wanted])
+    return [r for r in records if group(r) not in held], [r for r in records if group(r) in held]
 
 
-__all__ = ["BuildRecord", "PairBuildRecord", "conversation_key", "dedup_across_pools", "interleave", "record_key", "resample",
-           "split"]
+__all__ = ["conversation_key", "dedup_across_pools", "interleave", "resample", "split"]

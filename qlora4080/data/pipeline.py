@@ -1,8 +1,9 @@
 """Sources -> normalize -> clean -> tag -> dedup per pool -> save pools -> mix -> dedup again -> split -> export.
 
-For training.method = "dpo" / "orpo" the records are preference pairs: each
-source is read by preference/sources.py instead of the conversation
-normalizers below; mixing, dedup, split and the manifest are the same.
+The records are of the kind the training method reads (records.py):
+conversations for sft, preference pairs for dpo and orpo, ...; the kind reads
+each source's rows into records, and everything after (mixing, dedup, split,
+the manifest) is this one loop for every kind.
 
 A build lives in <build_dir>/<key>/, where the key hashes everything that
 decides its content (each source's settings and file bytes, mix, sizes, seed),
@@ -17,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict, cast
@@ -25,15 +26,12 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from ..errors import QloraError
 from ..recipe import Recipe, SourceSection
 from ..runlock import holding
-from .conversations import Rejected
-from .formats import FormatError, detect_format, to_messages
 from .jsonl import Row, check_not_special, read_records, write_jsonl, write_text_atomically
-from .mixing import AnyBuildRecord, BuildRecord, conversation_key, dedup_across_pools, interleave, resample, split
-from .validate import CONTROL_CHARS, validate_messages
-from .vocabulary import Message
+from .mixing import dedup_across_pools, interleave, resample, split
+from .records import BuildRecord, Pool, PoolStats
 
 if TYPE_CHECKING:
-    from .mixing import PairBuildRecord
+    from .records import RecordKind
 
 BUILD_FORMAT = 2  # 2: interleave uses every record; assistant-first conversations are rejected
 
@@ -52,17 +50,6 @@ class Manifest(TypedDict):
 
 
 @dataclass
-class PoolStats:
-    name: str
-    format: str = ""
-    read: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    kept: int = 0
-    in_mix: int = 0
-
-
-@dataclass
 class Build:
     folder: Path
     train_file: Path
@@ -72,28 +59,12 @@ class Build:
     manifest: Manifest = field(kw_only=True)
 
 
-def clean(messages: Sequence[Message]) -> list[Message]:
-    """Strip control characters; drop turns left empty (an assistant turn with tool calls is kept)."""
-    cleaned: list[Message] = []
-    for message in messages:
-        if not isinstance(message, dict):  # not a message at all: left for validate_messages to name
-            cleaned.append(message)
-            continue
-        message = message.copy()  # the caller's record stays as read
-        content = message.get("content")
-        if isinstance(content, str):
-            message["content"] = CONTROL_CHARS.sub("", content).strip()
-        if not message.get("content") and not message.get("tool_calls"):
-            continue
-        cleaned.append(message)
-    return cleaned
-
-
 def build_key(recipe: Recipe) -> str:
     data = recipe.data
     parts: list[object] = [BUILD_FORMAT, data.mix, data.total, data.valid_ratio, data.valid_min, recipe.training.seed]
-    if recipe.training.method != "sft":  # the same sources read as pairs make another build
-        parts.append("pairs")
+    kind = records_of(recipe)
+    if kind.name != "conversations":  # the same sources read as another kind make another build
+        parts.append(kind.name)
     for source in data.sources:
         parts.append(source.model_dump(mode="json"))
         if source.path:
@@ -101,8 +72,15 @@ def build_key(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def records_of(recipe: Recipe) -> RecordKind:
+    """The kind of record the recipe's training method reads."""
+    from ..methods.registry import method_spec
+
+    return method_spec(recipe.training.method).records
+
+
 def build_data(recipe: Recipe, *, force: bool = False, on_pool: Callable[[PoolStats], None] | None = None) -> Build:
-    """Run the pipeline for the recipe's [[data.sources]], or reuse the matching earlier build."""
+    """Run the pipeline for the recipe's [[data.sources]] (read as its method's records), or reuse the matching build."""
 
     data = recipe.data
     _require_distinct_names(data.sources)
@@ -150,59 +128,38 @@ def _reuse(folder: Path, manifest_path: Path, quiet: bool = False) -> Build | No
 
 
 def _build(recipe: Recipe, folder: Path, manifest_path: Path, on_pool: Callable[[PoolStats], None] | None) -> Build:
-    if recipe.training.method == "sft":
-        return _mix_and_write(recipe, folder, manifest_path, _load_pools(recipe, _load_pool, on_pool))
-    from ..preference.sources import load_pair_pool
-
-    def load_pairs(recipe: Recipe, source: SourceSection) -> Pool[PairBuildRecord]:
-        return load_pair_pool(*_read_source(recipe, source), source)
-
-    return _mix_and_write(recipe, folder, manifest_path, _load_pools(recipe, load_pairs, on_pool))
-
-
-Pool = tuple[list[AnyBuildRecord], PoolStats, list[Rejected]]
-"""One source's kept records, its counts, and why each other record was refused."""
-
-
-Pools = tuple[list[list[AnyBuildRecord]], list[PoolStats], list[Rejected]]
-"""Every source's Pool, field by field."""
-
-
-def _load_pools(recipe: Recipe, load: Callable[[Recipe, SourceSection], Pool[AnyBuildRecord]],
-                on_pool: Callable[[PoolStats], None] | None) -> Pools[AnyBuildRecord]:
-    pools: list[list[AnyBuildRecord]] = []
-    stats: list[PoolStats] = []
-    rejects: list[Rejected] = []
+    kind = records_of(recipe)
+    pools: list[Pool] = []
     for source in recipe.data.sources:
-        pool, pool_stats, pool_rejects = load(recipe, source)
-        pools.append(pool)
-        stats.append(pool_stats)
-        rejects += pool_rejects
+        pools.append(kind.load_pool(*_read_source(recipe, source), source))
         if on_pool:
-            on_pool(pool_stats)
-    return pools, stats, rejects
+            on_pool(pools[-1].stats)
+    return _mix_and_write(recipe, folder, manifest_path, pools, kind)
 
 
-def _mix_and_write(recipe: Recipe, folder: Path, manifest_path: Path, loaded: Pools[AnyBuildRecord]) -> Build:
+def _mix_and_write(recipe: Recipe, folder: Path, manifest_path: Path, loaded: list[Pool], kind: RecordKind) -> Build:
     from datasets import Dataset
 
     data = recipe.data
     rng = random.Random(recipe.training.seed)
-    pools, stats, rejects = loaded
+    pools = [pool.records for pool in loaded]
+    stats = [pool.stats for pool in loaded]
+    rejects = [problem for pool in loaded for problem in pool.rejected]
     folder.mkdir(parents=True, exist_ok=True)
-    for pool, pool_stats in zip(pools, stats):
-        if pool:
-            Dataset.from_list(pool).save_to_disk(str(folder / "pools" / pool_stats.name))
+    for pool in loaded:
+        if pool.records:
+            Dataset.from_list(list(pool.records)).save_to_disk(str(folder / "pools" / pool.stats.name))
 
     weights = [s.weight for s in data.sources]
-    mixed = interleave(pools, weights, rng) if data.mix == "interleave" else resample(pools, weights, rng, data.total)
-    mixed = dedup_across_pools(mixed)
+    mixed: list[BuildRecord] = (interleave(pools, weights, rng) if data.mix == "interleave"
+                                else resample(pools, weights, rng, data.total))
+    mixed = dedup_across_pools(mixed, kind.key)
     for pool_stats in stats:
         pool_stats.in_mix = sum(1 for r in mixed if r["source"] == pool_stats.name)
     if not mixed:
         raise QloraError("the data build is empty: every record of every source was rejected or duplicated",
                          hint=f"see {folder / 'rejects.jsonl'} and run `qlora4080 data check FILE` on each source")
-    train, validation = split(mixed, data.valid_ratio, data.valid_min, rng)
+    train, validation = split(mixed, data.valid_ratio, data.valid_min, rng, kind.split_group)
 
     files = {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
     for name, rows in (("train", train), ("validation", validation)):
@@ -230,49 +187,6 @@ def _require_distinct_names(sources: list[SourceSection]) -> None:
                 f"[[data.sources]] {seen[source.label]} and {number} are both named '{source.label}'",
                 where="[[data.sources]]", hint=f'give one of them its own name = "..." (e.g. name = "{source.label}-{number}")')
         seen[source.label] = number
-
-
-def _load_pool(recipe: Recipe, source: SourceSection) -> Pool[BuildRecord]:
-    rows, origin = _read_source(recipe, source)
-    stats = PoolStats(name=source.label)
-    fmt = source.format
-    if fmt == "auto":
-        fmt = detect_format([row for _, row, problem in rows if problem is None]) or "messages"
-    stats.format = fmt
-    pool: list[BuildRecord] = []
-    rejects: list[Rejected] = []
-    seen: set[str] = set()
-    for number, row, problem in rows:
-        stats.read += 1
-        messages: list[Message] = []
-        if problem is None:
-            try:
-                messages = clean(to_messages(row, fmt, source.columns, source.max_answer_chars))
-                problem = validate_messages(messages)
-            except FormatError as exc:
-                problem = str(exc)
-        if problem or not isinstance(row, dict):  # to_messages refuses anything but an object
-            stats.rejected += 1
-            rejects.append(Rejected(origin, number, problem or "expected a JSON object"))
-            continue
-        key = conversation_key(messages)
-        if key in seen:
-            stats.duplicates += 1
-            continue
-        seen.add(key)
-        extra_tags = row.get("tags")
-        record: BuildRecord = {
-            "id": f"{stats.name}-{number}", "messages": messages, "source": stats.name,
-            "tags": sorted(set(source.tags) | set(map(str, extra_tags if isinstance(extra_tags, list) else [])))}
-        if row.get("tools"):
-            record["tools"] = row["tools"]
-        pool.append(record)
-    stats.kept = len(pool)
-    if rows and not pool:
-        first = rejects[0] if rejects else "all duplicates"
-        raise QloraError(f"source '{stats.name}' has no usable record; first problem: {first}",
-                         hint="check the format and columns of this source with `qlora4080 data check`")
-    return pool, stats, rejects
 
 
 def _read_source(recipe: Recipe, source: SourceSection) -> tuple[list[Row], Path]:

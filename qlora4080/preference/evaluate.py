@@ -16,6 +16,7 @@ from .tokens import tokenize_pairs
 
 if TYPE_CHECKING:
     from ..infer import ChatModel
+    from ..methods.spec import EvalOutcome, EvalRequest
 
 
 def looks_like_pairs(path: Path) -> bool:
@@ -62,3 +63,31 @@ def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len:
                          for pair, c, r in zip(tokenized.kept, logps.chosen, logps.rejected)]
     report["records"] = records
     return report
+
+
+def evaluate_pair_file(request: EvalRequest) -> EvalOutcome:
+    """`eval` on a file of preference pairs: how often each model prefers the chosen answer (base, SFT start, adapter)."""
+    from ..console import console, warn
+    from ..errors import QloraError
+    from ..infer import load_for_chat
+    from ..methods.spec import EvalOutcome
+    from .pairs import read_pairs
+
+    read = read_pairs(request.source)
+    for problem in read.rejected[:5]:
+        console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
+    if not read.pairs:
+        raise QloraError(f"no usable preference pair in {request.source}", where=str(request.source),
+                         hint='each line needs "prompt", "chosen" and "rejected"')
+    pairs = read.pairs[:request.limit] if request.limit else read.pairs
+    settings = request.settings
+    sft = Path(settings.started_from) if settings.started_from else None
+    if request.baseline and sft is not None and not sft.is_dir():
+        warn(f"the checkpoint this run started from, {sft}, is not there any more: the table has no sft column, and "
+             "the rows 'than the model it started from' compare with the base model instead")
+        sft = None
+    model = load_for_chat(request.checkpoint)
+    with console.status(f"scoring {len(pairs)} pairs"):
+        report = evaluate_pairs(model, pairs, max_seq_len=settings.max_seq_len, baseline=request.baseline,
+                                batch_size=request.batch_size, sft_adapter=sft)
+    return EvalOutcome(report, f"Preference evaluation on {len(pairs)} pairs of {request.source}")

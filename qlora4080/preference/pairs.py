@@ -97,18 +97,10 @@ def to_pair(record: Mapping[str, object], default_id: str) -> PreferencePair | s
 
 
 def _explicit_prompt(record: Mapping[str, object]) -> tuple[list[Message], Message, Message] | str:
-    prompt = record["prompt"]
-    if isinstance(prompt, str):
-        if is_blank(prompt):
-            return "'prompt' is empty"
-        system = record.get("system")
-        messages: list[Message] = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-        messages.append({"role": "user", "content": prompt})
-    elif isinstance(prompt, list) and prompt:
-        messages = cast("list[Message]", list(prompt))  # checked by validate_messages in to_pair
-    else:
-        return "'prompt' must be a non-empty string or message list"
-    chosen, rejected = _answer(record["chosen"], "chosen"), _answer(record["rejected"], "rejected")
+    messages = prompt_messages(record)
+    if isinstance(messages, str):
+        return messages
+    chosen, rejected = answer_message(record["chosen"], "chosen"), answer_message(record["rejected"], "rejected")
     if isinstance(chosen, str):
         return chosen
     if isinstance(rejected, str):
@@ -116,7 +108,26 @@ def _explicit_prompt(record: Mapping[str, object]) -> tuple[list[Message], Messa
     return messages, chosen, rejected
 
 
-def _answer(value: object, key: str) -> Message | str:
+def prompt_messages(record: Mapping[str, object]) -> list[Message] | str:
+    """A record's "prompt" as messages: a string (one user turn, after an optional "system" string) or a message list.
+
+    Shared by every record that pairs a prompt with answers (preference pairs, feedback); the messages are
+    checked by validate_messages together with the answer.
+    """
+    prompt = record["prompt"]
+    if isinstance(prompt, str):
+        if is_blank(prompt):
+            return "'prompt' is empty"
+        system = record.get("system")
+        messages: list[Message] = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+        messages.append({"role": "user", "content": prompt})
+        return messages
+    if isinstance(prompt, list) and prompt:
+        return cast("list[Message]", list(prompt))
+    return "'prompt' must be a non-empty string or message list"
+
+
+def answer_message(value: object, key: str) -> Message | str:
     """One assistant message from a string, a message, or a list of messages ending in one."""
     if isinstance(value, str):
         return f"'{key}' is empty" if is_blank(value) else {"role": "assistant", "content": value}

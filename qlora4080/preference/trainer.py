@@ -9,6 +9,7 @@ from ..data.vocabulary import IGNORE_INDEX
 from ..plan import RunPlan
 from ..recipe import Recipe
 from ..training.checkpoint_saving import SafeCheckpointSaving
+from .settings import PreferenceSection
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -26,7 +27,7 @@ def build_dpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eva
     from ..training.config import trainer_arguments
 
     shared = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
-    preference = recipe.preference
+    preference = recipe.table(PreferenceSection)
     # TRL combines several losses by weight; its "sft" loss is the chosen answers' mean negative log-likelihood.
     losses: list[str] = [preference.loss_type]
     weights = [1.0]
@@ -37,6 +38,46 @@ def build_dpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_eva
                      padding_free=plan.padding_free)
 
 
+class ResumesBesideReference:
+    """Mixed into TRL's DPO and KTO trainers: a resumed run gets its trained adapter back, not only the reference.
+
+    A checkpoint of theirs holds TRL's frozen reference copy in a "ref" sub-folder. transformers takes such
+    sub-folders for the checkpoint's only adapters and loads just them, so the trained adapter at the
+    checkpoint's root would stay as the run began: load it too (found by the resume test).
+    """
+
+    model: Any
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        parent: Any = super()
+        parent._load_from_checkpoint(resume_from_checkpoint, model)
+        target: Model = model if model is not None else self.model
+        root = Path(resume_from_checkpoint)
+        if hasattr(target, "load_adapter") and any((root / name).is_file() for name in ADAPTER_WEIGHTS):
+            active = target.active_adapter
+            target.load_adapter(str(root), active, is_trainable=True)
+            target.set_adapter(active)
+
+
+class CountsCompletionTokens:
+    """Mixed into TRL trainers whose batches hold one sequence per row with a `completion_mask` (DPO, KTO).
+
+    tokens_seen counts every real token the policy reads (attention_mask), trained_tokens_seen the answer tokens
+    the loss scores (completion_mask); KTO's mismatched KL batch is not counted, it trains nothing.
+    """
+
+    tokens_seen: int = 0
+    trained_tokens_seen: int = 0
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if "attention_mask" in inputs:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+        if "completion_mask" in inputs:
+            self.trained_tokens_seen += int(inputs["completion_mask"].sum())
+        parent: Any = super()
+        return parent.training_step(model, inputs, num_items_in_batch)
+
+
 def preference_trainer_class() -> type[CountingTrainer]:
     """DPOTrainer subclass, built on demand so trl (possibly patched by unsloth) is imported late."""
     from trl import DPOTrainer
@@ -45,35 +86,13 @@ def preference_trainer_class() -> type[CountingTrainer]:
 
     ensure_log_prob_kernel()
 
-    class QloraDPOTrainer(SafeCheckpointSaving, DPOTrainer):
-        tokens_seen: int = 0
-        trained_tokens_seen: int = 0
-
+    class QloraDPOTrainer(SafeCheckpointSaving, ResumesBesideReference, CountsCompletionTokens, DPOTrainer):
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             # Pairs arrive tokenized by qlora4080's renderer (preference/tokens.py), which already decided
             # exactly which tokens are the answer; TRL's own tokenization would decide again, differently.
             if "prompt_ids" in dataset.column_names:
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            # A DPO checkpoint holds TRL's frozen reference copy in a "ref" sub-folder. transformers takes such
-            # sub-folders for the checkpoint's only adapters and loads just them, so the trained adapter at the
-            # checkpoint's root would stay as the run began: load it too (found by the resume test).
-            target: Model = model if model is not None else self.model
-            root = Path(resume_from_checkpoint)
-            if hasattr(target, "load_adapter") and any((root / name).is_file() for name in ADAPTER_WEIGHTS):
-                active = target.active_adapter
-                target.load_adapter(str(root), active, is_trainable=True)
-                target.set_adapter(active)
-
-        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            if "attention_mask" in inputs:
-                self.tokens_seen += int(inputs["attention_mask"].sum())
-            if "completion_mask" in inputs:
-                self.trained_tokens_seen += int(inputs["completion_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
 
     return cast("type[CountingTrainer]", QloraDPOTrainer)
 
@@ -85,7 +104,7 @@ def build_orpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_ev
     from trl.experimental.orpo import ORPOConfig
 
     shared = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
-    return ORPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=recipe.preference.beta,
+    return ORPOConfig(**shared, max_length=recipe.model.max_seq_len, beta=recipe.table(PreferenceSection).beta,
                       remove_unused_columns=False)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..toml_io import dumps_toml  # the writer of recipe snapshots, importable with the recipe
 from .load import Overrides, load_recipe, parse_override
+from .method_tables import MethodDeclaration, declare_method, declared_methods
 from .schema import (
     BUILTIN_PREFIX,
     RUN_NAME,
@@ -24,6 +25,7 @@ from .schema import (
     Section,
     SourceSection,
     TrainingSection,
+    recipe_tables,
     run_name_problem,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "SECTIONS",
     "DataSection",
     "LoraSection",
+    "MethodDeclaration",
     "ModelSection",
     "OutputSection",
     "Overrides",
@@ -40,8 +43,11 @@ __all__ = [
     "Section",
     "SourceSection",
     "TrainingSection",
+    "declare_method",
+    "declared_methods",
     "dumps_toml",
     "load_recipe",
     "parse_override",
+    "recipe_tables",
     "run_name_problem",
 ]

@@ -14,7 +14,7 @@ from ..data.jsonl import check_not_special
 from ..errors import QloraError
 from ..toml_io import TOMLDecodeError, find_line, loads_toml
 from .problems import validate
-from .schema import BUILTIN_PREFIX, SECTIONS, Recipe
+from .schema import BUILTIN_PREFIX, Recipe, recipe_tables
 
 Overrides = list[str] | Mapping[str, object]
 """`--set` items ("training.max_steps=20"), or a mapping {"training.max_steps": 20} from the Python API."""
@@ -77,7 +77,7 @@ def _split_key(dotted: str) -> list[str]:
         raise QloraError(
             f"override key {dotted!r} must be section.key",
             where="--set",
-            hint=f"sections: {', '.join(SECTIONS)}; e.g. training.learning_rate=1e-4",
+            hint=f"sections: {', '.join(recipe_tables())}; e.g. training.learning_rate=1e-4",
         )
     return keys
 
@@ -102,10 +102,11 @@ def _apply_overrides(raw: dict[str, object], overrides: Overrides) -> set[tuple[
 
 def _check_override_key(section: str, key: str, shown: str) -> None:
     """An unknown name in --set is the flag's fault, not the recipe file's: say so before validation blames the file."""
-    if section not in SECTIONS:
+    tables = recipe_tables()
+    if section not in tables:
         raise QloraError(f"--set {shown}: unknown section '{section}'", where="--set",
-                         hint=_did_you_mean(section, list(SECTIONS)))
-    allowed = list(SECTIONS[section].model_fields)
+                         hint=_did_you_mean(section, list(tables)))
+    allowed = list(tables[section].model_fields)
     if key not in allowed:
         raise QloraError(f"--set {shown}: unknown key '{key}' in [{section}]", where="--set",
                          hint=_did_you_mean(key, allowed))

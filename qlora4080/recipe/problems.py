@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from ..errors import QloraError
 from ..toml_io import find_line
-from .schema import SECTIONS, Recipe, Section, SourceSection
+from .schema import Recipe, Section, SourceSection, recipe_tables
 
 
 def validate(raw: dict[str, object], path: Path, text: str, override_keys: set[tuple[str, str]]) -> Recipe:
@@ -75,7 +75,7 @@ def _explain(error: ErrorDetails, path: Path, text: str, override_keys: set[tupl
         line = find_line(text, "data.sources", key, index=index) or find_line(text, "data", "sources")
         field = f"{table} {inner}"
     else:
-        table, model, prefix = f"[{section}]", SECTIONS.get(section, Section), section
+        table, model, prefix = f"[{section}]", recipe_tables().get(section, Section), section
         line = find_line(text, section, key)
         field = ".".join(loc)
     if flag:
@@ -86,7 +86,7 @@ def _explain(error: ErrorDetails, path: Path, text: str, override_keys: set[tupl
     doc = _field_doc(model, prefix, key)
 
     if error["type"] == "extra_forbidden":
-        allowed = list(SECTIONS) if len(loc) == 1 else list(model.model_fields)
+        allowed = list(recipe_tables()) if len(loc) == 1 else list(model.model_fields)
         if len(loc) == 1:
             what = f"unknown section [{section}]"
         else:  # "[[data.sources]] #2 key 'pth'" reads better than "key 'pth' in [[data.sources]] #2"

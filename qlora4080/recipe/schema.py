@@ -9,24 +9,37 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..data.vocabulary import DataFormat, TrainOn
+from ..data.vocabulary import FORMATS, TrainOn
 from ..toml_io import dumps_toml
+from .method_tables import declared_methods, method_tables
+from .section import Section
 
 BUILTIN_PREFIX = "builtin:"
-TrainingMethod = Literal["sft", "dpo", "orpo"]
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
+Table = TypeVar("Table", bound=Section)
 
 
-
-class Section(BaseModel):
-    """A recipe table: unknown keys are errors, each field's docstring is its help, assignments are validated too."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
-                              strict=True)
+def _one_of(value: str, choices: list[str]) -> str:
+    """`value` when it is among `choices`, else pydantic's own wording for a Literal ("Input should be 'a' or 'b'")."""
+    if value not in choices:
+        quoted = [f"'{choice}'" for choice in choices]
+        expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return value
 
 
 class ModelSection(Section):
@@ -87,9 +100,9 @@ class SourceSection(Section):
     """Split of a hub dataset."""
     name: str | None = None
     """Name of this pool in tables and tags; default: the file stem or the hub id."""
-    format: Literal["auto", DataFormat, "pairs"] = "auto"
-    """Shape of the records; auto detects messages, sharegpt, prompt_completion and alpaca (for sft), and reads
-    preference pairs (for dpo and orpo: "pairs", {"prompt", "chosen", "rejected"} or two whole conversations)."""
+    format: str = "auto"
+    """Shape of the records; auto detects what the training method reads (for sft: messages, sharegpt,
+    prompt_completion or alpaca); `qlora4080 methods` lists each method's formats."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Field-name overrides for the format, e.g. {user = "question", assistant = "answer"}."""
     weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
@@ -98,6 +111,14 @@ class SourceSection(Section):
     """Tags added to every record of this source (e.g. "json" turns on JSON validity in eval)."""
     max_answer_chars: int | None = Field(default=None, ge=1)
     """Cut assistant answers longer than this many characters."""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        readable = ["auto", *FORMATS]
+        for declaration in declared_methods().values():
+            readable += [name for name in declaration.formats if name not in readable]
+        return _one_of(value, readable)
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceSection:
@@ -150,10 +171,9 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    method: TrainingMethod = "sft"
-    """sft: learn the assistant turns of conversations; dpo: learn to prefer the chosen answer of preference pairs
-    ({"prompt", "chosen", "rejected"} lines) against a reference model, usually an SFT adapter (model.adapter);
-    orpo: the same pairs without a reference model (an odds-ratio penalty added to SFT on the chosen answers)."""
+    method: str = "sft"
+    """The training method: sft (conversations, loss on the assistant turns) or a preference method from an SFT
+    adapter (model.adapter); `qlora4080 methods` lists them all, with the data each reads."""
     # Upper bounds: far past any real run, and short of the integer overflows and hours of work an absurd value
     # (batch_size = 1e12) once reached before anything said no.
     epochs: float = Field(default=1.0, gt=0, le=10_000, allow_inf_nan=False)
@@ -204,28 +224,17 @@ class TrainingSection(Section):
                              "or -1 to train training.epochs epochs")
         return value
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return _one_of(value, list(declared_methods()))
+
     @model_validator(mode="after")
     def _early_stopping_evaluates(self) -> TrainingSection:
         if self.early_stopping_patience and self.eval_steps == 0:
             raise ValueError(f"training.early_stopping_patience = {self.early_stopping_patience} needs evaluations during "
                              "training: set training.eval_steps (e.g. 50), or training.early_stopping_patience = 0")
         return self
-
-
-class PreferenceSection(Section):
-    """Settings of preference tuning (training.method = "dpo")."""
-
-    beta: float = Field(default=0.1, gt=0)
-    """dpo: how far the policy may move from the reference, higher keeps it closer; orpo: the weight of the
-    odds-ratio term beside the SFT loss (ORPO's lambda)."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair"] = "sigmoid"
-    """dpo only: sigmoid is the original DPO; ipo, hinge, robust, ... are TRL's variants of it."""
-    precompute_reference: bool = False
-    """Compute the reference log-probabilities once before training instead of at every step."""
-    sft_weight: float = Field(default=0.0, ge=0)
-    """dpo only: weight of an SFT loss (the chosen answers' negative log-likelihood) added to the preference loss,
-    as RPO and LLaMA-Factory's pref_ftx do; it keeps the chosen answers likely while the rejected ones fall, so
-    greedy answers move toward the chosen ones. 0 = plain DPO."""
 
 
 class OutputSection(Section):
@@ -297,7 +306,6 @@ class Recipe(Section):
     lora: LoraSection = LoraSection()
     data: DataSection
     training: TrainingSection = TrainingSection()
-    preference: PreferenceSection = PreferenceSection()
     output: OutputSection = OutputSection()
 
     source_path: Path | None = Field(default=None, exclude=True)
@@ -305,23 +313,74 @@ class Recipe(Section):
     overrides: list[str] = Field(default_factory=list, exclude=True)
     """The --set overrides this recipe was loaded with (a resume command repeats them)."""
 
-    @model_validator(mode="after")
-    def _method_fits_the_data(self) -> Recipe:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_tables(cls, data: Any, handler: ModelWrapValidatorHandler[Recipe]) -> Recipe:
+        """The tables the training methods add ([preference], [kto], ...), each checked by its method's schema.
+
+        They are not fields of this class: the methods declare them (method_tables.py), so a new method adds its
+        table without editing the schema. Their errors carry their own location, as a field's would.
+        """
+        raw = dict(data) if isinstance(data, dict) else None
+        tables = method_tables()
+        given = {name: raw.pop(name) for name in list(raw) if name in tables} if raw is not None else {}
+        errors: list[InitErrorDetails] = []
+        parsed: dict[str, Section] = {}
+        for name, kind in tables.items():
+            try:
+                value = given.get(name, {})
+                parsed[name] = value if isinstance(value, kind) else kind.model_validate(value)
+            except ValidationError as error:
+                errors += [_located(detail, (name,)) for detail in error.errors()]
+        try:
+            recipe = handler(raw if raw is not None else data)
+        except ValidationError as error:
+            raise ValidationError.from_exception_data(cls.__name__, [_located(d, ()) for d in error.errors()]
+                                                      + errors) from None
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        if raw is not None or not recipe.__pydantic_private__:
+            object.__setattr__(recipe, "__pydantic_private__", {"_tables": parsed})
+        recipe._check_method_fits_the_data()
+        return recipe
+
+    @model_serializer(mode="wrap")
+    def _with_method_tables(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        for name, table in self._method_table_values().items():
+            data[name] = table.model_dump(mode=info.mode, exclude_none=info.exclude_none)
+        return data
+
+    def _method_table_values(self) -> dict[str, Section]:
+        private = self.__pydantic_private__ or {}
+        tables: dict[str, Section] = private.get("_tables", {})
+        return tables
+
+    def table(self, kind: type[Table]) -> Table:
+        """A method's settings table (e.g. the [preference] table of dpo and orpo), with defaults when not written."""
+        for table in self._method_table_values().values():
+            if isinstance(table, kind):
+                return table
+        return kind()
+
+    def _check_method_fits_the_data(self) -> None:
         method = self.training.method
-        if method != "sft":
-            if self.data.packing:
-                raise ValueError(f'data.packing packs conversations for sft; set it to false for training.method = "{method}"')
-            for number, source in enumerate(self.data.sources, start=1):
-                if source.format not in ("auto", "pairs"):
-                    raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "{source.format}", a '
-                                     f'conversation format, but training.method = "{method}" reads preference pairs: '
-                                     'set format = "pairs" (or leave it out)')
-        else:
-            for number, source in enumerate(self.data.sources, start=1):
-                if source.format == "pairs":
-                    raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "pairs", which is for '
-                                     'training.method = "dpo" or "orpo"; sft trains on conversations')
-        return self
+        declaration = declared_methods()[method]
+        if self.data.packing and not declaration.packs:
+            raise ValueError(f'data.packing packs conversations for sft; set it to false for training.method = "{method}"')
+        for number, source in enumerate(self.data.sources, start=1):
+            if source.format not in ("auto", *declaration.formats):
+                owners = [d for d in declared_methods().values() if source.format in d.formats]
+                of = f"a format of {owners[0].reads} (training.method = {_format_list(tuple(d.name for d in owners))})" \
+                    if owners else "a format no training method reads"
+                formats = declaration.formats
+                choice = f"format = {_format_list(formats)}" if len(formats) == 1 else \
+                    f"one of format = {_format_list(formats)}"
+                raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "{source.format}", {of}, '
+                                 f'but training.method = "{method}" reads {declaration.reads}: set {choice} (or leave '
+                                 "it out)")
+        if declaration.check is not None and (problem := declaration.check(self)):
+            raise ValueError(problem)
 
     def resolve_path(self, relative: str) -> Path:
         """A path written in the recipe, resolved against the recipe's folder."""
@@ -358,7 +417,31 @@ SECTIONS: dict[str, type[Section]] = {
     "lora": LoraSection,
     "data": DataSection,
     "training": TrainingSection,
-    "preference": PreferenceSection,
     "output": OutputSection,
 }
-"""The recipe's tables by name, in the order a recipe lists them."""
+"""The recipe's own tables by name, in the order a recipe lists them."""
+
+
+def recipe_tables() -> dict[str, type[Section]]:
+    """Every table a recipe may have: its own, then those the training methods add."""
+    return {**SECTIONS, **method_tables()}
+
+
+def _located(detail: Any, prefix: tuple[str, ...]) -> InitErrorDetails:
+    """One of pydantic's error details, raised again under `prefix` (the method table it came from)."""
+    located: InitErrorDetails = {"type": PydanticCustomError(detail["type"], detail["msg"], detail.get("ctx"))
+                                 if detail["type"] not in _PLAIN_TYPES else detail["type"],
+                                 "loc": (*prefix, *detail["loc"]), "input": detail["input"]}
+    if "ctx" in detail and detail["type"] in _PLAIN_TYPES:
+        located["ctx"] = detail["ctx"]
+    return located
+
+
+_PLAIN_TYPES = frozenset({"extra_forbidden", "missing"})
+"""Error types raised again by their name (problems.py ranks them); others keep their own message."""
+
+
+def _format_list(names: tuple[str, ...]) -> str:
+    """'"a"', '"a" or "b"', '"a", "b" or "c"'."""
+    quoted = [f'"{name}"' for name in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"

@@ -83,7 +83,7 @@ def read_run(run_dir: Path, checkpoints_dir: Path | None = None) -> RunRecord:
         _fill_from_summary(record, summary)
     elif len(log_lines) > 1 and record.status.status != "running":
         record.wall_seconds = _seconds_between(log_lines[0], log_lines[-1])
-    if record.eval_perplexity is None and record.eval_loss is not None and record.method in (None, "sft"):
+    if record.eval_perplexity is None and record.eval_loss is not None and _loss_is_perplexity(record.method):
         record.eval_perplexity = from_loss(record.eval_loss)  # a preference loss is no perplexity
     record.eval_metrics = _read_eval(run_dir / EVAL_FILE, problems)
     record.problems = problems
@@ -238,3 +238,11 @@ def json_number(value: object) -> float | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _loss_is_perplexity(method: str | None) -> bool:
+    """Whether the run's eval_loss is a token cross-entropy (sft; a run too old to record its method was sft)."""
+    from ..methods.registry import METHODS
+
+    spec = METHODS.get(method or "sft")
+    return spec is not None and spec.loss_is_perplexity

@@ -92,9 +92,11 @@ class TrainingView:
                       "grad norm", f"{m['grad_norm']:.3f}" if "grad_norm" in m else "-")
         table.add_row("tokens/s", rates, "eval loss", evaluation)
         if "rewards/margins" in m:  # preference tuning: the numbers that say whether it is working
+            # DPO logs how often the chosen answer wins; KTO (unpaired answers) logs its KL estimate instead
+            right = (("pref accuracy", f"{m['rewards/accuracies']:.0%}") if "rewards/accuracies" in m
+                     else ("kl", f"{m['kl']:.3f}") if "kl" in m else ("", ""))
             table.add_row("reward margin", f"{m['rewards/margins']:.3f} (chosen {m.get('rewards/chosen', 0):.3f}, "
-                          f"rejected {m.get('rewards/rejected', 0):.3f})",
-                          "pref accuracy", f"{m.get('rewards/accuracies', 0):.0%}")
+                          f"rejected {m.get('rewards/rejected', 0):.3f})", *right)
         table.add_row("memory", describe_memory(memory_snapshot(self.hardware)), "", "")
         return Panel(Group(self._progress.get_renderable(), table), title=self.title, border_style="cyan")
 
@@ -122,13 +124,14 @@ _FIELDS: list[tuple[str, Callable[[Any], str]]] = [
     ("eval_loss", lambda v: f"eval_loss {v:.4f} (ppl {from_loss(v):.2f})"),
     ("learning_rate", lambda v: f"lr {v:.2e}"),
     ("grad_norm", lambda v: f"grad {v:.3f}"),
-    # preference tuning (DPO): how far the policy prefers the chosen answer over the rejected one
+    # preference tuning (DPO, KTO): how far the policy prefers the chosen answer over the rejected one
     ("rewards/chosen", lambda v: f"reward chosen {v:.3f}"),
     ("rewards/rejected", lambda v: f"rejected {v:.3f}"),
     ("rewards/margins", lambda v: f"margin {v:.3f}"),
     ("rewards/accuracies", lambda v: f"pref acc {v:.0%}"),
     ("eval_rewards/margins", lambda v: f"eval margin {v:.3f}"),
     ("eval_rewards/accuracies", lambda v: f"eval pref acc {v:.0%}"),
+    ("kl", lambda v: f"kl {v:.3f}"),  # KL to the reference, as KTO (and GRPO with beta > 0) estimate it
     ("tokens_per_second", lambda v: f"{v:.0f} tok/s"),
     ("trained_tokens_per_second", lambda v: f"{v:.0f} trained tok/s"),
     ("memory", lambda v: v),

@@ -35,7 +35,7 @@ def move_aside(path: Path) -> MovedAside:
 
 def produced_output(checkpoint: Path) -> bool:
     """Has the run saved anything worth more than the run it replaced: an adapter or a trainer checkpoint?"""
-    from .rundirs import latest_checkpoint
+    from ..run_folders import latest_checkpoint
 
     return (checkpoint / "adapter_model.safetensors").is_file() or latest_checkpoint(checkpoint) is not None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import QloraError
-from ..recipe import SECTIONS, Recipe
+from ..recipe import Recipe, recipe_tables
 from ..toml_io import dumps_toml, flatten_table, loads_toml
 
 # Changing these on resume leaves the adapter, the data order and the schedule as they were.
@@ -36,7 +36,8 @@ def differences(snapshot_text: str, recipe: Recipe) -> dict[str, tuple[object, o
 def schema_default(key: str) -> object:
     """The default of a recipe key ("training.early_stopping_patience"), as TOML reads it back; None if it has none."""
     section, _, name = key.partition(".")
-    field = SECTIONS[section].model_fields.get(name) if section in SECTIONS else None
+    tables = recipe_tables()
+    field = tables[section].model_fields.get(name) if section in tables else None
     if field is None or field.is_required():
         return None
     value = field.get_default(call_default_factory=True)

@@ -7,7 +7,6 @@ its plan and take part in every step the trainer shares (see distributed.py).
 
 from __future__ import annotations
 
-import shlex
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from .rundirs import (
     find_resume_point,
     plan_run_dirs,
     recipe_inputs,
+    resume_command,
     trainer_state,
 )
 from .saving import remove_dead_staging
@@ -71,7 +71,7 @@ def train(
         try:
             for note in notes:
                 log.line(note, style="yellow")
-            run = _run_class(recipe)(recipe, dirs, log, checkpoint)
+            run = TrainingRun(recipe, dirs, log, checkpoint)
             run.set_up_environment(target_gb)
             run.set_up_model()
             run.set_up_data()
@@ -139,25 +139,3 @@ def _save_on_main_process(run: TrainingRun, output: TrainOutput, eval_metrics: d
     if saved:
         return saved[0]
     return TrainResult(run.dirs.name, run.dirs.checkpoint, run.dirs.logs, summary, model=run.model, tokenizer=run.tokenizer)
-
-
-def _run_class(recipe: Recipe) -> type[TrainingRun]:
-    """The staged run for the recipe's training method: SFT, or preference tuning on top of it."""
-    if recipe.training.method in ("dpo", "orpo"):
-        from ..preference.run import PreferenceRun
-
-        return PreferenceRun
-    return TrainingRun
-
-
-def resume_command(recipe: Recipe, dirs: RunDirs) -> str:
-    """The command that continues this run exactly: same recipe file, same --set values, same run."""
-    from ..distributed import world_size
-
-    source = recipe.source_path
-    shown: Path | str = "RECIPE"
-    if source is not None:
-        shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
-    overrides = "".join(f" --set {shlex.quote(item)}" for item in recipe.overrides)
-    processes = f" --processes {world_size()}" if world_size() > 1 else ""  # the same data order needs as many
-    return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}{processes}"

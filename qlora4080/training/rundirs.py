@@ -10,18 +10,16 @@ come back if the new run fails before it has saved anything (see replace.py).
 
 from __future__ import annotations
 
-import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import QloraError
 from ..recipe import Recipe, run_name_problem
+from ..run_folders import RUN_MARKER, TRAINER_STATE, latest_checkpoint, owns_run_folder, trainer_state
 from .replace import MovedAside, move_aside
 
-RUN_MARKER = ".qlora4080-run"
-TRAINER_STATE = "trainer_state.json"
 # What runs written before the marker existed hold: enough to list them in `runs`, never to delete them.
 EARLIER_RUN_FILES = ("qlora4080.json", "recipe.toml", "train.log", "metrics.jsonl", "summary.json")
 
@@ -92,11 +90,6 @@ def create_run_dirs(dirs: RunDirs, overwrite: bool, inputs: list[Path] | None = 
     return moved
 
 
-def owns_run_folder(path: Path) -> bool:
-    """True only for a folder holding the marker qlora4080 writes: a familiar file name proves nothing."""
-    return (path / RUN_MARKER).is_file()
-
-
 def is_run_folder(path: Path) -> bool:
     """A folder to list in `runs` (marked, or a run from before the marker): for display, never for deleting."""
     return owns_run_folder(path) or any((path / name).is_file() for name in EARLIER_RUN_FILES)
@@ -129,25 +122,6 @@ def recipe_inputs(recipe: Recipe) -> list[Path]:
         if model and Path(model).expanduser().exists():
             paths.append(Path(model).expanduser())
     return paths
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint-N folder with the highest N whose trainer state is intact.
-
-    A kill during a save can leave a truncated trainer_state.json: that
-    checkpoint is passed over for the intact one before it.
-    """
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and trainer_state(p) is not None]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def trainer_state(checkpoint: Path) -> dict[str, Any] | None:
-    """The checkpoint's trainer_state.json as a dict; None when it is missing or damaged."""
-    try:
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
 
 
 def check_not_finished(checkpoint: Path, run_name: str) -> None:
@@ -245,3 +219,16 @@ def find_resume_point(recipe: Recipe, run_name: str | None, resume_from: Path | 
         raise QloraError(f"run '{name}' has no resumable checkpoint in {dirs.checkpoint}", where="--resume",
                          hint="checkpoints are written every training.save_steps steps and on Ctrl-C")
     return dirs, found
+
+
+def resume_command(recipe: Recipe, dirs: RunDirs) -> str:
+    """The command that continues this run exactly: same recipe file, same --set values, same run."""
+    from ..distributed import world_size
+
+    source = recipe.source_path
+    shown: Path | str = "RECIPE"
+    if source is not None:
+        shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
+    overrides = "".join(f" --set {shlex.quote(item)}" for item in recipe.overrides)
+    processes = f" --processes {world_size()}" if world_size() > 1 else ""  # the same data order needs as many
+    return f"qlora4080 train {shlex.quote(str(shown))}{overrides} --resume --run-name {dirs.name}{processes}"

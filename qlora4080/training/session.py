@@ -1,8 +1,9 @@
 """One training run, stage by stage: environment, model, data, LoRA, trainer, fit, evaluate, save.
 
-Each stage is a short method that leaves its result on the run, so a second
-training method (preference tuning) can reuse every stage but `build_trainer`.
-No stage branches on the backend: the backend module does what differs.
+Each stage is a short method that leaves its result on the run. No stage
+branches on the training method or the backend: the method's spec
+(qlora4080/methods) reads and tokenizes its records and builds its trainer,
+and the backend module loads the model.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING
 from ..checkpoint import META_FILE
 from ..console import stage
 from ..errors import QloraError
+from ..methods.registry import method_spec
 from ..perplexity import from_loss
 from ..recipe import Recipe
 from ..thinking import describe
-from .rundirs import RunDirs, latest_checkpoint
+from .rundirs import RunDirs, latest_checkpoint, resume_command
 from .runlog import RunLog
 from .saving import save_adapter
 from .stages import Stages
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ..backends import Backend, BackendName
     from ..data.dataset import TokenizedSplit
     from ..hardware import Hardware
+    from ..methods.spec import MethodSpec
     from ..model_types import Model, Tokenizer
     from ..plan import RunPlan
     from .callbacks import MetricsCallback
@@ -59,6 +62,8 @@ class TrainingRun:
     checkpoint: Path | None
     """The trainer checkpoint to resume from, if any."""
     stages: Stages = field(init=False)
+    method: MethodSpec = field(init=False)
+    """The training method: its records, its trainer."""
     started: float = field(default_factory=time.monotonic)
     hardware: Hardware = field(init=False)
     backend_name: BackendName = field(init=False)
@@ -78,6 +83,7 @@ class TrainingRun:
 
     def __post_init__(self) -> None:
         self.stages = Stages(self.log)
+        self.method = method_spec(self.recipe.training.method)
 
     def set_up_environment(self, target_gb: float | None) -> None:
         """Hardware, doctor's verdict for this recipe, the backend, the preflight, the recipe snapshot."""
@@ -126,7 +132,7 @@ class TrainingRun:
     def set_up_data(self) -> None:
         from .data_setup import prepare_data
 
-        with self.stages.stage("Preparing data (chat template, assistant-only labels)"):
+        with self.stages.stage(f"Preparing {self.method.records.unit} (chat template, trained tokens)"):
             self.train_split, self.eval_split, self.validation_file = prepare_data(self.recipe, self.tokenizer, self.log,
                                                                                    self.guard_data)
 
@@ -205,20 +211,13 @@ class TrainingRun:
         self.trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a readable line instead
 
     def make_trainer(self, callbacks: list[TrainerCallback]) -> CountingTrainer:
-        """TRL's SFTTrainer with token counting; the one stage another training method replaces."""
-        from .config import build_sft_config
-        from .data_setup import pack_splits
-        from .trainer import counting_trainer_class
+        """The training method's TRL trainer, with token counting."""
+        from ..methods.spec import TrainerInputs
 
-        recipe = self.recipe
-        collator = (pack_splits(recipe, self.plan, self.tokenizer, self.train_split, self.eval_split, self.log)
-                    if self.plan.packing else None)
-        config = build_sft_config(recipe, self.plan, self.dirs.checkpoint, has_eval=self.eval_split is not None)
-        return counting_trainer_class()(
-            model=self.model, args=config, train_dataset=self.train_split.dataset,
-            eval_dataset=self.eval_split.dataset if self.eval_split else None, processing_class=self.tokenizer,
-            callbacks=callbacks, data_collator=collator,
-        )
+        return self.method.make_trainer(TrainerInputs(
+            recipe=self.recipe, plan=self.plan, output_dir=self.dirs.checkpoint, model=self.model,
+            tokenizer=self.tokenizer, train=self.train_split, validation=self.eval_split, callbacks=callbacks,
+            log=self.log))
 
     def fit(self) -> TrainOutput:
         """trainer.train() with OOM advice, and Ctrl-C turned into a saved, resumable stop."""
@@ -227,7 +226,7 @@ class TrainingRun:
 
         t = self.recipe.training
         steps = self.trainer.args.max_steps if self.trainer.args.max_steps > 0 else f"{t.epochs:g} epoch(s) of"
-        unit = "conversations" if t.method == "sft" else "preference pairs"
+        unit = self.method.records.unit
         processes = self.trainer.args.world_size
         batch = f"batch {t.batch_size} x grad-accum {t.grad_accum}" + (
             f" x {processes} processes = global batch {global_batch(self.recipe, processes)}" if processes > 1 else "")
@@ -258,7 +257,6 @@ class TrainingRun:
     def _stop_interrupted(self, output: TrainOutput) -> None:
         from ..distributed import is_main_process
         from .interrupts import TrainingInterrupted
-        from .run import resume_command
         from .summary import build_summary, checkpoint_meta
 
         if is_main_process():  # the trainer's checkpoint is written by every process together; the adapter by one
@@ -281,7 +279,7 @@ class TrainingRun:
             return {}
         with self.stages.stage("Evaluating on the validation file"):
             metrics = self.trainer.evaluate()
-            if "eval_loss" in metrics and self.recipe.training.method == "sft":  # a preference loss is no perplexity
+            if "eval_loss" in metrics and self.method.loss_is_perplexity:  # a preference loss is no perplexity
                 metrics["eval_perplexity"] = from_loss(metrics["eval_loss"])
         return metrics
 
