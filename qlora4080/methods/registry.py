@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import QloraError
 from ..recipe.method_tables import declare_method
-from . import dpo, orpo, sft
+from . import dpo, kto, orpo, sft
 from .spec import MethodSpec
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     sft.SPEC,
     dpo.SPEC,
     orpo.SPEC,
+    kto.SPEC,
 )}
 
 for _spec in METHODS.values():
