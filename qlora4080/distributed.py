@@ -62,14 +62,17 @@ def sharding_strategy() -> str | None:
 
 
 def check_sharding_supported(backend: str) -> None:
-    """unsloth trains under plain DDP only; FSDP and DeepSpeed shard what its patched kernels expect whole."""
+    """A backend that is not shardable (unsloth: its patched kernels expect whole weights) trains under plain DDP only."""
+    from .backend_capabilities import backends_that, capabilities
+
     strategy = sharding_strategy()
-    if backend == "unsloth" and strategy is not None:
-        raise QloraError(f"the unsloth backend does not support {strategy} (this launch set "
-                         f"ACCELERATE_USE_{strategy.upper()}=true); with several GPUs it trains as plain DDP only",
-                         where="[model] backend",
-                         hint="--set model.backend=hf to shard with FSDP or DeepSpeed, or launch plain DDP: "
-                              "accelerate launch --config_file accelerate/ddp.yaml -m qlora4080 train RECIPE")
+    if backend == "auto" or strategy is None or capabilities(backend).shardable:
+        return  # "auto" is checked again once the backend is chosen
+    raise QloraError(f"the {backend} backend does not support {strategy} (this launch set "
+                     f"ACCELERATE_USE_{strategy.upper()}=true); with several GPUs it trains as plain DDP only",
+                     where="[model] backend",
+                     hint=f"--set model.backend={backends_that('shardable')[0]} to shard with FSDP or DeepSpeed, or launch "
+                          "plain DDP: accelerate launch --config_file accelerate/ddp.yaml -m qlora4080 train RECIPE")
 
 
 def timeout_seconds() -> int:

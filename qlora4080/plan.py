@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from .backend_capabilities import backends_that, capabilities
 from .errors import QloraError
 from .hardware import Hardware, has_module
 from .vram import EIGHT_BIT_OPTIMIZERS
@@ -142,8 +143,9 @@ def resolve_plan(recipe: Recipe, hardware: Hardware, backend: BackendName) -> Ru
         checkpointing = hardware.is_cuda
     else:
         checkpointing = training.gradient_checkpointing
-    if recipe.data.packing and backend == "unsloth":
-        raise QloraError("data.packing = true is not supported with the unsloth backend yet",
-                         hint="--set model.backend=hf (packs with a block-diagonal mask), or --set data.packing=false")
+    if recipe.data.packing and not capabilities(backend).packs_rows:
+        able = backends_that("packs_rows")
+        raise QloraError(f"data.packing = true is not supported with the {backend} backend yet",
+                         hint=f"--set model.backend={able[0]} (packs with a block-diagonal mask), or --set data.packing=false")
     return RunPlan(backend=backend, loading=loading, optimizer=optimizer, gradient_checkpointing=checkpointing,
                    packing=recipe.data.packing, padding_free=False)

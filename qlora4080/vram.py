@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .architectures import Architecture
+from .backend_capabilities import capabilities
 
 GiB = 2**30
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
@@ -46,7 +47,6 @@ EIGHT_BIT_STATE_BYTES = 2 + 2 * 4 / 256
 EIGHT_BIT_MIN_SIZE = 4096
 """bitsandbytes keeps fp32 states for tensors smaller than this (its min_8bit_size)."""
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
-LOGITS_BYTES = {"hf": 10, "unsloth": 4}
 CUDA_CONTEXT_BYTES = 0.5 * GiB
 ALLOCATOR_SLACK = 0.08
 
@@ -106,7 +106,7 @@ def weight_parts(arch: Architecture, shape: TrainingShape) -> dict[str, float]:
     """Bytes of the base model's weights, by how they are stored."""
     if not shape.load_in_4bit:
         return {f"weights ({8 * shape.weight_bytes}-bit)": arch.total_params * shape.weight_bytes}
-    if shape.backend == "unsloth":
+    if capabilities(shape.backend).keeps_embeddings_16bit:
         rest = (arch.embedding_params + arch.bias_params) * shape.weight_bytes + arch.norm_params * FP32
         label = f"embeddings and head ({8 * shape.weight_bytes}-bit), norms (fp32)"
     else:
@@ -137,7 +137,7 @@ def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
         f"optimizer states ({shape.optimizer})": optimizer_state_bytes(sizes, shape.optimizer),
         f"activations ({'checkpointed' if shape.gradient_checkpointing else 'all layers kept'})": activation_bytes(arch, shape),
         "logits and loss": (shape.batch_size * shape.sequences_per_row * shape.seq_len * arch.vocab
-                            * LOGITS_BYTES.get(shape.backend, 10)),
+                            * capabilities(shape.backend).logits_bytes),
     }
     if shape.reference_adapter:
         parts["reference adapter (frozen copy)"] = adapter * FP32

@@ -81,7 +81,7 @@ def test_bad_choice_lists_allowed_values(tmp_path):
     path = _write(tmp_path, GOOD.replace("max_seq_len = 256", 'max_seq_len = 256\nbackend = "vllm"'))
     with pytest.raises(QloraError) as info:
         load_recipe(path)
-    assert "'auto', 'unsloth' or 'hf'" in info.value.message
+    assert "'auto', 'hf' or 'unsloth'" in info.value.message
 
 
 def test_out_of_range_value(tmp_path):

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from ..recipe import LoraSection, ModelSection
 
 BackendName = Literal["hf", "unsloth"]
-"""A backend that can train: the recipe's "auto" becomes one of these."""
+"""A backend that can train: the recipe's "auto" becomes one of these (backend_capabilities.BACKENDS: a test checks)."""
 BACKEND_NAMES: tuple[BackendName, ...] = get_args(BackendName)
+BACKEND_FUNCTIONS = ("load_model", "attach_lora")
 
 
 class Backend(Protocol):
@@ -37,8 +38,13 @@ class Backend(Protocol):
 def load_backend(name: str) -> Backend:
     """The backend module for "hf" or "unsloth" (imported here, so unsloth's import stays late and explicit)."""
     if name not in BACKEND_NAMES:
-        raise QloraError(f"unknown backend {name!r}", where="[model] backend", hint="use auto, unsloth or hf")
-    return cast(Backend, importlib.import_module(f".{name}", __package__))
+        raise QloraError(f"unknown backend {name!r}", where="[model] backend",
+                         hint=f"use auto, {' or '.join(BACKEND_NAMES)}")
+    module = importlib.import_module(f".{name}", __package__)
+    missing = [function for function in BACKEND_FUNCTIONS if not callable(getattr(module, function, None))]
+    if missing:  # a programming error, named instead of an AttributeError halfway through a run
+        raise TypeError(f"qlora4080.backends.{name} does not implement {', '.join(missing)} of the Backend interface")
+    return cast(Backend, module)
 
 
 def choose_backend(requested: str, hardware: Hardware) -> tuple[BackendName, str]:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..backend_capabilities import BACKENDS
 from ..data.vocabulary import FORMATS, TrainOn
 from ..toml_io import dumps_toml
 from .method_tables import declared_methods, method_tables
@@ -52,8 +53,8 @@ class ModelSection(Section):
     trains several times slower than fp32 (docs/benchmarks.md)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
-    backend: Literal["auto", "unsloth", "hf"] = "auto"
-    """auto: unsloth when CUDA is present and unsloth imports, else transformers + peft (hf)."""
+    backend: str = "auto"
+    """auto: unsloth when CUDA is present and unsloth imports, else transformers + peft (hf); or one of them by name."""
     chat_template: str | None = None
     """Optional path to a Jinja chat template that replaces the tokenizer's own."""
     thinking: bool | Literal["auto"] = "auto"
@@ -65,6 +66,11 @@ class ModelSection(Section):
     adapter: str | None = None
     """A trained checkpoint (checkpoints/<run>, relative to the working directory) to continue from instead of a
     fresh adapter; with training.method = "dpo" a frozen copy of it is the reference policy."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return _one_of(value, ["auto", *BACKENDS])
 
     @field_validator("chat_template", "adapter")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backend_capabilities import capabilities
 from ..errors import QloraError
 from ..plan import RunPlan
 from ..recipe import Recipe
@@ -49,8 +50,8 @@ def trainer_arguments(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_ev
         optim=plan.optimizer,
         bf16=plan.bf16,
         fp16=plan.fp16,
-        # unsloth applies its own checkpointing when the adapter is attached
-        **checkpointing_options(plan.gradient_checkpointing and plan.backend == "hf"),
+        # a backend that applies its own checkpointing when the adapter is attached (unsloth) is not wrapped again
+        **checkpointing_options(plan.gradient_checkpointing and not capabilities(plan.backend).owns_gradient_checkpointing),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,

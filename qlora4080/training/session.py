@@ -163,11 +163,13 @@ class TrainingRun:
         from peft import PeftModel
 
         from ..adapter_files import check_adapter
+        from ..backend_capabilities import backends_that, capabilities
         from ..checkpoint import CheckpointMeta
 
-        if self.backend_name != "hf":
-            raise QloraError("continuing from a trained adapter needs the hf backend for now", where="[model] adapter",
-                             hint="--set model.backend=hf")
+        if not capabilities(self.backend_name).continues_adapter:
+            able = backends_that("continues_adapter")
+            raise QloraError(f"continuing from a trained adapter needs the {' or '.join(able)} backend for now (this run "
+                             f"uses {self.backend_name})", where="[model] adapter", hint=f"--set model.backend={able[0]}")
         check_adapter(folder)
         meta = CheckpointMeta.load(folder)
         if meta is not None and meta.base_model != self.recipe.model.name:
