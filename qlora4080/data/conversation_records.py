@@ -11,12 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import QloraError
 from ..thinking import describe, template_has_switch
-from .conversations import Rejected
 from .formats import DEFAULT_COLUMNS, FormatError, detect_format, to_messages
 from .mixing import conversation_key
-from .records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable
+from .records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
 from .validate import CONTROL_CHARS, validate_messages
 from .vocabulary import FORMATS, Message
 
@@ -63,45 +61,28 @@ class ConversationRecords:
             return str(exc)
 
     def load_pool(self, rows: list[Row], origin: Path, source: SourceSection) -> Pool:
-        stats = PoolStats(name=source.label)
         fmt = source.format
         if fmt == "auto":
             fmt = detect_format([row for _, row, problem in rows if problem is None]) or "messages"
-        stats.format = fmt
-        pool: list[BuildRecord] = []
-        rejects: list[Rejected] = []
-        seen: set[str] = set()
-        for number, row, problem in rows:
-            stats.read += 1
-            messages: list[Message] = []
-            if problem is None:
-                try:
-                    messages = clean(to_messages(row, fmt, source.columns, source.max_answer_chars))
-                    problem = validate_messages(messages)
-                except FormatError as exc:
-                    problem = str(exc)
-            if problem or not isinstance(row, dict):  # to_messages refuses anything but an object
-                stats.rejected += 1
-                rejects.append(Rejected(origin, number, problem or "expected a JSON object"))
-                continue
-            key = conversation_key(messages)
-            if key in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(key)
+        stats = PoolStats(name=source.label, format=fmt)
+
+        def to_record(number: int, row: dict[str, object]) -> BuildRecord | str:
+            try:
+                messages = clean(to_messages(row, fmt, source.columns, source.max_answer_chars))
+            except FormatError as exc:
+                return str(exc)
+            if problem := validate_messages(messages):
+                return problem
             extra_tags = row.get("tags")
             record: dict[str, object] = {
                 "id": f"{stats.name}-{number}", "messages": messages, "source": stats.name,
                 "tags": sorted(set(source.tags) | set(map(str, extra_tags if isinstance(extra_tags, list) else [])))}
             if row.get("tools"):
                 record["tools"] = row["tools"]
-            pool.append(record)
-        stats.kept = len(pool)
-        if rows and not pool:
-            first = rejects[0] if rejects else "all duplicates"
-            raise QloraError(f"source '{stats.name}' has no usable record; first problem: {first}",
-                             hint="check the format and columns of this source with `qlora4080 data check`")
-        return Pool(pool, stats, rejects)
+            return record
+
+        return gather_pool(rows, origin, stats, to_record, self.key, unit="record",
+                           hint="check the format and columns of this source with `qlora4080 data check`")
 
     def key(self, record: BuildRecord) -> str:
         messages = record["messages"]

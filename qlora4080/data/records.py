@@ -10,17 +10,19 @@ satisfies `RecordKind`, wherever it is written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from ..errors import QloraError
+from .conversations import Rejected
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..model_types import Tokenizer
     from ..recipe import Recipe, SourceSection
-    from .conversations import Rejected
     from .dataset import SourceTokens, TokenizedSplit
     from .jsonl import Row
 
@@ -53,6 +55,37 @@ class Pool:
     records: list[BuildRecord]
     stats: PoolStats
     rejected: list[Rejected] = field(default_factory=list)
+
+
+def gather_pool(rows: list[Row], origin: Path, stats: PoolStats,
+                to_record: Callable[[int, dict[str, object]], BuildRecord | str], key: Callable[[BuildRecord], str],
+                *, unit: str, hint: str) -> Pool:
+    """One source's rows -> its records, each content once (`key`), with counts and why each other row was refused.
+
+    `to_record(line number, row)` is the kind's reader: a build record, or the reason the row is not one.
+    A source whose rows all fail stops the build, naming the first reason.
+    """
+    pool: list[BuildRecord] = []
+    rejects: list[Rejected] = []
+    seen: set[str] = set()
+    for number, row, problem in rows:
+        stats.read += 1
+        record = problem or (to_record(number, row) if isinstance(row, dict) else "expected a JSON object")
+        if isinstance(record, str):
+            stats.rejected += 1
+            rejects.append(Rejected(origin, number, record))
+            continue
+        content = key(record)
+        if content in seen:
+            stats.duplicates += 1
+            continue
+        seen.add(content)
+        pool.append(record)
+    stats.kept = len(pool)
+    if rows and not pool:
+        first = rejects[0] if rejects else "all duplicates"
+        raise QloraError(f"source '{stats.name}' has no usable {unit}; first problem: {first}", hint=hint)
+    return Pool(pool, stats, rejects)
 
 
 @dataclass(frozen=True)

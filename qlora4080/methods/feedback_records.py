@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from ..data.conversations import Rejected
 from ..data.mixing import conversation_key
-from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable
+from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
 from ..data.validate import validate_messages
 from ..data.vocabulary import Message
 from ..errors import QloraError
@@ -146,32 +146,16 @@ class FeedbackRecords:
                              "records do not have", where="[[data.sources]] columns",
                              hint=f"feedback columns are {', '.join(FEEDBACK_FIELDS)}")
         stats = PoolStats(name=source.label, format=FEEDBACK_FORMAT)
-        pool: list[BuildRecord] = []
-        rejects: list[Rejected] = []
-        seen: set[str] = set()
-        for number, row, problem in rows:
-            stats.read += 1
-            read: Feedback | str = problem or "expected a JSON object"
-            if problem is None and isinstance(row, dict):
-                read = to_feedback(with_feedback_fields(row, source.columns), f"{stats.name}-{number}")
+
+        def to_record(number: int, row: dict[str, object]) -> BuildRecord | str:
+            read = to_feedback(with_feedback_fields(row, source.columns), f"{stats.name}-{number}")
             if isinstance(read, str):
-                stats.rejected += 1
-                rejects.append(Rejected(origin, number, read))
-                continue
-            assert isinstance(row, dict)  # to_feedback only accepts an object
-            record = _build_record(read, f"{stats.name}-{number}", stats.name, source, row.get("tags"))
-            key = self.key(record)
-            if key in seen:  # the same answer to the same prompt: the first label read wins
-                stats.duplicates += 1
-                continue
-            seen.add(key)
-            pool.append(record)
-        stats.kept = len(pool)
-        if rows and not pool:
-            first = rejects[0] if rejects else "all duplicates"
-            raise QloraError(f"source '{stats.name}' has no usable feedback record; first problem: {first}",
-                             hint="check it with `qlora4080 data check FILE --format feedback`")
-        return Pool(pool, stats, rejects)
+                return read
+            return _build_record(read, f"{stats.name}-{number}", stats.name, source, row.get("tags"))
+
+        # the same answer to the same prompt twice is one record: the first label read wins
+        return gather_pool(rows, origin, stats, to_record, self.key, unit="feedback record",
+                           hint="check it with `qlora4080 data check FILE --format feedback`")
 
     def key(self, record: BuildRecord) -> str:
         """The prompt and the answer (not the label: one answer labelled both ways is one record)."""

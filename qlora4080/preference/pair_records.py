@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data.conversations import Rejected
 from ..data.mixing import conversation_key
-from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable
+from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
 from ..data.validate import CONTROL_CHARS
 from ..data.vocabulary import Message
 from ..errors import QloraError
@@ -53,37 +52,18 @@ class PairRecords:
             raise QloraError(f"source '{source.label}': columns names {', '.join(map(repr, unknown))}, which pairs do "
                              "not have", where="[[data.sources]] columns", hint=f"pair columns are {', '.join(PAIR_FIELDS)}")
         stats = PoolStats(name=source.label, format=PAIR_FORMAT)
-        pool: list[BuildRecord] = []
-        rejects: list[Rejected] = []
-        seen: set[str] = set()
-        for number, row, problem in rows:
-            stats.read += 1
-            pair: PreferencePair | str = problem or "expected a JSON object"
-            if problem is None and isinstance(row, dict):
-                pair = to_pair(with_pair_fields(row, source.columns), f"{stats.name}-{number}")
+
+        def to_record(number: int, row: dict[str, object]) -> BuildRecord | str:
+            pair = to_pair(with_pair_fields(row, source.columns), f"{stats.name}-{number}")
             if isinstance(pair, str):
-                stats.rejected += 1
-                rejects.append(Rejected(origin, number, pair))
-                continue
-            assert isinstance(row, dict)  # to_pair only accepts an object
+                return pair
             record = _build_record(pair, f"{stats.name}-{number}", stats.name, source, row.get("tags"))
             if record["chosen"] == record["rejected"]:
-                stats.rejected += 1
-                rejects.append(Rejected(origin, number, f"'chosen' and 'rejected' are the same once cut to "
-                                                        f"max_answer_chars = {source.max_answer_chars}"))
-                continue
-            key = self.key(record)
-            if key in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(key)
-            pool.append(record)
-        stats.kept = len(pool)
-        if rows and not pool:
-            first = rejects[0] if rejects else "all duplicates"
-            raise QloraError(f"source '{stats.name}' has no usable preference pair; first problem: {first}",
-                             hint="check it with `qlora4080 data check FILE --format pairs`")
-        return Pool(pool, stats, rejects)
+                return f"'chosen' and 'rejected' are the same once cut to max_answer_chars = {source.max_answer_chars}"
+            return record
+
+        return gather_pool(rows, origin, stats, to_record, self.key, unit="preference pair",
+                           hint="check it with `qlora4080 data check FILE --format pairs`")
 
     def key(self, record: BuildRecord) -> str:
         """The prompt and both answers, in order."""
