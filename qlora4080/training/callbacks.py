@@ -10,16 +10,12 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..hardware import Hardware, describe_memory, memory_snapshot
-from .panel import TrainingView, format_line
+from .panel import MetricRecord, TrainingView, format_line
 from .runlog import RunLog
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     from .trainer import CountingTrainer
 
-MetricRecord: TypeAlias = dict[str, int | float | str]
-"""One line of metrics.jsonl: step, epoch, trainer logs (loss, lr, ...), token rates, memory."""
 
 
 class MetricsCallback(TrainerCallback):

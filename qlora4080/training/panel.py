@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
 
 from rich.console import Group
 from rich.live import Live
@@ -22,10 +22,11 @@ from ..console import console
 from ..hardware import Hardware, describe_memory, memory_snapshot
 from ..perplexity import from_loss
 
-if TYPE_CHECKING:
-    from .callbacks import MetricRecord
-
 SMOOTHING = 0.9  # exponential moving average of the loss
+
+
+MetricRecord: TypeAlias = dict[str, int | float | str]
+"""One line of metrics.jsonl: step, epoch, trainer logs (loss, lr, ...), token rates, memory (written by callbacks.py)."""
 
 
 class TrainingView:

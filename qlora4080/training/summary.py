@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..data.dataset import TokenizedSplit
     from ..model_types import Model
     from ..plan import RunPlan
-    from .callbacks import MetricRecord
+    from .panel import MetricRecord
     from .trainer import CountingTrainer
 
 
