@@ -1,7 +1,7 @@
 """The training methods, one line each; recipes, the data commands, the preflight and the CLI read them here.
 
 Importing this module declares every method to the recipe schema
-(recipe/method_tables.py); qlora4080/__init__.py imports it, so a recipe is
+(recipe/method_tables.py, and each method's recipe check to the Recipe); qlora4080/__init__.py imports it, so a recipe is
 never validated before the methods are known.
 """
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import QloraError
 from ..recipe.method_tables import declare_method
+from ..recipe.schema import add_method_check
 from . import dpo, kto, orpo, sft
 from .spec import MethodSpec
 
@@ -26,6 +27,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
 
 for _spec in METHODS.values():
     declare_method(_spec.declaration())
+    if _spec.check_recipe is not None:
+        add_method_check(_spec.name, _spec.check_recipe)
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -92,5 +92,4 @@ class MethodSpec:
     def declaration(self) -> MethodDeclaration:
         """What recipes need to know of the method (recipe/method_tables.py)."""
         return MethodDeclaration(name=self.name, summary=self.summary, formats=self.records.formats,
-                                 reads=self.records.unit, packs=self.packs, table=self.table, settings=self.settings,
-                                 check=self.check_recipe)
+                                 reads=self.records.unit, packs=self.packs, table=self.table, settings=self.settings)

@@ -25,6 +25,7 @@ from .schema import (
     Section,
     SourceSection,
     TrainingSection,
+    add_method_check,
     recipe_tables,
     run_name_problem,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Section",
     "SourceSection",
     "TrainingSection",
+    "add_method_check",
     "declare_method",
     "declared_methods",
     "dumps_toml",

@@ -5,18 +5,17 @@ trainers from it). Each one declares itself here when qlora4080 is imported,
 the way a plugin registers with its host, so the recipe's `training.method`
 choices, its method tables (`[preference]`, `[kto]`) and the source formats a
 method accepts all come from the methods, and adding one edits no schema.
+
+This module sits below the schema and knows no Recipe: what else a method
+needs of a whole recipe (e.g. batch_size > 1) is a check on the Recipe, so it
+registers with the Recipe (schema.add_method_check), and imports run one way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .section import Section
-
-if TYPE_CHECKING:
-    from .schema import Recipe
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,6 @@ class MethodDeclaration:
     """The recipe table holding its settings, e.g. "preference"; methods may share one."""
     settings: type[Section] | None = None
     """That table's schema (defaults for every key)."""
-    check: Callable[[Recipe], str | None] | None = None
-    """What else the method needs of a recipe (e.g. batch_size > 1), as a message; None when it fits."""
 
 
 _DECLARED: dict[str, MethodDeclaration] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -385,7 +386,8 @@ class Recipe(Section):
                 raise ValueError(f'[[data.sources]] {number} ({source.label}) has format = "{source.format}", {of}, '
                                  f'but training.method = "{method}" reads {declaration.reads}: set {choice} (or leave '
                                  "it out)")
-        if declaration.check is not None and (problem := declaration.check(self)):
+        check = _METHOD_CHECKS.get(method)
+        if check is not None and (problem := check(self)):
             raise ValueError(problem)
 
     def resolve_path(self, relative: str) -> Path:
@@ -416,6 +418,17 @@ class Recipe(Section):
         if "chat_template" in data["model"]:
             data["model"]["chat_template"] = str(self.resolve_path(data["model"]["chat_template"]))
         return dumps_toml(data)
+
+
+RecipeCheck = Callable[[Recipe], str | None]
+"""What else a training method needs of a recipe, as a message naming the key; None when the recipe fits."""
+
+_METHOD_CHECKS: dict[str, RecipeCheck] = {}
+
+
+def add_method_check(method: str, check: RecipeCheck) -> None:
+    """Check every recipe of `method` with `check` when it loads (needs its settings table's schema cannot say)."""
+    _METHOD_CHECKS[method] = check
 
 
 SECTIONS: dict[str, type[Section]] = {
