@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data.render import render_conversation, special_tokens
 from .errors import QloraError
+from .eval_report import AnswerRow, EvalReport, Metrics, MetricValue, Number
 from .eval_rules import Generated, json_check, usability_failures
 from .infer import ChatModel, adapter_switch, generate_answers
 from .perplexity import from_loss
@@ -80,7 +81,7 @@ def perplexity(chat: ChatModel, records: list[EvalRecord], *, train_on: TrainOn 
     return {"perplexity": from_loss(mean), "mean_nll": mean, "tokens": total_tokens}
 
 
-def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) -> tuple[dict[str, MetricValue], list[AnswerRow]]:
     """Usability, JSON and task metrics (exact match, F1) for one model's answers, plus a per-record table."""
     specials = special_tokens(chat.tokenizer)
     failures: Counter[str] = Counter()
@@ -91,19 +92,19 @@ def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) 
         reasons = usability_failures(answer, specials)
         failures.update(reasons)
         usable += not reasons
-        row: dict[str, Any] = {"id": record.id, "answer": answer.text, "usable": not reasons, "failures": reasons}
+        checks: dict[str, object] = {}
         if "json" in record.tags:
             valid, same_keys = json_check(answer.text, record.reference)
             json_total += 1
             json_valid += valid
-            row["json_valid"] = valid
+            checks["json_valid"] = valid
             if same_keys is not None:
                 keys_total += 1
                 keys_match += same_keys
-                row["json_same_keys"] = same_keys
-        row |= tasks.add(record.tags, answer.text, record.reference)
-        rows.append(row)
-    metrics: dict[str, Any] = {
+                checks["json_same_keys"] = same_keys
+        checks |= tasks.add(record.tags, answer.text, record.reference)
+        rows.append(AnswerRow(record.id, answer.text, not reasons, tuple(reasons), checks))
+    metrics: dict[str, MetricValue] = {
         "records": len(records),
         "usability_rate": usable / max(len(records), 1),
         "failures": dict(failures),
@@ -118,20 +119,20 @@ def score(chat: ChatModel, records: list[EvalRecord], answers: list[Generated]) 
 
 def evaluate(chat: ChatModel, records: list[EvalRecord], *, baseline: bool = False, max_new_tokens: int = 256,
              batch_size: int = 8, max_seq_len: int = 2048, train_on: TrainOn = "assistant",
-             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """{"adapter": metrics, "base": metrics (with baseline), "records": per-record answers}."""
+             on_batch: Callable[[int], None] | None = None) -> EvalReport:
+    """Metrics and answers of the checkpoint ("adapter", or "model" without one), with baseline the base model's first."""
     variants = [("adapter", True)] if chat.has_adapter else [("model", True)]
     if baseline and chat.has_adapter:
         variants.insert(0, ("base", False))
-    report: dict[str, Any] = {"records": {}}
+    metrics: dict[str, Metrics] = {}
+    rows: dict[str, list[AnswerRow]] = {}
     for name, use_adapter in variants:
-        metrics = perplexity(chat, records, train_on=train_on, max_seq_len=max_seq_len, batch_size=batch_size, use_adapter=use_adapter)
+        measured = perplexity(chat, records, train_on=train_on, max_seq_len=max_seq_len, batch_size=batch_size, use_adapter=use_adapter)
         answers = generate_answers(chat, [r.prompt for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    use_adapter=use_adapter, tools=[r.tools for r in records], on_batch=on_batch)
-        quality, rows = score(chat, records, answers)
-        report[name] = {**metrics, **quality}
-        report["records"][name] = rows
-    return report
+        quality, rows[name] = score(chat, records, answers)
+        metrics[name] = {**measured, **quality}
+    return EvalReport(metrics, rows)
 
 
 METRICS = [
@@ -150,36 +151,37 @@ COUNTED_BY = {"exact_match_rate": "exact_match_records", "token_f1": "f1_records
 """Metrics whose label shows how many records they were computed on (the same for every model)."""
 
 
-def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def report_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table: metric, base, (sft,) adapter, and the adapter's delta.
 
     The delta compares the adapter with the column before it: the base model,
     or for a preference-tuned run the SFT model it started from.
     """
-    columns = [name for name in ("base", "sft", "adapter", "model") if name in report]
+    columns = [name for name in ("base", "sft", "adapter", "model") if name in report.metrics]
     compared = len(columns) >= 2
     header = ["metric", *columns] + ([f"delta vs {columns[-2]}" if len(columns) > 2 else "delta"] if compared else [])
     rows = []
     for key, label, fmt in METRICS:
-        values = [report[c].get(key) for c in columns]
+        values = [report.number(c, key) for c in columns]
         if all(v is None for v in values):
             continue
-        label = _with_count(label, {report[c].get(COUNTED_BY[key]) for c in columns} if key in COUNTED_BY else set())
+        label = _with_count(label, {report.number(c, COUNTED_BY[key]) for c in columns} if key in COUNTED_BY else set())
         row = [label, *("-" if v is None else fmt.format(v) for v in values)]
-        if compared and values[-1] is not None and values[-2] is not None:
-            delta = values[-1] - values[-2]
+        last, before = values[-1], values[-2] if compared else None
+        if compared and last is not None and before is not None:
+            delta = last - before
             row.append(("+" if delta >= 0 else "") + (fmt.format(delta) if "%" in fmt else f"{delta:.3f}"))
         elif compared:
             row.append("")
         rows.append(row)
     for column in columns:
-        for reason, count in sorted(report[column]["failures"].items()):
+        for reason, count in sorted(report.failures(column).items()):
             rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if compared else []))
             rows[-1][1 + columns.index(column)] = str(count)
     return header, rows
 
 
-def _with_count(label: str, counts: set[int | None]) -> str:
+def _with_count(label: str, counts: set[Number | None]) -> str:
     """The label with its record count, "token F1 (tagged math/short, 19 records)", when every model has that count."""
     if len(counts) != 1 or None in counts:
         return label
@@ -217,7 +219,7 @@ def _our_report(path: Path) -> bool:
     return isinstance(data, dict) and "data" in data and "records" in data
 
 
-def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Path, Path]:
+def write_report(report: EvalReport, folder: Path, source: str) -> tuple[Path, Path]:
     """eval.json (everything, per-record answers included) and eval.md (the table).
 
     Each through a temporary file and a rename: a link at either name is replaced, never written through,
@@ -227,7 +229,7 @@ def write_report(report: dict[str, Any], folder: Path, source: str) -> tuple[Pat
 
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
-    write_text_atomically(json_path, json.dumps({"data": source, **report}, indent=2, ensure_ascii=False))
+    write_text_atomically(json_path, json.dumps({"data": source, **report.to_json()}, indent=2, ensure_ascii=False))
     header, rows = report_rows(report)
     lines = [f"{MD_TITLE}\nData: `{source}`\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

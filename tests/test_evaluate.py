@@ -12,6 +12,7 @@ from conftest import CLI, DEMO_DATA, REPO, write_recipe
 from qlora4080.data.conversations import read_conversations
 from qlora4080.data.render import render_conversation
 from qlora4080.errors import QloraError
+from qlora4080.eval_report import AnswerRow, EvalReport, PairRow
 from qlora4080.eval_rules import Generated
 from qlora4080.evaluate import evaluate, perplexity, report_rows, score, to_eval_records, write_report
 from qlora4080.infer import generate, generate_answers, load_for_chat
@@ -67,12 +68,13 @@ def test_batched_left_padded_generation_equals_one_at_a_time(chat, records):
 def test_evaluate_with_baseline_and_report_files(chat, records, tmp_path):
     report = evaluate(chat, records, baseline=True, max_new_tokens=8, batch_size=4)
     for side in ("base", "adapter"):
-        assert 0.0 <= report[side]["usability_rate"] <= 1.0
-        assert report[side]["json_records"] == 5  # the demo data is tagged json
-        assert len(report["records"][side]) == 5
+        assert 0.0 <= report.metrics[side]["usability_rate"] <= 1.0
+        assert report.metrics[side]["json_records"] == 5  # the demo data is tagged json
+        assert len(report.rows[side]) == 5
     json_path, md_path = write_report(report, tmp_path, "validation.jsonl")
     saved = json.loads(json_path.read_text())
-    assert saved["adapter"]["perplexity"] == report["adapter"]["perplexity"]
+    assert saved["adapter"]["perplexity"] == report.metrics["adapter"]["perplexity"]
+    assert saved["records"]["base"] == [row.to_json() for row in report.rows["base"]]
     table = md_path.read_text()
     assert "| metric | base | adapter | delta |" in table and "perplexity (assistant tokens)" in table
 
@@ -110,7 +112,7 @@ def test_score_adds_exact_match_and_f1_to_tagged_records_only(chat):
     metrics, rows = score(chat, records, answers)
     assert metrics["exact_match_rate"] == 0.5 and metrics["exact_match_records"] == 2 and metrics["exact_match_unscored"] == 1
     assert metrics["f1_records"] == 4 and metrics["token_f1"] == pytest.approx((0.5 + 0.0 + 0.0 + 1.0) / 4)
-    by_id = {row["id"]: row for row in rows}
+    by_id = {row.id: row.checks for row in rows}
     assert by_id["m1"]["answer_number"] == "12" and by_id["m1"]["exact_match"] is True
     assert by_id["m2"]["answer_number"] == "28" and by_id["m2"]["reference_number"] == "27" and by_id["m2"]["exact_match"] is False
     assert "exact_match" not in by_id["m3"] and by_id["m3"]["reference_number"] is None
@@ -118,8 +120,8 @@ def test_score_adds_exact_match_and_f1_to_tagged_records_only(chat):
     assert not {"exact_match", "f1", "answer_number"} & set(by_id["e1"])
 
 
-def _report(**metrics: dict) -> dict:
-    return {side: {"failures": {}, **values} for side, values in metrics.items()} | {"records": {}}
+def _report(**metrics: dict) -> EvalReport:
+    return EvalReport({side: {"failures": {}, **values} for side, values in metrics.items()}, {})
 
 
 def test_report_rows_show_task_metrics_with_counts_and_delta():
@@ -135,6 +137,22 @@ def test_report_rows_show_task_metrics_with_counts_and_delta():
 def test_report_rows_leave_out_task_metrics_without_tagged_records():
     _, rows = report_rows(_report(model={"perplexity": 2.0, "usability_rate": 1.0}))
     assert [row[0] for row in rows] == ["perplexity (assistant tokens)", "usability rate"]
+
+
+def test_eval_json_is_each_models_metrics_then_each_models_rows():
+    """The shape users and `runs` read: a column per model, failures inside it, rows under "records"."""
+    answers = EvalReport({"adapter": {"perplexity": 2.0, "usability_rate": 0.5, "failures": {"empty": 1}}},
+                         {"adapter": [AnswerRow("a", "{}", True, (), {"json_valid": True}), AnswerRow("b", "", False, ("empty",))]})
+    assert answers.to_json() == {
+        "adapter": {"perplexity": 2.0, "usability_rate": 0.5, "failures": {"empty": 1}},
+        "records": {"adapter": [{"id": "a", "answer": "{}", "usable": True, "failures": [], "json_valid": True},
+                                {"id": "b", "answer": "", "usable": False, "failures": ["empty"]}]}}
+    assert answers.number("adapter", "failures") is None and answers.failures("adapter") == {"empty": 1}
+    pairs = EvalReport({"base": {"pairs": 1, "failures": {}}, "adapter": {"pairs": 1, "reward_margin": 0.5, "failures": {}}},
+                       {"base": [PairRow("p", -1.0, False)], "adapter": [PairRow("p", 2.0, True)]})
+    assert list(pairs.to_json()) == ["base", "adapter", "records"]
+    assert pairs.to_json()["records"] == {"base": [{"id": "p", "margin": -1.0, "prefers_chosen": False}],
+                                          "adapter": [{"id": "p", "margin": 2.0, "prefers_chosen": True}]}
 
 
 def test_tags_of_eval_records():

@@ -57,7 +57,7 @@ def test_dpo_makes_the_model_prefer_the_chosen_answers(tmp_path, tiny_model_dir,
     # eval --baseline on pairs: the same comparison, as a report with the base model beside the adapter
     report = evaluate_pairs(ChatModel(result.model, smol_tokenizer, "", True), read_pairs(tmp_path / "pairs.jsonl").pairs,
                             max_seq_len=128, baseline=True)
-    assert report["adapter"]["mean_margin"] > report["base"]["mean_margin"] + 1.0
+    assert report.metrics["adapter"]["mean_margin"] > report.metrics["base"]["mean_margin"] + 1.0
     header, rows = report_rows(report)
     assert header == ["metric", "base", "adapter", "delta"]
     assert any(row[0].startswith("prefers the chosen answer") for row in rows)
@@ -71,7 +71,7 @@ def test_dpo_makes_the_model_prefer_the_chosen_answers(tmp_path, tiny_model_dir,
     assert outcome.exit_code == 0, outcome.output
     assert "Preference evaluation on 24 pairs" in outcome.output
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert saved["adapter"]["mean_margin"] == pytest.approx(report["adapter"]["mean_margin"], abs=1e-3)
+    assert saved["adapter"]["mean_margin"] == pytest.approx(report.metrics["adapter"]["mean_margin"], abs=1e-3)
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_an_sft_adapter_is_the_reference(tmp_path, tiny_model_dir, tiny_checkpoi
     report = evaluate_pairs(ChatModel(model, smol_tokenizer, "", True), pairs, max_seq_len=128, baseline=True,
                             sft_adapter=Path(meta.started_from))
     sft_margins = [c - r for c, r in zip(expected, answer_log_probs(sft, rows, "rejected_ids"))]
-    assert report["sft"]["mean_margin"] == pytest.approx(sum(sft_margins) / len(sft_margins), abs=1e-3)
+    assert report.metrics["sft"]["mean_margin"] == pytest.approx(sum(sft_margins) / len(sft_margins), abs=1e-3)
     assert report_rows(report)[0] == ["metric", "base", "sft", "adapter", "delta vs sft"]
     assert list(model.peft_config) == ["default", "ref"]  # the SFT adapter was loaded for the comparison only
 

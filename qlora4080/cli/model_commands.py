@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -23,6 +23,7 @@ from .outputs import check_input_file, check_output_file, check_output_folder, r
 
 if TYPE_CHECKING:
     from ..batch_infer import PromptFile
+    from ..eval_report import EvalReport
     from ..gguf_export import GgufResult
     from ..methods.spec import MethodSpec
 
@@ -143,7 +144,7 @@ def _method_evaluating(source: Path) -> MethodSpec | None:
     return next((spec for spec in METHODS.values() if spec.evaluate is not None and spec.records.detect(first)), None)
 
 
-def _print_report(report: dict[str, Any], title: str) -> None:
+def _print_report(report: EvalReport, title: str) -> None:
     from rich.table import Table
 
     from ..evaluate import report_rows

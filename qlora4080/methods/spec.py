@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..checkpoint import CheckpointMeta
     from ..data.dataset import TokenizedSplit
     from ..data.records import Log, RecordKind
+    from ..eval_report import EvalReport
     from ..model_types import Model, Tokenizer
     from ..plan import RunPlan
     from ..recipe import Recipe, Section
@@ -55,8 +56,8 @@ class EvalRequest:
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    report: dict[str, object]
-    """eval.json: {"adapter": metrics, "base"/... with baseline, "records": per-record rows}."""
+    report: EvalReport
+    """Each model's metrics ("adapter", with baseline "base"/"sft") and per-record rows: eval.json and the table."""
     title: str
 
 

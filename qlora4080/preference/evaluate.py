@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..eval_report import EvalReport, Metrics, MetricValue, PairRow
 from .pairs import PreferencePair
 from .score import PairLogProbs, pair_log_probs, preference_score
 from .tokens import tokenize_pairs
@@ -30,8 +31,8 @@ def looks_like_pairs(path: Path) -> bool:
 
 
 def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len: int, baseline: bool = False,
-                   sft_adapter: Path | None = None, batch_size: int = 8) -> dict[str, object]:
-    """{"adapter": metrics, "base"/"sft": metrics with baseline, "records": per-pair margins}."""
+                   sft_adapter: Path | None = None, batch_size: int = 8) -> EvalReport:
+    """Metrics and per-pair margins of the checkpoint ("adapter"), with baseline also "base" and "sft" before it."""
     tokenized = tokenize_pairs(pairs, chat.tokenizer, max_seq_len)
     rows = tokenized.rows
     scores: dict[str, PairLogProbs] = {}
@@ -46,23 +47,21 @@ def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len:
                 chat.model.set_adapter("default")
                 chat.model.delete_adapter("sft")
     scores["adapter" if chat.has_adapter else "model"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
-    report: dict[str, object] = {}
-    records: dict[str, list[dict[str, object]]] = {}
+    report: dict[str, Metrics] = {}
+    records: dict[str, list[PairRow]] = {}
     # DPO's own measure: does the model prefer the chosen answer more than the model it started from does?
     # (the plain comparison saturates once the starting model already prefers every chosen answer)
     reference = scores.get("sft", scores.get("base"))
     for name, logps in scores.items():
         score = preference_score(logps)
-        metrics: dict[str, object] = {"pairs": score.pairs, "preference_accuracy": score.accuracy,
+        metrics: dict[str, MetricValue] = {"pairs": score.pairs, "preference_accuracy": score.accuracy,
                                       "mean_margin": score.mean_margin, "failures": {}}
         if reference is not None and name in ("adapter", "model"):  # the trained model against where it started
             relative = preference_score(logps, reference)
             metrics |= {"reward_accuracy": relative.accuracy, "reward_margin": relative.mean_margin}
         report[name] = metrics
-        records[name] = [{"id": pair.id, "margin": c - r, "prefers_chosen": c > r}
-                         for pair, c, r in zip(tokenized.kept, logps.chosen, logps.rejected)]
-    report["records"] = records
-    return report
+        records[name] = [PairRow(pair.id, c - r, c > r) for pair, c, r in zip(tokenized.kept, logps.chosen, logps.rejected)]
+    return EvalReport(report, records)
 
 
 def evaluate_pair_file(request: EvalRequest) -> EvalOutcome:
