@@ -29,6 +29,9 @@ from typing import Any
 import pytest
 from stack_lock import REPO
 
+from qlora4080.preference.trainer import COMPLETION_COLUMNS, PAIR_COLUMNS
+from qlora4080.training.token_counting import tokens_in
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # importing trl.experimental (ORPO) prints a notice otherwise
 
 PACKAGE = REPO / "qlora4080"
@@ -140,7 +143,7 @@ HOOKS = [
          used_in=(("trl.experimental.orpo.ORPOTrainer.__init__", "map(self.tokenize_row"),
                   ("trl.experimental.orpo.ORPOTrainer.tokenize_row", 'batch["chosen_labels"]'))),
     Hook("transformers.Trainer.training_step",
-         "training/trainer.py CountingSFTTrainer, preference/trainer.py CountsCompletionTokens (DPO, KTO), QloraORPOTrainer",
+         "training/token_counting.py CountsTokens (in the SFT, DPO, ORPO and KTO trainers)",
          "the panel's token counters are summed in training_step, which calls super() positionally: keep our "
          "signature and the super() call in step with the library's",
          parameters=("model", "inputs", "num_items_in_batch"), defaults=(("num_items_in_batch", None),),
@@ -416,10 +419,11 @@ def test_dpo_takes_the_pairs_we_tokenized() -> None:
     assert columns <= kept, (
         f"DPOTrainer keeps only the columns {sorted(kept)} (remove_unused_columns): our pairs {sorted(columns)} would be dropped")
     batch = DataCollatorForPreference(pad_token_id=0)([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}])
-    # CountsCompletionTokens.training_step counts these two
+    # CountsTokens.training_step counts these two (COMPLETION_COLUMNS)
     assert int(batch["attention_mask"].sum()) == 9 and int(batch["completion_mask"].sum()) == 3, (
-        f"DPO's collator now returns {sorted(batch)}: CountsCompletionTokens.training_step reads attention_mask and "
-        "completion_mask for the panel's token counts")
+        f"DPO's collator now returns {sorted(batch)}: COMPLETION_COLUMNS (preference/trainer.py) name attention_mask "
+        "and completion_mask for the panel's token counts")
+    assert tokens_in(batch, COMPLETION_COLUMNS) == (9, 3)
 
 
 def test_orpo_takes_the_rows_orpo_columns_writes() -> None:
@@ -437,11 +441,12 @@ def test_orpo_takes_the_rows_orpo_columns_writes() -> None:
     init = inspect.getsource(resolve("trl.experimental.orpo.ORPOTrainer.__init__"))
     assert "DPODataCollatorWithPadding(" in init, "ORPOTrainer's default collator changed: re-check orpo_columns' columns"
     batch = DPODataCollatorWithPadding(pad_token_id=0)([row])
-    for side in ("chosen", "rejected"):  # QloraORPOTrainer.training_step counts these
+    for side in ("chosen", "rejected"):  # CountsTokens.training_step counts these (PAIR_COLUMNS)
         assert {f"{side}_input_ids", f"{side}_attention_mask", f"{side}_labels"} <= set(batch), (
-            f"ORPO's collator now returns {sorted(batch)}: QloraORPOTrainer.training_step and orpo_columns expect "
+            f"ORPO's collator now returns {sorted(batch)}: PAIR_COLUMNS (preference/trainer.py) and orpo_columns expect "
             f"{side}_input_ids/_attention_mask/_labels")
     assert int(batch["chosen_attention_mask"].sum()) == 5 and int((batch["chosen_labels"] != -100).sum()) == 2
+    assert tokens_in(batch, PAIR_COLUMNS) == (5 + 4, 2 + 1)
 
 
 def test_kto_takes_pre_tokenized_rows_and_decides_the_kl_term_before_preparing_them() -> None:
@@ -458,8 +463,9 @@ def test_kto_takes_pre_tokenized_rows_and_decides_the_kl_term_before_preparing_t
     expected = {"input_ids", "attention_mask", "completion_mask", "KL_input_ids", "KL_attention_mask", "KL_completion_mask",
                 "label"}
     assert expected <= set(batch), f"KTO's collator now returns {sorted(batch)}, not {sorted(expected)}"
-    # CountsCompletionTokens.training_step counts the policy's batch only (the KL_ one trains nothing)
+    # CountsTokens.training_step counts the policy's batch only (the KL_ one trains nothing)
     assert int(batch["attention_mask"].sum()) == 7 and int(batch["completion_mask"].sum()) == 4
+    assert tokens_in(batch, COMPLETION_COLUMNS) == (7, 4)
     from trl import KTOConfig
 
     strategy = next(field.default for field in dataclasses.fields(KTOConfig) if field.name == "train_sampling_strategy")

@@ -53,13 +53,16 @@ def kto_trainer_class() -> type[CountingTrainer]:
     """KTOTrainer on records qlora4080 tokenized, counting tokens, resuming with the trained adapter."""
     from trl import KTOTrainer
 
-    from ..preference.trainer import CountsCompletionTokens, ResumesBesideReference
+    from ..preference.trainer import COMPLETION_COLUMNS, ResumesBesideReference
     from ..training.checkpoint_saving import SafeCheckpointSaving
     from ..training.compat import ensure_log_prob_kernel
+    from ..training.token_counting import CountsTokens
 
     ensure_log_prob_kernel()
 
-    class QloraKTOTrainer(SafeCheckpointSaving, ResumesBesideReference, CountsCompletionTokens, KTOTrainer):
+    class QloraKTOTrainer(SafeCheckpointSaving, ResumesBesideReference, CountsTokens, KTOTrainer):
+        token_columns = COMPLETION_COLUMNS
+
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             # Rows arrive tokenized by the SFT renderer (feedback_records.py); TRL's own tokenization would split
             # prompt and answer again, differently. What it adds after tokenizing is kept: the mismatched answers

@@ -1,14 +1,14 @@
-"""TRL's DPOTrainer on pairs qlora4080 tokenized itself, counting tokens for the panel."""
+"""TRL's DPOTrainer on pairs qlora4080 tokenized itself, counting tokens for the panel (training/token_counting.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ..data.vocabulary import IGNORE_INDEX
 from ..plan import RunPlan
 from ..recipe import Recipe
 from ..training.checkpoint_saving import SafeCheckpointSaving
+from ..training.token_counting import CountsTokens, TokenColumns
 from .settings import PreferenceSection
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -59,23 +59,13 @@ class ResumesBesideReference:
             target.set_adapter(active)
 
 
-class CountsCompletionTokens:
-    """Mixed into TRL trainers whose batches hold one sequence per row with a `completion_mask` (DPO, KTO).
+COMPLETION_COLUMNS = TokenColumns(read=("attention_mask",), trained_masks=("completion_mask",))
+"""DPO's and KTO's batches: one sequence per row, the answer marked by completion_mask (KTO's KL_ batch trains
+nothing and is not counted)."""
 
-    tokens_seen counts every real token the policy reads (attention_mask), trained_tokens_seen the answer tokens
-    the loss scores (completion_mask); KTO's mismatched KL batch is not counted, it trains nothing.
-    """
-
-    tokens_seen: int = 0
-    trained_tokens_seen: int = 0
-
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-        if "attention_mask" in inputs:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
-        if "completion_mask" in inputs:
-            self.trained_tokens_seen += int(inputs["completion_mask"].sum())
-        parent: Any = super()
-        return parent.training_step(model, inputs, num_items_in_batch)
+PAIR_COLUMNS = TokenColumns(read=("chosen_attention_mask", "rejected_attention_mask"),
+                            trained_labels=("chosen_labels", "rejected_labels"))
+"""ORPO's batches: both answers as whole sequences, each with its labels."""
 
 
 def preference_trainer_class() -> type[CountingTrainer]:
@@ -86,7 +76,9 @@ def preference_trainer_class() -> type[CountingTrainer]:
 
     ensure_log_prob_kernel()
 
-    class QloraDPOTrainer(SafeCheckpointSaving, ResumesBesideReference, CountsCompletionTokens, DPOTrainer):
+    class QloraDPOTrainer(SafeCheckpointSaving, ResumesBesideReference, CountsTokens, DPOTrainer):
+        token_columns = COMPLETION_COLUMNS
+
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             # Pairs arrive tokenized by qlora4080's renderer (preference/tokens.py), which already decided
             # exactly which tokens are the answer; TRL's own tokenization would decide again, differently.
@@ -113,23 +105,14 @@ def orpo_trainer_class() -> type[CountingTrainer]:
     _silence_experimental_notice()
     from trl.experimental.orpo import ORPOTrainer
 
-    class QloraORPOTrainer(SafeCheckpointSaving, ORPOTrainer):
-        tokens_seen: int = 0
-        trained_tokens_seen: int = 0
+    class QloraORPOTrainer(SafeCheckpointSaving, CountsTokens, ORPOTrainer):
+        token_columns = PAIR_COLUMNS
 
         def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
             # rows arrive tokenized by qlora4080's renderer (tokens.orpo_columns): keep them as they are
             if "chosen_labels" in feature:
                 return feature
             return super().tokenize_row(feature, model)
-
-        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            for side in ("chosen", "rejected"):
-                if f"{side}_attention_mask" in inputs:
-                    self.tokens_seen += int(inputs[f"{side}_attention_mask"].sum())
-                if f"{side}_labels" in inputs:
-                    self.trained_tokens_seen += int((inputs[f"{side}_labels"] != IGNORE_INDEX).sum())
-            return super().training_step(model, inputs, num_items_in_batch)
 
     return cast("type[CountingTrainer]", QloraORPOTrainer)
 

@@ -1,21 +1,24 @@
-"""SFTTrainer plus exact token counts per step (all tokens and trained tokens) for the panel,
+"""SFTTrainer plus exact token counts per step (all tokens and trained tokens, token_counting.py) for the panel,
 and transformers' plain loss where trl's fused GPU loss cannot run (see compat.fused_loss_usable)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from ..data.vocabulary import IGNORE_INDEX
 from .checkpoint_saving import SafeCheckpointSaving
+from .token_counting import CountsTokens, TokenColumns
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
     class CountingTrainer(Trainer):
-        """A TRL trainer (SFT, DPO) that counts the tokens it sees and trains, as the type checker sees it."""
+        """A TRL trainer that counts the tokens it sees and trains (token_counting.py), as the type checker sees it."""
 
         tokens_seen: int
         trained_tokens_seen: int
+
+SFT_COLUMNS = TokenColumns(read=("attention_mask",), trained_labels=("labels",))
+"""A conversation's tokens, and its labels: the trained turns (a packed batch states its count in packed_tokens)."""
 
 
 def counting_trainer_class() -> type[CountingTrainer]:
@@ -25,21 +28,8 @@ def counting_trainer_class() -> type[CountingTrainer]:
 
     from .compat import fused_loss_usable
 
-    class CountingSFTTrainer(SafeCheckpointSaving, SFTTrainer):
-        tokens_seen: int = 0
-        trained_tokens_seen: int = 0
-
-        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            if "packed_tokens" in inputs:  # packed batch: the 4-D mask says nothing about token counts
-                self.tokens_seen += int(inputs["packed_tokens"])
-            elif "attention_mask" in inputs:
-                self.tokens_seen += int(inputs["attention_mask"].sum())
-            elif "input_ids" in inputs:
-                self.tokens_seen += int(inputs["input_ids"].numel())
-            if "labels" in inputs:
-                # the model shifts labels by one, so the first position never counts
-                self.trained_tokens_seen += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
-            return super().training_step(model, inputs, num_items_in_batch)
+    class CountingSFTTrainer(SafeCheckpointSaving, CountsTokens, SFTTrainer):
+        token_columns = SFT_COLUMNS
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             packed_tokens = inputs.pop("packed_tokens", None)
