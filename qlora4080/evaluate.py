@@ -174,11 +174,35 @@ def report_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
         elif compared:
             row.append("")
         rows.append(row)
+    rows += _reward_rows(report, columns, compared)
     for column in columns:
         for reason, count in sorted(report.failures(column).items()):
             rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if compared else []))
             rows[-1][1 + columns.index(column)] = str(count)
     return header, rows
+
+
+REWARD_METRICS = [("reward", "mean total reward (weighted, as trained)"), ("stopped_rate", "answers that ended their turn"),
+                  ("answer_tokens", "mean answer length (tokens)")]
+"""The grpo eval's fixed metrics; each reward's own mean ("reward/<name>") follows them."""
+
+
+def _reward_rows(report: EvalReport, columns: list[str], compared: bool) -> list[list[str]]:
+    """The rows of the prompts eval: the total reward, each reward's mean, how answers ended."""
+    keys = [(key, label) for key, label in REWARD_METRICS if any(report.number(c, key) is not None for c in columns)]
+    names = dict.fromkeys(key for c in columns for key in report.metrics[c] if key.startswith("reward/"))
+    keys += [(key, f"  {key[len('reward/'):]} (mean where it scored)") for key in names]
+    rows = []
+    for key, label in keys:
+        values = [report.number(c, key) for c in columns]
+        fmt = "{:.1%}" if key == "stopped_rate" else "{:.1f}" if key == "answer_tokens" else "{:.3f}"
+        row = [label, *("-" if v is None else fmt.format(v) for v in values)]
+        if compared:
+            last, before = values[-1], values[-2]
+            delta = None if last is None or before is None else last - before
+            row.append("" if delta is None else ("+" if delta >= 0 else "") + fmt.format(delta))
+        rows.append(row)
+    return rows
 
 
 def _with_count(label: str, counts: set[Number | None]) -> str:

@@ -1,4 +1,4 @@
-"""runs/<run>/loss.png: training loss, eval loss and learning rate against the step (and the reward margin of DPO/ORPO).
+"""runs/<run>/loss.png: training loss, eval loss and learning rate against the step (and the reward margin of DPO/ORPO, the reward of GRPO).
 
 Drawn from metrics.jsonl after training and by `qlora4080 runs plot RUN`.
 matplotlib is imported here only, when a plot is drawn, and through its Agg
@@ -52,6 +52,9 @@ def write_loss_plot(run_dir: Path, out: Path | None = None) -> Path:
                ("eval margin", metric_series(records, "eval_rewards/margins"))]
     if any(points for _, points in margins):
         panels.append(("reward margin", margins))
+    rewards = [("train reward", metric_series(records, "reward")), ("eval reward", metric_series(records, "eval_reward"))]
+    if any(points for _, points in rewards):  # grpo: the mean total reward of the sampled answers
+        panels.append(("reward", rewards))
     target = out or run_dir / PLOT_FILE
     _draw(panels, f"{run_dir.name}", target)
     return target

@@ -186,6 +186,16 @@ def final_number(text: str) -> FoundNumber | None:
     return numbers[-1] if numbers else None
 
 
+def marked_answer(text: str) -> bool:
+    """Does the text mark its final answer: a number inside \\boxed{...}, or a number after an answer marker?"""
+    plain = _ascii_digits(text)
+    boxed = _last_boxed(plain)
+    if boxed is not None and _numbers(_strip_latex(boxed)):
+        return True
+    plain = _strip_latex(plain)
+    return any(_numbers(plain[marker.end():]) for marker in _ANSWER_MARKER.finditer(plain))
+
+
 def _numbers(text: str) -> list[FoundNumber]:
     found = []
     for match in _NUMBER.finditer(text):

@@ -196,7 +196,7 @@ def test_bad_train_on_and_format_list_the_choices(tmp_path):
     with pytest.raises(QloraError) as info:
         load_recipe(_write(tmp_path, sources))
     assert info.value.message == ("[[data.sources]] #1 format = \"csv\": Input should be 'auto', 'messages', 'sharegpt', 'alpaca', "
-                                  "'prompt_completion', 'columns', 'cmath', 'mawps', 'emoji', 'pairs' or 'feedback'")
+                                  "'prompt_completion', 'columns', 'cmath', 'mawps', 'emoji', 'pairs', 'feedback' or 'prompts'")
     assert info.value.where.endswith("r.toml:9")
 
 
@@ -210,7 +210,7 @@ def test_train_on_and_formats_are_the_data_layers_own():
     from qlora4080.recipe import declared_methods
 
     formats = {fmt for method in declared_methods().values() for fmt in method.formats}
-    assert formats == {*FORMATS, "pairs", "feedback"}  # every format is some method's, declared by the method
+    assert formats == {*FORMATS, "pairs", "feedback", "prompts"}  # every format is some method's, declared by the method
     with pytest.raises(ValidationError, match="Input should be 'auto', 'messages'"):
         SourceSection.model_validate({"path": "x.jsonl", "format": "csv"})
 

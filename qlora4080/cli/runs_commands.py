@@ -130,7 +130,9 @@ def _print_list(records: list[RunRecord], runs_dir: Path) -> None:
         cells = {
             "run": escape(run.name), "status": f"[{STATUS_STYLE[run.status.status]}]{status}[/]",
             "method": escape(run.method or "?"), "base model": escape(_short_model(run.base_model)),
-            "started": run.started or "?", "steps": _fmt(run.steps), "loss": _fmt(run.final_loss),
+            "started": run.started or "?", "steps": _fmt(run.steps),
+            # a grpo run's loss is about 0 on policy: its reward says how training went
+            "loss": _fmt(run.final_loss) if run.final_reward is None else f"reward {_fmt(run.final_reward)}",
             "eval loss": _fmt(run.eval_loss), "ppl": _fmt(run.eval_perplexity),
             "eval.json": escape(_eval_summary(run.eval_metrics)), "time": _duration(run.wall_seconds),
             "peak GiB": _fmt(run.peak_memory_gib),

@@ -43,7 +43,8 @@ def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None 
     """Every record of the file through the build's reading and validation: how many fit, and why the others not.
 
     `kinds` are the record kinds to read it as, tried in order when the format is "auto" (default: every kind
-    a training method reads).
+    a training method reads). A format several kinds read (grpo's prompts read every conversation format) is
+    checked as the last of them reads it: conversations, the kind whose format it is.
     """
     if kinds is None:
         from ..methods.registry import record_kinds
@@ -53,11 +54,11 @@ def check_file(path: Path, fmt: str = "auto", columns: Mapping[str, str] | None 
     detected = fmt == "auto"
     parsed = [record for _, record, problem in rows if problem is None]
     found = next(((kind, name) for kind in kinds if (name := kind.detect(parsed)) is not None), None) if detected else \
-        next(((kind, fmt) for kind in kinds if fmt in kind.formats), None)
+        next(((kind, fmt) for kind in reversed(kinds) if fmt in kind.formats), None)
     if found is None:
         if not detected:
             raise QloraError(f"unknown format {fmt!r}", where="--format",
-                             hint=f"formats: {', '.join(name for kind in kinds for name in kind.formats)}")
+                             hint=f"formats: {', '.join(dict.fromkeys(name for kind in kinds for name in kind.formats))}")
         raise QloraError(
             "could not detect the format: the first records fit none of "
             + ", ".join(name for kind in kinds for name in _detectable(kind)),

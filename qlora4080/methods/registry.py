@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import QloraError
 from ..recipe.method_tables import declare_method
 from ..recipe.schema import add_method_check
-from . import dpo, kto, orpo, sft
+from . import dpo, grpo, kto, orpo, sft
 from .spec import MethodSpec
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     dpo.SPEC,
     orpo.SPEC,
     kto.SPEC,
+    grpo.SPEC,
 )}
 
 for _spec in METHODS.values():
@@ -43,7 +44,9 @@ def record_kinds() -> list[RecordKind]:
     """Every kind of record some method trains on, each once, in the order a file's kind is guessed.
 
     Conversations come last: their shapes (messages, prompt/completion) also fit records of narrower kinds
-    (a feedback record is a prompt/completion with a label), so those are tried first.
+    (a feedback record is a prompt/completion with a label), so those are tried first. For the same reason a
+    format several kinds read belongs to the last of them (prompts read every conversation format, as a prompt
+    and its reference answer; `data check --format cmath` checks conversations).
     """
     kinds: dict[str, RecordKind] = {}
     for spec in METHODS.values():

@@ -23,7 +23,8 @@ from .schema import Recipe, Section, SourceSection, recipe_tables
 def validate(raw: dict[str, object], path: Path, text: str, override_keys: set[tuple[str, str]]) -> Recipe:
     """The typed recipe, or one error listing every problem pydantic found, each with its line."""
     try:
-        return Recipe.model_validate(raw)
+        # the recipe's folder is known to its checks: a method's check may look for a file the recipe names
+        return Recipe.model_validate(raw, context={"source_path": path.resolve()})
     except ValidationError as exc:
         errors = exc.errors()
     # Unknown keys first: a typo in a required key also reports that key as missing, and the typo is the cause.

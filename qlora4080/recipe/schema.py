@@ -18,6 +18,7 @@ from pydantic import (
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -322,7 +323,7 @@ class Recipe(Section):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _method_tables(cls, data: Any, handler: ModelWrapValidatorHandler[Recipe]) -> Recipe:
+    def _method_tables(cls, data: Any, handler: ModelWrapValidatorHandler[Recipe], info: ValidationInfo) -> Recipe:
         """The tables the training methods add ([preference], [kto], ...), each checked by its method's schema.
 
         They are not fields of this class: the methods declare them (method_tables.py), so a new method adds its
@@ -348,6 +349,8 @@ class Recipe(Section):
             raise ValidationError.from_exception_data(cls.__name__, errors)
         if raw is not None or not recipe.__pydantic_private__:
             object.__setattr__(recipe, "__pydantic_private__", {"_tables": parsed})
+        if isinstance(info.context, dict) and isinstance(info.context.get("source_path"), Path):
+            recipe.source_path = info.context["source_path"]  # before the checks: paths resolve against its folder
         recipe._check_method_fits_the_data()
         return recipe
 
@@ -417,6 +420,8 @@ class Recipe(Section):
             data["model"]["adapter"] = str(Path(data["model"]["adapter"]).expanduser().resolve())
         if "chat_template" in data["model"]:
             data["model"]["chat_template"] = str(self.resolve_path(data["model"]["chat_template"]))
+        for name, table in self._method_table_values().items():  # e.g. [grpo] rewards' files
+            data[name] = table.with_paths_resolved(self.resolve_path).model_dump(mode="json", exclude_none=True)
         return dumps_toml(data)
 
 

@@ -42,6 +42,8 @@ def compare_runs(runs: list[RunRecord]) -> Comparison:
         "eval loss": [run.eval_loss for run in runs],
         "eval perplexity": [run.eval_perplexity for run in runs],
     }
+    if any(run.final_reward is not None for run in runs):  # grpo runs: what training raised
+        results["final reward"] = [run.final_reward for run in runs]
     eval_keys = list(dict.fromkeys(key for run in runs for key in run.eval_metrics))
     for key in eval_keys:
         results[f"eval.json {key}"] = [run.eval_metrics.get(key) for run in runs]

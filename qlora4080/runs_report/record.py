@@ -44,6 +44,8 @@ class RunRecord:
     final_loss: float | None = None
     eval_loss: float | None = None
     eval_perplexity: float | None = None
+    final_reward: float | None = None
+    """A run that scores sampled answers (grpo): the mean total reward of its last logged steps."""
     eval_metrics: dict[str, float] = field(default_factory=dict)
     """The trained model's column of eval.json (perplexity, usability_rate, ...)."""
     wall_seconds: float | None = None
@@ -147,6 +149,8 @@ def _fill_from_metrics(record: RunRecord, metrics: list[dict[str, object]]) -> N
             record.final_loss = loss
         if (eval_loss := json_number(row.get("eval_loss"))) is not None:
             record.eval_loss = eval_loss
+        if (reward := json_number(row.get("reward"))) is not None:
+            record.final_reward = reward
         if (peak := json_number(row.get("mem_peak_gib"))) is not None:
             record.peak_memory_gib = max(record.peak_memory_gib or 0.0, peak)
 
@@ -155,8 +159,8 @@ def _fill_from_summary(record: RunRecord, summary: dict[str, object]) -> None:
     """summary.json, written at the end of the run, has the final word on what it covers."""
     steps = summary.get("steps")
     record.steps = steps if isinstance(steps, int) else record.steps
-    for name in ("final_loss", "eval_loss", "eval_perplexity", "wall_seconds", "peak_memory_gib"):
-        key = "last_loss" if name == "final_loss" else name
+    for name in ("final_loss", "eval_loss", "eval_perplexity", "wall_seconds", "peak_memory_gib", "final_reward"):
+        key = {"final_loss": "last_loss", "final_reward": "last_reward"}.get(name, name)
         if (value := json_number(summary.get(key))) is not None:
             setattr(record, name, value)
     record.peak_memory_kind = _text(summary.get("peak_memory_kind"))

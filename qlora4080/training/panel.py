@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 from rich.console import Group
@@ -98,8 +98,27 @@ class TrainingView:
                      else ("kl", f"{m['kl']:.3f}") if "kl" in m else ("", ""))
             table.add_row("reward margin", f"{m['rewards/margins']:.3f} (chosen {m.get('rewards/chosen', 0):.3f}, "
                           f"rejected {m.get('rewards/rejected', 0):.3f})", *right)
+        if "reward" in m:  # GRPO: the rewards are what training raises (its loss is about 0 on policy)
+            table.add_row("reward", f"{m['reward']:.3f} (std {m.get('reward_std', 0):.3f})",
+                          "kl" if "kl" in m else "", f"{m['kl']:.4f}" if "kl" in m else "")
+            table.add_row("by reward", _reward_means(m), "answers", _answer_lengths(m))
         table.add_row("memory", describe_memory(memory_snapshot(self.hardware)), "", "")
         return Panel(Group(self._progress.get_renderable(), table), title=self.title, border_style="cyan")
+
+
+def _reward_means(metrics: Mapping[str, Any]) -> str:
+    """Each reward function's mean ("rewards/<name>/mean"), as TRL logs them."""
+    means = [(key[len("rewards/"):-len("/mean")], value) for key, value in metrics.items()
+             if key.startswith("rewards/") and key.endswith("/mean") and isinstance(value, (int, float))]
+    return ", ".join(f"{name} {value:.2f}" for name, value in means) or "-"
+
+
+def _answer_lengths(metrics: Mapping[str, Any]) -> str:
+    """Mean answer length in tokens, and the share cut at max_completion_length."""
+    if "completions/mean_length" not in metrics:
+        return "-"
+    return (f"{metrics['completions/mean_length']:.0f} tokens, "
+            f"{metrics.get('completions/clipped_ratio', 0):.0%} cut at the limit")
 
 
 def _can_show_live() -> bool:
@@ -115,6 +134,9 @@ def format_line(record: MetricRecord, max_steps: int) -> str:
     """The plain-text line for train.log and non-terminal output."""
     parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
     parts += [show(record[key]) for key, show in _FIELDS if key in record]
+    if "reward" in record and (means := _reward_means(record)) != "-":
+        after = parts.index(f"reward {record['reward']:.3f}") + (2 if "reward_std" in record else 1)
+        parts.insert(after, means)
     return " | ".join(parts)
 
 
@@ -133,6 +155,12 @@ _FIELDS: list[tuple[str, Callable[[Any], str]]] = [
     ("eval_rewards/margins", lambda v: f"eval margin {v:.3f}"),
     ("eval_rewards/accuracies", lambda v: f"eval pref acc {v:.0%}"),
     ("kl", lambda v: f"kl {v:.3f}"),  # KL to the reference, as KTO (and GRPO with beta > 0) estimate it
+    # GRPO: the total reward of the sampled answers (each reward's mean follows it), their length, the share cut off
+    ("reward", lambda v: f"reward {v:.3f}"),
+    ("reward_std", lambda v: f"std {v:.3f}"),
+    ("completions/mean_length", lambda v: f"answers {v:.0f} tok"),
+    ("completions/clipped_ratio", lambda v: f"{v:.0%} cut"),
+    ("eval_reward", lambda v: f"eval reward {v:.3f}"),
     ("tokens_per_second", lambda v: f"{v:.0f} tok/s"),
     ("trained_tokens_per_second", lambda v: f"{v:.0f} trained tok/s"),
     ("memory", lambda v: v),

@@ -64,6 +64,10 @@ class RunSummary(TypedDict, total=False):
     """With early stopping: whether it stopped training before max_steps / epochs."""
     stopped_at_step: int
     """The step early stopping ended training at (only when it did)."""
+    first_reward: float
+    """A run that samples and scores answers (grpo): the mean total reward of its first logged steps."""
+    last_reward: float
+    """... and of its last logged steps: what training raised."""
     plan: dict[str, object]
     """How the run trained on its machine: backend, device, compute dtype, quantization, optimizer, checkpointing,
     packing, padding-free (plan.RunPlan.summary_fields)."""
@@ -114,6 +118,9 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
         * trainer.args.world_size,
         "plan": plan.summary_fields(),
     }
+    rewards = [float(r["reward"]) for r in trainer.state.log_history if isinstance(r.get("reward"), (int, float))]
+    if rewards:
+        summary["first_reward"], summary["last_reward"] = rewards[0], rewards[-1]
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
     if "eval_perplexity" in eval_metrics:

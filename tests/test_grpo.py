@@ -1,0 +1,224 @@
+"""GRPO: the rewards on hand-written answers, prompt records, the recipe's [grpo] table, training, resume and eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write_recipe
+from typer.testing import CliRunner
+
+from qlora4080 import load_recipe, train
+from qlora4080.cli import app
+from qlora4080.errors import QloraError
+from qlora4080.methods.grpo_settings import GRPOSection
+from qlora4080.methods.prompt_records import PROMPTS, read_prompt_records, to_prompt
+from qlora4080.methods.rewards import RewardContext, RewardFailed, builtin_reward, guarded, load_function
+
+DEMO_RECIPE = REPO / "recipes" / "smollm2_135m_grpo_demo.toml"
+PROMPT_DATA = REPO / "recipes" / "data" / "json_card_prompts"
+CONTEXT = RewardContext(max_completion_length=10, stop_ids=frozenset({2}))
+
+
+def chat(*texts: str) -> list[list[dict[str, str]]]:
+    """Answers as TRL passes them for chat prompts: each a one-message list."""
+    return [[{"role": "assistant", "content": text}] for text in texts]
+
+
+def score(name: str, *texts: str, answer: list[str | None] | None = None,
+          ids: list[list[int]] | None = None) -> list[float | None]:
+    reward = guarded(builtin_reward(name, CONTEXT), name, "built-in")
+    completions = chat(*texts)
+    return list(reward(prompts=[[{"role": "user", "content": "q"}]] * len(texts), completions=completions,
+                       completion_ids=ids or [[5]] * len(texts), answer=answer or [None] * len(texts),
+                       tags=[[]] * len(texts)))
+
+
+def test_exact_match_reads_the_final_number_as_eval_does():
+    answers = ["so 3 + 4 = 7", "The answer is 7.0", "\\boxed{8}", "it is 7, no wait 6", "I don't know"]
+    assert score("exact_match", *answers, answer=["7"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert score("exact_match", "7", "7", answer=["no number here", None]) == [None, None]  # unscored
+
+
+def test_answer_format_wants_a_marked_final_number():
+    assert score("answer_format", "\\boxed{12}", "#### 12", "The answer is 12", "答案是 12", "12", "answer: none") == \
+        [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_json_rewards_against_the_reference_card():
+    card = json.dumps({"name": "Ana", "age": None, "city": "Porto"})
+    answers = ['{"name": "Ana", "age": null, "city": "Porto"}',  # the card
+               '{"name": "Ana", "age": 30, "city": "Porto"}',  # an invented age
+               '{"name": "Ana"}',  # keys missing
+               "Ana is from Porto",  # not JSON
+               '["Ana"]']  # JSON, not an object
+    assert score("json_valid", *answers) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert score("json_keys", *answers, answer=[card] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    fields = score("json_fields", *answers, answer=[card] * 5)
+    assert fields == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3), 0.0, 0.0]
+    assert score("json_keys", answers[0], answer=["not json"]) == [None]
+    assert score("json_fields", answers[0], answer=[None]) == [None]
+
+
+def test_stopped_and_length_penalty_read_the_answer_tokens():
+    ids = [[7, 8, 2], [7] * 10, [], [2]]  # ended its turn; cut at the limit; empty; ended at once
+    assert score("stopped", "a", "b", "c", "d", ids=ids) == [1.0, 0.0, 0.0, 1.0]
+    assert score("length_penalty", "a", "b", "c", "d", ids=ids) == [-0.3, -1.0, 0.0, -0.1]
+
+
+def test_a_reward_that_raises_or_returns_the_wrong_shape_is_named_with_the_prompt_and_value():
+    prompts = [[{"role": "user", "content": "What is 2+2?"}]] * 2
+
+    def boom(completions, **kwargs):
+        raise KeyError("answer")
+
+    with pytest.raises(RewardFailed, match=r"reward boom \(mine.py\) raised KeyError: 'answer' \(first prompt of the "
+                                           r"batch: 'What is 2\+2\?'\)"):
+        guarded(boom, "boom", "mine.py")(prompts=prompts, completions=chat("4", "5"), completion_ids=[[1], [1]])
+    for value, why in [(0.5, "returned 0.5 for 2 completions"), ([1.0], "returned 1 values for 2 completions"),
+                       ([1.0, "high"], "returned 'high' for completion 1 of the prompt 'What is 2\\+2\\?': '5'"),
+                       ([1.0, float("nan")], "returned nan for completion 1"),
+                       ({"a": 1}, "returned \\{'a': 1\\} for 2 completions")]:
+        with pytest.raises(RewardFailed, match=why):
+            guarded(lambda value=value, **kwargs: value, "shape", "mine.py")(
+                prompts=prompts, completions=chat("4", "5"), completion_ids=[[1], [1]])
+    ok = guarded(lambda **kwargs: [1, None], "fine", "mine.py")
+    assert ok.__name__ == "fine"
+    assert ok(prompts=prompts, completions=chat("4", "5"), completion_ids=[[1], [1]]) == [1.0, None]
+
+
+def test_the_demo_reward_of_ours_scores_nulls_for_what_the_sentence_leaves_out():
+    says_null = load_function(PROMPT_DATA / "rewards.py", "says_null_when_missing")
+    reference = json.dumps({"name": "Ana", "age": None, "job": "cook", "city": "Porto"})
+    complete = json.dumps({"name": "Ana", "age": 30, "job": "cook", "city": "Porto"})
+    scores = says_null(completions=chat('{"name": "Ana", "age": null}', '{"name": "Ana", "age": 31}', "no"),
+                       answer=[reference, reference, reference])
+    assert scores == [1.0, 0.0, 0.0]
+    assert says_null(completions=chat("{}"), answer=[complete]) == [None]
+
+
+def test_prompt_records_in_every_shape_and_why_others_are_refused():
+    plain = to_prompt({"prompt": "2+2?", "answer": 4, "system": "Be brief."}, "prompts", {}, "x")
+    assert not isinstance(plain, str)
+    assert plain.prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert plain.answer == "4"
+    card = to_prompt({"prompt": "Ana", "answer": {"name": "Ana"}}, "prompts", {}, "x")
+    assert not isinstance(card, str) and json.loads(card.answer or "") == {"name": "Ana"}
+    conversation = to_prompt({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]},
+                             "prompts", {}, "x")
+    assert not isinstance(conversation, str) and conversation.answer == "Hey" and len(conversation.prompt) == 1
+    cmath = to_prompt({"question": "3 apples and 4 more?", "golden": "7"}, "cmath", {}, "x")
+    assert not isinstance(cmath, str) and cmath.answer == "7" and cmath.prompt[-1]["content"] == "3 apples and 4 more?"
+    renamed = to_prompt({"q": "2+2?", "a": "4"}, "prompts", {"prompt": "q", "answer": "a"}, "x")
+    assert not isinstance(renamed, str) and renamed.answer == "4"
+    refusals = {
+        "needs 'prompt' (a string or messages) or 'messages'": {"question": "Hi"},
+        "'prompt' is empty": {"prompt": "  "},
+        "must end with a user (or tool) turn": {"prompt": [{"role": "system", "content": "Hi"}]},
+    }
+    for reason, record in refusals.items():
+        problem = to_prompt(record, "prompts", {}, "x")
+        assert isinstance(problem, str) and reason in problem, (reason, problem)
+
+
+def test_prompts_are_detected_and_data_check_reads_them(tmp_path):
+    from qlora4080.methods.registry import record_kinds
+
+    prompts = [{"prompt": "q", "answer": "1"}] * 3
+    assert next(kind.name for kind in record_kinds() if kind.detect(prompts)) == "prompts"
+    conversations = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 3
+    assert next(kind.name for kind in record_kinds() if kind.detect(conversations)) == "conversations"
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"prompt": "q", "answer": 1}, {"prompt": ""}]),
+                    encoding="utf-8")
+    checked = CliRunner().invoke(app, ["data", "check", str(path)], env={"COLUMNS": "200"})
+    assert checked.exit_code == 1 and "format: prompts (detected)" in checked.output
+    assert "'prompt' is empty" in checked.output
+    # a conversation format several kinds read is checked as conversations, as before grpo read it too
+    cmath = tmp_path / "c.jsonl"
+    cmath.write_text(json.dumps({"question": "q", "golden": "1"}) + "\n", encoding="utf-8")
+    assert "format: cmath" in CliRunner().invoke(app, ["data", "check", str(cmath), "--format", "cmath"]).output
+
+
+def grpo_recipe(tmp_path: Path, model: Path, rewards: list[object] | None = None, **training: object) -> Path:
+    return write_recipe(tmp_path, str(model),
+                        data={"train": str(PROMPT_DATA / "train.jsonl"), "validation": None},
+                        training={"method": "grpo", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, **training},
+                        grpo={"num_generations": 2, "max_completion_length": 8, "sample_every": 1,
+                              "rewards": rewards or ["json_valid", {"name": "stopped", "weight": 0.5},
+                                                     {"path": str(PROMPT_DATA / "rewards.py"),
+                                                      "function": "says_null_when_missing"}]})
+
+
+def test_recipe_errors_name_the_key_and_what_to_do(tmp_path, tiny_model_dir):
+    path = grpo_recipe(tmp_path, tiny_model_dir)
+    assert [r.label for r in load_recipe(path).table(GRPOSection).rewards] == ["json_valid", "stopped",
+                                                                              "says_null_when_missing"]
+    cases = {
+        "unknown built-in reward 'exact'": ['grpo.rewards=["exact"]'],
+        "rewards is empty: GRPO learns only from rewards": ["grpo.rewards=[]"],
+        "the reward file .*nope.py does not exist": ['grpo.rewards=[{path = "nope.py", function = "f"}]'],
+        "has no function 'score' \\(functions defined there: says_null_when_missing\\)":
+            [f'grpo.rewards=[{{path = "{PROMPT_DATA / "rewards.py"}", function = "score"}}]'],
+        "needs both path": ['grpo.rewards=[{path = "x.py"}]'],
+        "two rewards are named 'stopped'": ['grpo.rewards=["stopped", "stopped"]'],
+        "leaves 0 tokens of model.max_seq_len 128 for the prompt": ["grpo.max_completion_length=128"],
+        "num_generations = 1: Input should be greater than or equal to 2": ["grpo.num_generations=1"],
+        "early_stopping_patience watches the validation loss": ["training.early_stopping_patience=2",
+                                                                "training.eval_steps=5"],
+    }
+    for message, overrides in cases.items():
+        with pytest.raises(QloraError, match=message):
+            load_recipe(path, overrides)
+    # a reward file next to the recipe is found from any working folder, and the snapshot makes it absolute
+    (tmp_path / "mine.py").write_text("def score(completions, **kwargs):\n    return [1.0] * len(completions)\n",
+                                      encoding="utf-8")
+    recipe = load_recipe(path, ['grpo.rewards=[{path = "mine.py", function = "score"}]'])
+    assert f'path = "{tmp_path / "mine.py"}"' in recipe.to_toml()
+
+
+def test_a_reward_file_that_fails_to_import_is_named(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\ndef score(**kwargs):\n    return []\n", encoding="utf-8")
+    with pytest.raises(QloraError, match="broken.py raised ModuleNotFoundError when imported"):
+        load_function(broken, "score")
+
+
+def test_prompt_splits_keep_the_reference_and_drop_prompts_without_room(tmp_path, smol_tokenizer, tiny_model_dir):
+    recipe = load_recipe(grpo_recipe(tmp_path, tiny_model_dir))
+    lines: list[str] = []
+
+    class Log:
+        def line(self, text: str, *, style: str | None = None, echo: bool = True) -> None:
+            lines.append(text)
+
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 200, "answer": "1"}) + "\n"
+                    + json.dumps({"prompt": "Ana, 30, cook, Porto", "answer": {"name": "Ana"}}) + "\n", encoding="utf-8")
+    train_split, _ = PROMPTS.tokenize(long, None, smol_tokenizer, recipe, Log())
+    rows = train_split.dataset.to_list()
+    assert len(rows) == 1 and rows[0]["prompt"] == [{"role": "user", "content": "Ana, 30, cook, Porto"}]
+    assert json.loads(rows[0]["answer"]) == {"name": "Ana"}
+    assert any("longer than 120 tokens" in line for line in lines)
+    assert any("the prompt is" in line and "leaves 120 beside [grpo] max_completion_length" in line for line in lines)
+    assert len(read_prompt_records(PROMPT_DATA / "validation.jsonl").records) == 40
+
+
+def test_two_grpo_steps_train_the_adapter_and_log_rewards(tmp_path, tiny_model_dir):
+    result = train(load_recipe(grpo_recipe(tmp_path, tiny_model_dir)), run_name="grpo", live=False)
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    step = next(m for m in metrics if "loss" in m)
+    for key in ("reward", "reward_std", "rewards/json_valid/mean", "rewards/stopped/mean",
+                "completions/mean_length", "completions/clipped_ratio", "tokens_per_second"):
+        assert key in step, key
+    log = (result.run_dir / "train.log").read_text(encoding="utf-8")
+    assert "grpo: 2 prompt(s) x 2 answers per micro-step, rewards json_valid x1, stopped x0.5, " \
+           "says_null_when_missing x1" in log
+    assert "sample at step 1: " in log and "reward " in log
+    # every answer of the step counted: 2 prompts x 2 answers x 8 tokens at most, per step
+    assert 0 < result.summary["trained_tokens_seen"] <= 2 * 2 * 2 * 8
+    assert result.summary["tokens_seen"] > result.summary["trained_tokens_seen"]
+    assert "last_reward" in result.summary
+    meta = json.loads((result.checkpoint_dir / "qlora4080.json").read_text())
+    assert meta["method"] == "grpo"
