@@ -130,16 +130,16 @@ def test_nothing_outside_the_backends_asks_a_backend_by_name_or_a_method_by_name
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_continuing_from_an_adapter_is_refused_where_the_backend_cannot(name, tmp_path, tiny_model_dir, tiny_checkpoint):
+    from qlora4080.training.model_setup import continue_adapter
     from qlora4080.training.rundirs import RunDirs
     from qlora4080.training.runlog import RunLog
-    from qlora4080.training.session import TrainingRun
+    from qlora4080.training.session import RunContext
 
     recipe = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), model={"adapter": str(tiny_checkpoint)}))
     dirs = RunDirs("r", tmp_path / "c", tmp_path / "l")
     (tmp_path / "l").mkdir()
-    run = TrainingRun(recipe, dirs, RunLog(tmp_path / "l" / "train.log"), None)
-    run.backend_name = name  # type: ignore[assignment]
+    run = RunContext.begin(recipe, dirs, RunLog(tmp_path / "l" / "train.log"), None)
     if capabilities(name).continues_adapter:
         return  # loading it is what every DPO/KTO-from-SFT test does
     with pytest.raises(QloraError, match=f"needs the {' or '.join(backends_that('continues_adapter'))} backend"):
-        run._load_adapter(tiny_checkpoint)
+        continue_adapter(run, name, None, tiny_checkpoint)  # refused before the base model is needed

@@ -9,8 +9,8 @@ itself; with UNSLOTH_ALLOW_CPU=1 it skips it, so it is applied here exactly as
 unsloth's GPU import does (unsloth/_gpu_init.py: PatchFastRL through
 models/llama.py, _patch_trl_trainer, context_parallel.patch_sft_trainer).
 
-The run's stages are qlora4080's own (TrainingRun / PreferenceRun: data,
-LoRA, make_trainer, fit) with the backend name "unsloth", so the trainer
+The run's stages are qlora4080's own (training/session.py: model, data,
+LoRA, trainer, fit) with the backend name "unsloth", so the trainer
 configuration is what an unsloth run gets; only the model is loaded by the hf
 backend, since FastLanguageModel needs CUDA kernels. Prints one JSON line:
 for each method the trainer's classes and settings, the losses, and whether
@@ -51,9 +51,13 @@ from qlora4080.hardware import Hardware
 from qlora4080.plan import resolve_plan
 from qlora4080.preference.tokens import orpo_columns
 from qlora4080.recipe import load_recipe
+from qlora4080.training.data_setup import prepare_splits
+from qlora4080.training.environment import Environment
+from qlora4080.training.fitting import build_trainer, fit
+from qlora4080.training.model_setup import attach_lora, load_model
 from qlora4080.training.rundirs import RunDirs, create_run_dirs
 from qlora4080.training.runlog import RunLog
-from qlora4080.training.session import TrainingRun
+from qlora4080.training.session import RunContext
 
 
 def unpadded(ids: torch.Tensor, mask: torch.Tensor | None) -> list[tuple[int, ...]]:
@@ -112,30 +116,30 @@ def probe(method: str, recipe_path: Path, work: Path) -> dict[str, object]:
     recipe = load_recipe(recipe_path)
     dirs = RunDirs(method, work / "checkpoints" / method, work / "runs" / method)
     create_run_dirs(dirs, overwrite=False)
-    run = TrainingRun(recipe, dirs, RunLog(dirs.logs / "train.log"), None)
-    run.hardware = Hardware(device="cpu")
-    run.backend_name = "unsloth"  # the configuration an unsloth run gets; the model itself loads through hf
-    run.backend = hf  # type: ignore[assignment]
-    run.plan = resolve_plan(recipe, run.hardware, "unsloth")
-    run.set_up_model()
-    run.set_up_data()
-    run.attach_lora()
+    run = RunContext.begin(recipe, dirs, RunLog(dirs.logs / "train.log"), None)
+    hardware = Hardware(device="cpu")
+    # the configuration an unsloth run gets; the model itself loads through hf
+    env = Environment(hardware, "unsloth", hf, resolve_plan(recipe, hardware, "unsloth"))  # type: ignore[arg-type]
+    base = load_model(run, env)
+    splits = prepare_splits(run, base.tokenizer)
+    loaded = attach_lora(run, env, base)
     seen = SeenRows()
-    seen.attach(run.model)
-    run.build_trainer(False, [])
-    dataset = run.trainer.train_dataset
-    output = run.fit()
-    args = run.trainer.args
-    inputs, labels = expected_rows(method, run.train_split.dataset)
+    seen.attach(loaded.model)
+    parts = build_trainer(run, env, loaded, splits, False, [])
+    trainer = parts.trainer
+    dataset = trainer.train_dataset
+    output = fit(run, env, loaded, splits, parts)
+    args = trainer.args
+    inputs, labels = expected_rows(method, splits.train.dataset)
     return {
-        "trainer_classes": [cls.__name__ for cls in type(run.trainer).__mro__],
+        "trainer_classes": [cls.__name__ for cls in type(trainer).__mro__],
         "padding_free": getattr(args, "padding_free", None),
         "packing": getattr(args, "packing", None),
         "max_length": getattr(args, "max_length", None),
         "steps": output.global_step,
-        "losses": [r["loss"] for r in run.trainer.state.log_history if "loss" in r],
+        "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
         "rows_seen": len(seen.inputs),
-        "dataset_is_qlora4080_rows": same_rows(method, run.train_split.dataset, dataset),
+        "dataset_is_qlora4080_rows": same_rows(method, splits.train.dataset, dataset),
         "inputs_are_qlora4080_rows": bool(seen.inputs) and all(row in inputs for row in seen.inputs),
         # ORPO computes its losses from the logits outside the model: no labels reach the forward
         "labels_are_qlora4080_rows": bool(seen.labels) and all(row in labels for row in seen.labels) if method != "orpo" else None,

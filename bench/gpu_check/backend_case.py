@@ -85,7 +85,7 @@ def run_backend_case(opts: CaseOptions, record: CaseRecord) -> None:
     cuda = hardware.is_cuda
     recipe = make_recipe(opts)
     plan = resolve_plan(recipe, hardware, opts.backend)  # what `qlora4080 train` decides for this recipe here
-    backend = load_backend(opts.backend)  # the module training/session.py drives: backends/hf.py or unsloth.py
+    backend = load_backend(opts.backend)  # the module training/model_setup.py drives: backends/hf.py or unsloth.py
     with record.step("load model (4-bit)"):
         model, tokenizer = backend.load_model(recipe.model, hardware)
     record.data["quantized_4bit"] = bool(getattr(model, "is_loaded_in_4bit", False))

@@ -26,7 +26,7 @@ Status = Literal["finished", "interrupted", "running", "failed"]
 _INTERRUPTED = re.compile(r"interrupted at step (\d+)")
 _OUT_OF_MEMORY = re.compile(r"out of memory at step (\d+)")
 RUN_START = re.compile(r"^\S+ \S+ run \S+(?: \(resumed from .*\))?: recipe (.+)$")
-"""The line a run (or a resume of it) begins train.log with, naming its recipe (training/session.py writes it)."""
+"""The line a run (or a resume of it) begins train.log with, naming its recipe (training/environment.py writes it)."""
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..recipe import Recipe
 from .runlog import RunLog
+from .session import RunContext
 
 if TYPE_CHECKING:
     from ..data.dataset import TokenizedSplit
     from ..model_types import Tokenizer
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: TokenizedSplit
+    evaluation: TokenizedSplit | None
+    """The validation records, tokenized; None when the run has none (or none survived tokenization)."""
+    validation_file: Path | None
+    """The validation file they came from (the checkpoint names it for `eval`)."""
+
+
+def prepare_splits(run: RunContext, tokenizer: Tokenizer) -> Splits:
+    """The data stage: the run's records read, checked against a resumed run's, and tokenized by its method."""
+
+    def guard(train_file: Path) -> None:
+        """Process 0 records the training file's hash (a new run) or refuses a resume on changed data."""
+        from ..distributed import is_main_process
+        from .data_guard import guard_training_data
+
+        if is_main_process() and (note := guard_training_data(run.dirs.checkpoint, train_file, run.checkpoint is not None)):
+            run.log.line(note, style="yellow")
+
+    with run.stages.stage(f"Preparing {run.method.records.unit} (chat template, trained tokens)"):
+        return Splits(*prepare_data(run.recipe, tokenizer, run.log, guard))
 
 
 def prepare_data(recipe: Recipe, tokenizer: Tokenizer, log: RunLog, guard: Callable[[Path], None] | None = None,

@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING
 from ..checkpoint import META_FILE, RECIPE_SNAPSHOT
 from ..recipe import Recipe
 from .checkpoint_saving import remove_stale_staging
+from .data_setup import prepare_splits
+from .environment import set_up_environment
+from .finish import save_on_main_process
+from .fitting import build_trainer, evaluate, fit
+from .model_setup import attach_lora, load_model
 from .replace import settle_replaced, settle_stale
 from .resume_check import check_resume
 from .rundirs import (
@@ -28,13 +33,10 @@ from .rundirs import (
     trainer_state,
 )
 from .saving import remove_dead_staging
-from .session import TrainingRun, TrainResult
+from .session import RunContext, TrainResult
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
-    from transformers.trainer_utils import TrainOutput
-
-    from .summary import RunSummary
 
 __all__ = ["META_FILE", "RECIPE_SNAPSHOT", "TrainResult", "resume_command", "train"]
 
@@ -71,14 +73,14 @@ def train(
         try:
             for note in notes:
                 log.line(note, style="yellow")
-            run = TrainingRun(recipe, dirs, log, checkpoint)
-            run.set_up_environment(target_gb)
-            run.set_up_model()
-            run.set_up_data()
-            run.attach_lora()
-            run.build_trainer(live, callbacks or [])
-            output = run.fit()
-            return _save_on_main_process(run, output, run.evaluate())
+            run = RunContext.begin(recipe, dirs, log, checkpoint)
+            env = set_up_environment(run, target_gb)
+            base = load_model(run, env)
+            splits = prepare_splits(run, base.tokenizer)
+            loaded = attach_lora(run, env, base)
+            parts = build_trainer(run, env, loaded, splits, live, callbacks or [])
+            output = fit(run, env, loaded, splits, parts)
+            return save_on_main_process(run, env, loaded, splits, parts, output, evaluate(run, splits, parts))
         except BaseException:
             from .trackers import close_failed_run
 
@@ -121,21 +123,3 @@ def _plan_run(recipe: Recipe, held: ExitStack, run_name: str | None, overwrite: 
     dirs.logs.mkdir(parents=True, exist_ok=True)
     return dirs, checkpoint, notes
 
-
-def _save_on_main_process(run: TrainingRun, output: TrainOutput, eval_metrics: dict[str, float]) -> TrainResult:
-    """Process 0 writes the adapter and summary; the others wait for it and return the same summary."""
-    from ..distributed import decided_by_main, sum_over_processes
-
-    # The summary counts every process's tokens; each trainer counted only its own.
-    counters = sum_over_processes([run.trainer.tokens_seen, run.trainer.trained_tokens_seen])
-    run.trainer.tokens_seen, run.trainer.trained_tokens_seen = counters
-    saved: list[TrainResult] = []
-
-    def save() -> RunSummary:
-        saved.append(run.save(output, eval_metrics))
-        return saved[0].summary
-
-    summary = decided_by_main(save, "saving the adapter")
-    if saved:
-        return saved[0]
-    return TrainResult(run.dirs.name, run.dirs.checkpoint, run.dirs.logs, summary, model=run.model, tokenizer=run.tokenizer)
