@@ -48,6 +48,7 @@ def memory_shape(recipe: Recipe, plan: RunPlan) -> TrainingShape:
 
     t = recipe.training
     method = method_spec(t.method)
+    generation = method.generation(recipe)
     return TrainingShape(
         batch_size=t.batch_size,
         seq_len=recipe.model.max_seq_len,
@@ -59,8 +60,10 @@ def memory_shape(recipe: Recipe, plan: RunPlan) -> TrainingShape:
         optimizer=plan.optimizer,
         backend=plan.backend,
         # e.g. DPO: chosen and rejected in one batch (the reference pass runs without gradients: no activations)
-        sequences_per_row=method.sequences_per_row,
+        # grpo: a batch row is one prompt's sampled answers
+        sequences_per_row=generation.answers_per_prompt if generation else method.sequences_per_row,
         reference_adapter=method.reference_copy(recipe),
+        generation=generation,
     )
 
 

@@ -52,6 +52,20 @@ ALLOCATOR_SLACK = 0.08
 
 
 @dataclass(frozen=True)
+class GenerationShape:
+    """A method that samples its training answers (grpo): what the generation before each step holds."""
+
+    answers_per_prompt: int
+    """Answers sampled to each prompt, generated together with the batch's other prompts' answers."""
+    answer_tokens: int
+    """Most tokens generated per answer."""
+    answers_key: str
+    """The recipe key of answers_per_prompt (e.g. "grpo.num_generations"), for the fixes the preflight prints."""
+    answer_tokens_key: str
+    """The recipe key of answer_tokens (e.g. "grpo.max_completion_length")."""
+
+
+@dataclass(frozen=True)
 class TrainingShape:
     """The recipe values that decide memory."""
 
@@ -69,6 +83,8 @@ class TrainingShape:
     """2 for preference tuning: a pair's chosen and rejected answers go through the model in one batch."""
     reference_adapter: bool = False
     """Preference tuning from a trained adapter keeps a frozen copy of it as the reference policy."""
+    generation: GenerationShape | None = None
+    """Answers sampled before each step (grpo): a batch row is then one prompt's answers, sequences_per_row of them."""
 
 
 @dataclass
@@ -141,6 +157,15 @@ def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
     }
     if shape.reference_adapter:
         parts["reference adapter (frozen copy)"] = adapter * FP32
+    if shape.generation is not None:
+        # Sampling runs before the training pass, without gradients: its KV cache and the sampler's logits are
+        # held while activations are not, so only what exceeds the training pass adds to the peak.
+        sequences = shape.batch_size * shape.generation.answers_per_prompt
+        kv_cache = arch.layers * 2 * arch.kv_heads * arch.head_dim * shape.weight_bytes * sequences * shape.seq_len
+        sampling = sequences * arch.vocab * FP32 * 2  # one position's logits and their softmax, per answer
+        training_pass = sum(value for key, value in parts.items() if key.startswith(("activations", "logits")))
+        parts[f"generation beyond the training pass (KV cache of {sequences} answers)"] = max(
+            0.0, kv_cache + sampling - training_pass)
     subtotal = sum(parts.values())
     parts["CUDA context + allocator slack"] = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * subtotal
     return Estimate(parts)
@@ -149,16 +174,19 @@ def estimate(arch: Architecture, shape: TrainingShape) -> Estimate:
 def fit_overrides(arch: Architecture, shape: TrainingShape, budget_bytes: float, grad_accum: int) -> list[str] | None:
     """`--set` overrides, in the order to try them, that bring the estimate under budget; None if nothing does.
 
-    Order: lower max_seq_len, then batch 1 with more grad-accum (same effective
-    batch), then gradient checkpointing, then a smaller LoRA rank, then 4-bit.
+    Order: fewer sampled answers per prompt (grpo), lower max_seq_len, then batch 1
+    with more grad-accum (same effective batch), then gradient checkpointing,
+    then a smaller LoRA rank, then 4-bit.
     """
     if estimate(arch, shape).total <= budget_bytes:
         return []
     overrides: dict[str, str] = {}
     # Each step: the recipe overrides to print, and the same change to the shape being estimated.
     steps: list[tuple[dict[str, str], Callable[[TrainingShape], TrainingShape]]] = []
+    # a sampled answer keeps its room: max_seq_len is prompt + answer (recipes refuse less than 8 prompt tokens)
+    answer_room = shape.generation.answer_tokens + 64 if shape.generation is not None else 0
     for seq in (1536, 1024, 768, 512):
-        if seq < shape.seq_len:
+        if answer_room <= seq < shape.seq_len:
             steps.append(({"model.max_seq_len": str(seq)}, functools.partial(replace, seq_len=seq)))
     if shape.batch_size > 1:
         steps.append((
@@ -172,6 +200,10 @@ def fit_overrides(arch: Architecture, shape: TrainingShape, budget_bytes: float,
             steps.append(({"lora.r": str(r), "lora.alpha": str(2 * r)}, functools.partial(replace, lora_r=r)))
     if not shape.load_in_4bit:
         steps.append(({"model.load_in_4bit": "true"}, functools.partial(replace, load_in_4bit=True)))
+    if shape.generation is not None:  # first fewer answers per prompt (4, then 2): each is a sequence of the batch
+        fewer = [n for n in (4, 2) if n < shape.generation.answers_per_prompt]
+        steps[:0] = [({shape.generation.answers_key: str(n)}, functools.partial(_answers_per_prompt, answers=n))
+                     for n in fewer]
     current = shape
     for settings, change in steps:
         current = change(current)
@@ -179,3 +211,8 @@ def fit_overrides(arch: Architecture, shape: TrainingShape, budget_bytes: float,
         if estimate(arch, current).total <= budget_bytes:
             return [f"--set {key}={value}" for key, value in overrides.items()]
     return None
+
+
+def _answers_per_prompt(shape: TrainingShape, answers: int) -> TrainingShape:
+    assert shape.generation is not None  # only offered for a shape that samples its answers
+    return replace(shape, sequences_per_row=answers, generation=replace(shape.generation, answers_per_prompt=answers))

@@ -17,7 +17,7 @@ from qlora4080.methods.prompt_records import PROMPTS, read_prompt_records, to_pr
 from qlora4080.methods.rewards import RewardContext, RewardFailed, builtin_reward, guarded, load_function
 
 DEMO_RECIPE = REPO / "recipes" / "smollm2_135m_grpo_demo.toml"
-PROMPT_DATA = REPO / "recipes" / "data" / "json_card_prompts"
+PROMPT_DATA = REPO / "recipes" / "data" / "arithmetic_prompts"
 CONTEXT = RewardContext(max_completion_length=10, stop_ids=frozenset({2}))
 
 
@@ -88,14 +88,12 @@ def test_a_reward_that_raises_or_returns_the_wrong_shape_is_named_with_the_promp
     assert ok(prompts=prompts, completions=chat("4", "5"), completion_ids=[[1], [1]]) == [1.0, None]
 
 
-def test_the_demo_reward_of_ours_scores_nulls_for_what_the_sentence_leaves_out():
-    says_null = load_function(PROMPT_DATA / "rewards.py", "says_null_when_missing")
-    reference = json.dumps({"name": "Ana", "age": None, "job": "cook", "city": "Porto"})
-    complete = json.dumps({"name": "Ana", "age": 30, "job": "cook", "city": "Porto"})
-    scores = says_null(completions=chat('{"name": "Ana", "age": null}', '{"name": "Ana", "age": 31}', "no"),
-                       answer=[reference, reference, reference])
-    assert scores == [1.0, 0.0, 0.0]
-    assert says_null(completions=chat("{}"), answer=[complete]) == [None]
+def test_the_demo_reward_of_ours_scores_the_question_numbers_the_answer_uses():
+    uses_the_numbers = load_function(PROMPT_DATA / "rewards.py", "uses_the_numbers")
+    prompts = [[{"role": "user", "content": "Tom has 3 apples and gets 4 more. How many?"}]] * 3
+    scores = uses_the_numbers(prompts=prompts, completions=chat("3 + 4 = 7", "He has 7.", "4 apples, so 8"))
+    assert scores == [1.0, 0.0, 0.5]
+    assert uses_the_numbers(prompts=[[{"role": "user", "content": "Hi"}]], completions=chat("7")) == [None]
 
 
 def test_prompt_records_in_every_shape_and_why_others_are_refused():
@@ -146,20 +144,20 @@ def grpo_recipe(tmp_path: Path, model: Path, rewards: list[object] | None = None
                         data={"train": str(PROMPT_DATA / "train.jsonl"), "validation": None},
                         training={"method": "grpo", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, **training},
                         grpo={"num_generations": 2, "max_completion_length": 8, "sample_every": 1,
-                              "rewards": rewards or ["json_valid", {"name": "stopped", "weight": 0.5},
+                              "rewards": rewards or ["exact_match", {"name": "stopped", "weight": 0.5},
                                                      {"path": str(PROMPT_DATA / "rewards.py"),
-                                                      "function": "says_null_when_missing"}]})
+                                                      "function": "uses_the_numbers"}]})
 
 
 def test_recipe_errors_name_the_key_and_what_to_do(tmp_path, tiny_model_dir):
     path = grpo_recipe(tmp_path, tiny_model_dir)
-    assert [r.label for r in load_recipe(path).table(GRPOSection).rewards] == ["json_valid", "stopped",
-                                                                              "says_null_when_missing"]
+    assert [r.label for r in load_recipe(path).table(GRPOSection).rewards] == ["exact_match", "stopped",
+                                                                              "uses_the_numbers"]
     cases = {
         "unknown built-in reward 'exact'": ['grpo.rewards=["exact"]'],
         "rewards is empty: GRPO learns only from rewards": ["grpo.rewards=[]"],
         "the reward file .*nope.py does not exist": ['grpo.rewards=[{path = "nope.py", function = "f"}]'],
-        "has no function 'score' \\(functions defined there: says_null_when_missing\\)":
+        "has no function 'score' \\(functions defined there: uses_the_numbers\\)":
             [f'grpo.rewards=[{{path = "{PROMPT_DATA / "rewards.py"}", function = "score"}}]'],
         "needs both path": ['grpo.rewards=[{path = "x.py"}]'],
         "two rewards are named 'stopped'": ['grpo.rewards=["stopped", "stopped"]'],
@@ -209,12 +207,12 @@ def test_two_grpo_steps_train_the_adapter_and_log_rewards(tmp_path, tiny_model_d
     result = train(load_recipe(grpo_recipe(tmp_path, tiny_model_dir)), run_name="grpo", live=False)
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     step = next(m for m in metrics if "loss" in m)
-    for key in ("reward", "reward_std", "rewards/json_valid/mean", "rewards/stopped/mean",
+    for key in ("reward", "reward_std", "rewards/exact_match/mean", "rewards/stopped/mean",
                 "completions/mean_length", "completions/clipped_ratio", "tokens_per_second"):
         assert key in step, key
     log = (result.run_dir / "train.log").read_text(encoding="utf-8")
-    assert "grpo: 2 prompt(s) x 2 answers per micro-step, rewards json_valid x1, stopped x0.5, " \
-           "says_null_when_missing x1" in log
+    assert "grpo: 2 prompt(s) x 2 answers per micro-step, rewards exact_match x1, stopped x0.5, " \
+           "uses_the_numbers x1" in log
     assert "sample at step 1: " in log and "reward " in log
     # every answer of the step counted: 2 prompts x 2 answers x 8 tokens at most, per step
     assert 0 < result.summary["trained_tokens_seen"] <= 2 * 2 * 2 * 8
@@ -222,3 +220,114 @@ def test_two_grpo_steps_train_the_adapter_and_log_rewards(tmp_path, tiny_model_d
     assert "last_reward" in result.summary
     meta = json.loads((result.checkpoint_dir / "qlora4080.json").read_text())
     assert meta["method"] == "grpo"
+
+
+def test_the_preflight_counts_the_sampled_answers_and_offers_fewer_first(tmp_path):
+    from qlora4080.preflight import run_preflight
+
+    recipe = load_recipe(REPO / "recipes" / "qwen3_4b_math_grpo.toml")
+    report = run_preflight(recipe, None, "hf", offline=True)
+    assert report.fits and report.estimate is not None
+    parts = report.estimate.parts
+    assert "generation beyond the training pass (KV cache of 8 answers)" in parts
+    # a batch row is one prompt's 8 answers: twice the answers, about twice the activations
+    doubled = run_preflight(load_recipe(REPO / "recipes" / "qwen3_4b_math_grpo.toml", ["grpo.num_generations=16"]),
+                            None, "hf", offline=True)
+    assert doubled.estimate is not None
+    assert doubled.estimate.parts["activations (checkpointed)"] == pytest.approx(2 * parts["activations (checkpointed)"])
+    big = load_recipe(REPO / "recipes" / "qwen3_4b_math_grpo.toml",
+                      ["grpo.num_generations=16", "model.max_seq_len=1024", "grpo.max_completion_length=768"])
+    too_big = run_preflight(big, None, "hf", offline=True)
+    assert not too_big.fits and too_big.overrides == ["--set grpo.num_generations=4"]
+    # the KV cache of a long generation can exceed the training pass it precedes
+    long_answers = load_recipe(REPO / "recipes" / "qwen3_4b_math_grpo.toml",
+                               ["model.max_seq_len=4096", "grpo.max_completion_length=3500", "grpo.num_generations=16",
+                                "training.gradient_checkpointing=true"])
+    estimate = run_preflight(long_answers, None, "hf", offline=True).estimate
+    assert estimate is not None and estimate.parts["generation beyond the training pass (KV cache of 16 answers)"] >= 0
+
+
+def test_the_demo_recipes_load(tmp_path):
+    demo = load_recipe(DEMO_RECIPE)
+    settings = demo.table(GRPOSection)
+    assert demo.training.method == "grpo" and [r.label for r in settings.rewards] == [
+        "exact_match", "answer_format", "stopped", "uses_the_numbers"]
+    assert len(read_prompt_records(demo.resolve_path(str(demo.data.train))).records) == 240
+    preset = load_recipe(REPO / "recipes" / "qwen3_4b_math_grpo.toml")
+    assert preset.model.adapter == "checkpoints/qwen3-emoji" and [s.format for s in preset.data.sources] == ["cmath", "mawps"]
+
+
+PARITY = "def parity(completion_ids, **kwargs):\n    return [float(ids[0] % 2) if ids else 0.0 for ids in completion_ids]\n"
+"""A reward with variance on a random model (its first token's parity), so every step has advantages to train on."""
+
+
+def parity_recipe(tmp_path: Path, model: Path, **training: object) -> Path:
+    (tmp_path / "parity.py").write_text(PARITY, encoding="utf-8")
+    return grpo_recipe(tmp_path, model, [{"path": "parity.py", "function": "parity"}, "length_penalty"], **training)
+
+
+def _per_step(run_dir: Path, key: str) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if "loss" in line and key in line]
+
+
+def test_grpo_resumes_after_ctrl_c_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    import torch
+    from test_resume import SigintAt
+
+    from qlora4080.training.interrupts import TrainingInterrupted
+
+    recipe = load_recipe(parity_recipe(tmp_path, tiny_model_dir, max_steps=5, save_steps=3, learning_rate=5e-2))
+    straight = train(recipe, run_name="straight", live=False)
+    assert len(_per_step(straight.run_dir, "reward")) == 5 and max(_per_step(straight.run_dir, "grad_norm")) > 0
+    with pytest.raises(TrainingInterrupted) as info:
+        train(recipe, run_name="cut", live=False, callbacks=[SigintAt(2)])
+    assert "--resume --run-name cut" in info.value.hint
+    resumed = train(recipe, run_name="cut", resume=True, live=False)
+    assert resumed.summary["steps"] == 5
+    for key in ("reward", "grad_norm", "completions/mean_length"):  # the same answers sampled, the same updates
+        combined, expected = _per_step(Path("runs/cut"), key), _per_step(straight.run_dir, key)
+        assert torch.allclose(torch.tensor(combined), torch.tensor(expected), atol=1e-4), (key, combined, expected)
+
+
+def test_eval_scores_each_model_with_the_rewards_it_trained_with(tmp_path, tiny_model_dir):
+    result = train(load_recipe(parity_recipe(tmp_path, tiny_model_dir)), run_name="scored", live=False)
+    (tmp_path / "parity.py").unlink()  # the snapshot's absolute path: eval must not depend on the folder it runs in
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "parity.py").write_text(PARITY, encoding="utf-8")
+    snapshot = result.checkpoint_dir / "recipe.toml"
+    snapshot.write_text(snapshot.read_text().replace(str(tmp_path / "parity.py"), str(tmp_path / "moved" / "parity.py")))
+    shown = CliRunner().invoke(app, ["eval", str(result.checkpoint_dir), "--baseline", "--limit", "4",
+                                     "--data", str(PROMPT_DATA / "validation.jsonl"),
+                                     "--out", str(tmp_path / "report")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "Rewards of greedy answers to 4 prompts" in shown.output
+    for label in ("mean total reward (weighted, as trained)", "answers that ended their turn", "parity (mean where it",
+                  "length_penalty (mean where it scored)"):
+        assert label in shown.output, label
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert set(report["records"]) == {"base", "adapter"} and len(report["records"]["adapter"]) == 4
+    row = report["records"]["adapter"][0]
+    assert set(row) >= {"id", "answer", "parity", "length_penalty"} and row["parity"] in (0.0, 1.0)
+    total = report["adapter"]["reward"]
+    assert total == pytest.approx(sum(r["parity"] + r["length_penalty"] for r in report["records"]["adapter"]) / 4)
+
+
+def test_a_reward_that_raises_stops_training_with_its_name(tmp_path, tiny_model_dir):
+    (tmp_path / "bad.py").write_text("def bad(completions, answer, **kwargs):\n    return [float(a) for a in answer]\n"
+                                     "def crash(completions, **kwargs):\n    raise ValueError('no score for you')\n",
+                                     encoding="utf-8")
+    recipe = load_recipe(grpo_recipe(tmp_path, tiny_model_dir, [{"path": "bad.py", "function": "crash"}]))
+    with pytest.raises(RewardFailed, match=r"reward crash \(.*bad.py\) raised ValueError: no score for you "
+                                           r"\(first prompt of the batch: '"):
+        train(recipe, run_name="crash", live=False)
+
+
+def test_the_model_card_and_runs_show_the_reward(tmp_path, tiny_model_dir):
+    result = train(load_recipe(grpo_recipe(tmp_path, tiny_model_dir)), run_name="carded", live=False)
+    card = (result.checkpoint_dir / "README.md").read_text(encoding="utf-8")
+    assert "group relative policy optimization (GRPO)" in card and "| final mean reward |" in card
+    listed = CliRunner().invoke(app, ["runs", "--json"])
+    assert listed.exit_code == 0, listed.output
+    run = next(r for r in json.loads(listed.output) if r["name"] == "carded")
+    assert run["method"] == "grpo" and run["final_reward"] == pytest.approx(result.summary["last_reward"])

@@ -81,6 +81,8 @@ def list_methods() -> None:
     console.print(table, markup=False)
     for spec in METHODS.values():  # below the table, where the sentences can wrap
         console.print(f"{spec.name}: {spec.summary}", markup=False)
+        for line in spec.details:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
     console.print("A source's format may be left out: `auto` detects the records the method reads.", markup=False)
 
 

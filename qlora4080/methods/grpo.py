@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .grpo_eval import evaluate_prompt_file
 from .grpo_settings import GRPOSection
 from .prompt_records import PROMPTS
+from .reward_names import BUILTIN_REWARDS
 from .spec import MethodSpec, TrainerInputs
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ..plan import RunPlan
     from ..recipe import Recipe
     from ..training.trainer import CountingTrainer
+    from ..vram import GenerationShape
 
 MIN_PROMPT_ROOM = 8
 """Fewest prompt tokens max_seq_len must leave beside max_completion_length."""
@@ -179,6 +181,14 @@ def _keeps_reference_copy(recipe: Recipe) -> bool:
     return recipe.table(GRPOSection).beta > 0 and recipe.model.adapter is not None
 
 
+def _generation(recipe: Recipe) -> GenerationShape:
+    from ..vram import GenerationShape
+
+    settings = recipe.table(GRPOSection)
+    return GenerationShape(settings.num_generations, settings.max_completion_length,
+                           answers_key="grpo.num_generations", answer_tokens_key="grpo.max_completion_length")
+
+
 SPEC = MethodSpec(
     name="grpo",
     summary="sample answers to prompts and learn from reward functions (exact match, format, JSON, yours)",
@@ -187,7 +197,11 @@ SPEC = MethodSpec(
     make_trainer=make_trainer,
     table="grpo",
     settings=GRPOSection,
+    generation=_generation,
     reference_copy=_keeps_reference_copy,
     evaluate=evaluate_prompt_file,
     check_recipe=check_recipe,
+    details=(("[grpo] rewards: built-ins by name, or { path = \"file.py\", function = \"name\", weight = 1.0 } for "
+             "yours (TRL's signature: f(prompts, completions, completion_ids, **columns) -> one float or None each)"),
+             *(f"{name}: {what}" for name, what in BUILTIN_REWARDS.items())),
 )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -56,6 +56,8 @@ class PromptRecord:
     answer: str | None = None
     """The reference the rewards compare with, as text (a JSON value is kept as its JSON)."""
     tags: tuple[str, ...] = ()
+    line: int = 0
+    """Its line in the file it was read from (0: not read from a file)."""
 
 
 def mostly_prompts(records: Sequence[object]) -> bool:
@@ -143,7 +145,7 @@ def read_prompt_records(path: Path) -> PromptFile:
         if isinstance(read, str):
             result.rejected.append(Rejected(path, number, read))
         else:
-            result.records.append(read)
+            result.records.append(replace(read, line=number))
     return result
 
 
@@ -278,10 +280,10 @@ def _prompt_split(key: str, path: Path, tokenizer: Tokenizer, recipe: Recipe, lo
     rows: list[dict[str, object]] = []
     tally = SourceTokens()
     dropped: list[Rejected] = []
-    for number, record in enumerate(read.records, start=1):
+    for record in read.records:
         length = len(prompt_ids(record, tokenizer))
         if length > room:
-            dropped.append(Rejected(path, number, f"prompt {record.id}: {_too_long(length, room, recipe)}"))
+            dropped.append(Rejected(path, record.line, f"prompt {record.id}: {_too_long(length, room, recipe)}"))
             continue
         tally.kept += 1
         tally.tokens += length

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..plan import RunPlan
     from ..recipe import Recipe, Section
     from ..training.trainer import CountingTrainer
+    from ..vram import GenerationShape
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,14 @@ class MethodSpec:
     """Whether exp(eval_loss) is a perplexity (a token-level cross-entropy), reported as such."""
     sequences_per_row: int = 1
     """Sequences one record puts through the model per step (a pair: chosen and rejected): the memory estimate."""
+    generation: Callable[[Recipe], GenerationShape | None] = field(default=lambda recipe: None)
+    """What sampling a step's answers holds in memory (grpo), for the memory estimate; None: nothing is sampled."""
     reference_copy: Callable[[Recipe], bool] = field(default=lambda recipe: False)
     """Whether training holds a frozen copy of the starting adapter as its reference (memory estimate)."""
     evaluate: Callable[[EvalRequest], EvalOutcome] | None = None
     """`eval` on a file of its records; None: the generation eval every chat model gets (conversations)."""
+    details: tuple[str, ...] = ()
+    """More lines for `qlora4080 methods` (grpo: its built-in rewards)."""
     check_recipe: Callable[[Recipe], str | None] | None = None
     """What else it needs of a recipe, checked when the recipe loads (a message naming the key), or None."""
 
