@@ -134,6 +134,7 @@ def _results_section(card: CardInputs) -> list[str]:
             ("eval loss (validation split)", s.get("eval_loss")), ("eval perplexity (assistant tokens)", s.get("eval_perplexity")),
             # grpo: the mean total reward of the sampled answers, first and last logged steps
             ("first mean reward", s.get("first_reward")), ("final mean reward", s.get("last_reward")),
+            ("mean reward on the validation prompts", s.get("eval_reward")),
             ("wall time (s)", s.get("wall_seconds")), (f"peak memory, GiB ({s.get('peak_memory_kind', 'memory')})", s.get("peak_memory_gib"))]
     shown = [(name, f"{value:.4g}" if isinstance(value, float) else str(value)) for name, value in rows if value is not None]
     shown += _early_stopping_rows(s)

@@ -16,7 +16,7 @@ from qlora4080.methods.grpo_settings import GRPOSection
 from qlora4080.methods.prompt_records import PROMPTS, read_prompt_records, to_prompt
 from qlora4080.methods.rewards import RewardContext, RewardFailed, builtin_reward, guarded, load_function
 
-DEMO_RECIPE = REPO / "recipes" / "smollm2_135m_grpo_demo.toml"
+DEMO_RECIPE = REPO / "recipes" / "smollm2_135m_grpo.toml"
 PROMPT_DATA = REPO / "recipes" / "data" / "arithmetic_prompts"
 CONTEXT = RewardContext(max_completion_length=10, stop_ids=frozenset({2}))
 
@@ -212,7 +212,7 @@ def test_two_grpo_steps_train_the_adapter_and_log_rewards(tmp_path, tiny_model_d
         assert key in step, key
     log = (result.run_dir / "train.log").read_text(encoding="utf-8")
     assert "grpo: 2 prompt(s) x 2 answers per micro-step, rewards exact_match x1, stopped x0.5, " \
-           "uses_the_numbers x1" in log
+           "uses_the_numbers x1; answers sampled with transformers' generate (vLLM is not used)" in log
     assert "sample at step 1: " in log and "reward " in log
     # every answer of the step counted: 2 prompts x 2 answers x 8 tokens at most, per step
     assert 0 < result.summary["trained_tokens_seen"] <= 2 * 2 * 2 * 8
@@ -331,3 +331,41 @@ def test_the_model_card_and_runs_show_the_reward(tmp_path, tiny_model_dir):
     assert listed.exit_code == 0, listed.output
     run = next(r for r in json.loads(listed.output) if r["name"] == "carded")
     assert run["method"] == "grpo" and run["final_reward"] == pytest.approx(result.summary["last_reward"])
+
+
+def test_the_guard_takes_what_trl_takes_and_reward_files_import_as_modules(tmp_path):
+    import numpy as np
+
+    prompts = [[{"role": "user", "content": "q"}]] * 3
+    numbers = guarded(lambda **kwargs: [True, np.float32(0.5), np.int64(2)], "numbers", "mine.py")
+    assert numbers(prompts=prompts, completions=chat("a", "b", "c"), completion_ids=[[1]] * 3) == [1.0, 0.5, 2.0]
+    module = tmp_path / "typed.py"
+    module.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\n"
+                      "from math import sqrt as root\n\n@dataclass\nclass Score:\n    value: float\n\n"
+                      "try:\n    def score(completions, **kwargs):\n        return [Score(1.0).value] * len(completions)\n"
+                      "except ImportError:\n    pass\n", encoding="utf-8")
+    for name in ("score", "root"):  # defined in a try block; imported
+        assert load_function(module, name) is not None
+
+
+def test_eval_runs_async_rewards_and_passes_what_training_passes():
+    from qlora4080.methods.grpo_eval import _values
+
+    async def later(completions, trainer_state, log_metric, id, **kwargs):
+        log_metric("x", 1.0)
+        return [float(trainer_state.global_step)] * len(completions)
+
+    reward = guarded(later, "later", "mine.py")
+    result = reward(prompts=[[{"role": "user", "content": "q"}]], completions=chat("a"), completion_ids=[[1]],
+                    trainer_state=__import__("transformers").TrainerState(), log_metric=lambda n, v: None, id=["r1"])
+    assert _values(result) == [0.0]
+
+
+def test_num_iterations_needs_grad_accum_1_and_prompts_eval_needs_a_grpo_run(tmp_path, tiny_model_dir, tiny_checkpoint):
+    path = grpo_recipe(tmp_path, tiny_model_dir)
+    with pytest.raises(QloraError, match="num_iterations = 2 reuses each batch of answers .* needs training.grad_accum = 1"):
+        load_recipe(path, ["grpo.num_iterations=2", "training.grad_accum=2"])
+    assert load_recipe(path, ["grpo.num_iterations=2"]).table(GRPOSection).num_iterations == 2
+    refused = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--data", str(PROMPT_DATA / "validation.jsonl"),
+                                       "--out", str(tmp_path / "report")], env={"COLUMNS": "200"})
+    assert refused.exit_code != 0 and "trained with training.method = 'sft'" in " ".join(refused.output.split())

@@ -8,8 +8,8 @@ micro-step holds batch_size x num_generations answers, generated together
 (TRL's per-device batch counts answers: it is set to that product).
 
 With beta > 0 a KL penalty keeps the policy near the model it started from:
-the base model with the adapter off, or, continuing an SFT checkpoint
-(`[model] adapter`), a frozen copy of that adapter TRL keeps beside it.
+TRL keeps a frozen copy of the starting adapter beside the trained one (an SFT
+checkpoint's, `[model] adapter`, or a fresh one, which equals the base model).
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def check_recipe(recipe: Recipe) -> str | None:
         return (f"[grpo] max_completion_length {settings.max_completion_length} leaves {room} tokens of model.max_seq_len "
                 f"{recipe.model.max_seq_len} for the prompt: raise model.max_seq_len (prompt + answer) or lower "
                 "[grpo] max_completion_length")
+    if settings.num_iterations > 1 and recipe.training.grad_accum > 1:
+        # each micro-step generates its own answers: TRL would reuse them within the same optimizer step, with no
+        # old policy to clip against, so the extra iterations would only repeat prompts
+        return (f"[grpo] num_iterations = {settings.num_iterations} reuses each batch of answers for later optimizer "
+                f"steps, which needs training.grad_accum = 1 (it is {recipe.training.grad_accum}): set "
+                f"training.grad_accum = 1 (and raise training.batch_size for the same prompts a step), or "
+                "[grpo] num_iterations = 1")
     if recipe.training.early_stopping_patience:
         return ("training.early_stopping_patience watches the validation loss, which GRPO does not measure (its loss "
                 "is about 0 on policy): set training.early_stopping_patience = 0 and compare rewards with `qlora4080 "
@@ -69,10 +76,14 @@ def build_grpo_config(recipe: Recipe, plan: RunPlan, output_dir: Path, *, has_ev
     answers = recipe.training.batch_size * settings.num_generations  # TRL's batch counts answers, ours prompts
     arguments = trainer_arguments(recipe, plan, output_dir, has_eval=has_eval)
     arguments |= {"per_device_train_batch_size": answers, "per_device_eval_batch_size": answers}
+    # evaluating during and after training samples fewer answers a prompt (a mean reward needs no group; it costs
+    # num_generations / 2 times less), in batches that still hold whole groups
+    eval_answers = 2 if settings.num_generations % 2 == 0 else settings.num_generations
     return GRPOConfig(
         **arguments,
         steps_per_generation=1,  # each micro-step generates its own answers: the memory of one micro-batch, not grad_accum's
         num_generations=settings.num_generations,
+        num_generations_eval=eval_answers,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -106,6 +117,7 @@ def grpo_trainer_class() -> type[CountingTrainer]:
         sample_every: int = 0
         sample_log: Log | None = None
         _sample: tuple[str, str, list[float]] | None = None
+        _sampled_at: int = 0
 
         @property
         def _training(self) -> bool:
@@ -135,8 +147,10 @@ def grpo_trainer_class() -> type[CountingTrainer]:
                     del metrics[key]
             super().log(logs, start_time)
             step = self.state.global_step
+            # at the first log at least sample_every steps after the last sample (logs come every logging_steps)
             if (self.sample_log is not None and self._sample is not None and self.sample_every
-                    and self._training and step % self.sample_every == 0):
+                    and self._training and (step - self._sampled_at >= self.sample_every or self._sampled_at == 0)):
+                self._sampled_at = step
                 prompt, answer, scores = self._sample
                 names = self.reward_func_names
                 shown = ", ".join(f"{name} {score:.2f}" for name, score in zip(names, scores))
@@ -163,7 +177,8 @@ def make_trainer(inputs: TrainerInputs) -> CountingTrainer:
     sampler: Any = trainer
     sampler.sample_every, sampler.sample_log = recipe.table(GRPOSection).sample_every, inputs.log
     inputs.log.line(f"grpo: {recipe.training.batch_size} prompt(s) x {config.num_generations} answers per micro-step, "
-                    f"rewards {', '.join(f'{n} x{w:g}' for n, w in zip(rewards.names, rewards.weights))}")
+                    f"rewards {', '.join(f'{n} x{w:g}' for n, w in zip(rewards.names, rewards.weights))}; answers "
+                    "sampled with transformers' generate (vLLM is not used)")
     return trainer
 
 
@@ -177,8 +192,9 @@ def _stop_on_end_of_turn(model: Model, tokenizer: Tokenizer) -> None:
 
 
 def _keeps_reference_copy(recipe: Recipe) -> bool:
-    """With beta > 0 from an SFT adapter, TRL keeps a frozen copy of it (from a fresh adapter: the base, adapter off)."""
-    return recipe.table(GRPOSection).beta > 0 and recipe.model.adapter is not None
+    """With beta > 0, TRL keeps a frozen copy of the adapter the run starts with as the reference (the model it is
+    given is already a PeftModel, a fresh adapter too)."""
+    return recipe.table(GRPOSection).beta > 0
 
 
 def _generation(recipe: Recipe) -> GenerationShape:

@@ -20,6 +20,8 @@ from ..errors import QloraError
 from .grpo_settings import GRPOSection
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from ..eval_report import AnswerRow, EvalReport, Metrics
     from ..infer import ChatModel
     from .prompt_records import PromptRecord
@@ -54,6 +56,11 @@ def evaluate_prompt_file(request: EvalRequest) -> EvalOutcome:
     from .spec import EvalOutcome
 
     settings = trained_settings(Path(request.checkpoint))
+    if not settings.rewards:  # a run of another method: its snapshot's [grpo] table is the default, with no rewards
+        raise QloraError(f"{request.source} holds prompts, which eval scores with the rewards a GRPO run trained with, "
+                         f"and {request.checkpoint} was trained with training.method = {request.settings.method!r}",
+                         where="--data", hint="for the generation eval (perplexity, usability, exact match), pass a file "
+                                              "of conversations: messages that end with the reference answer")
     read = read_prompt_records(request.source)
     for problem in read.rejected[:5]:
         console.print(f"skipped {problem}", style="yellow", markup=False, soft_wrap=True)
@@ -99,16 +106,21 @@ def _score(chat: ChatModel, records: list[PromptRecord], rewards: Rewards, max_n
     answers = generate_answers(chat, [r.prompt for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                use_adapter=use_adapter)
     stop = chat.stop_ids[0] if chat.stop_ids else None
-    columns = {
+    from transformers import TrainerState
+
+    columns = {  # what TRL passes a reward in training: the dataset's columns, its state, its logging hooks
         "prompts": [r.prompt for r in records],
         "completions": [[{"role": "assistant", "content": a.text}] for a in answers],
         # as TRL passes them: an answer that ended its turn keeps its end-of-turn token
         "completion_ids": [[*a.token_ids, stop] if a.stopped and stop is not None else list(a.token_ids) for a in answers],
         "answer": [r.answer for r in records],
         "tags": [list(r.tags) for r in records],
-        "trainer_state": None,
+        "id": [r.id for r in records],
+        "trainer_state": TrainerState(),
+        "log_extra": lambda column, values: None,
+        "log_metric": lambda name, value: None,
     }
-    scores = {name: list(function(**columns)) for name, function in zip(rewards.names, rewards.functions)}
+    scores = {name: _values(function(**columns)) for name, function in zip(rewards.names, rewards.functions)}
     totals = []
     for index in range(len(records)):  # as TRL sums them: a reward that did not score an answer adds nothing
         given = [(weight, scores[name][index]) for name, weight in zip(rewards.names, rewards.weights)]
@@ -129,3 +141,14 @@ def _score(chat: ChatModel, records: list[PromptRecord], rewards: Rewards, max_n
                       {name: scores[name][index] for name in scores})
             for index, (record, answer) in enumerate(zip(records, answers))]
     return metrics, rows
+
+
+def _values(result: object) -> list[float | None]:
+    """A guarded reward's scores; an async reward's coroutine is run to its end (TRL awaits it in training)."""
+    import asyncio
+    import inspect
+    from typing import cast
+
+    if inspect.isawaitable(result):
+        result = asyncio.run(cast("Coroutine[object, object, object]", result))
+    return list(cast("list[float | None]", result))

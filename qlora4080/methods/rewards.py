@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import json
 import math
+import numbers
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -143,13 +144,33 @@ def function_problem(path: Path, function: str) -> str | None:
         return f"the reward file {path} does not parse: line {error.lineno}: {error.msg}"
     except (OSError, ValueError) as error:
         return f"the reward file {path} cannot be read: {error}"
-    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    assigned = {target.id for node in tree.body if isinstance(node, ast.Assign)
-                for target in node.targets if isinstance(target, ast.Name)}
-    if function not in defined | assigned:
+    defined, named = _module_names(tree.body)
+    if function not in named:
         known = ", ".join(sorted(defined)) or "none"
         return f"the reward file {path} has no function {function!r} (functions defined there: {known})"
     return None
+
+
+def _module_names(body: list[ast.stmt]) -> tuple[set[str], set[str]]:
+    """(functions defined, every name bound) at a module's top level, inside if/try/with blocks too."""
+    functions: set[str] = set()
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            (functions if not isinstance(node, ast.ClassDef) else names).add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name))
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(node, block, None)
+            if isinstance(inner, list) and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                statements = [s for item in inner for s in (item.body if isinstance(item, ast.ExceptHandler) else [item])]
+                more_functions, more_names = _module_names(statements)
+                functions |= more_functions
+                names |= more_names
+    return functions, names | functions
 
 
 def load_function(path: Path, function: str) -> Callable[..., object]:
@@ -161,10 +182,12 @@ def load_function(path: Path, function: str) -> Callable[..., object]:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None  # a .py file that exists
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: dataclasses and pickling look their module up there
     sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
     try:
         spec.loader.exec_module(module)
     except Exception as error:
+        sys.modules.pop(name, None)
         raise QloraError(f"the reward file {path} raised {type(error).__name__} when imported: {error}", where=where,
                          hint="run `python FILE` to see the whole error") from error
     finally:
@@ -204,7 +227,8 @@ def guarded(function: Callable[..., object], label: str, origin: str) -> RewardF
             if item is None:
                 scores.append(None)
                 continue
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            # TRL takes whatever torch.tensor takes: bools and numpy scalars are numbers too
+            if not isinstance(item, numbers.Real) or not math.isfinite(float(item)):
                 prompt = prompt_text(prompts[index]) if index < len(prompts) else first
                 raise RewardFailed(f"reward {label} ({origin}) returned {_shown(item)} for completion {index} of the "
                                    f"prompt {prompt!r}: {_shown(completion_text(completions[index]))}",
@@ -219,7 +243,7 @@ def guarded(function: Callable[..., object], label: str, origin: str) -> RewardF
                             hint="fix the function; it is called with prompts, completions, completion_ids and the "
                                  "record's answer and tags as keyword arguments")
 
-    if inspect.iscoroutinefunction(function):
+    if _is_async(function):
         async def guarded_async(**kwargs: object) -> list[RewardValue]:
             try:
                 value = await cast("Callable[..., Awaitable[object]]", function)(**kwargs)
@@ -245,6 +269,12 @@ def guarded(function: Callable[..., object], label: str, origin: str) -> RewardF
     guarded_sync.__name__ = guarded_sync.__qualname__ = label  # TRL logs rewards/<__name__>/mean
     del guarded_sync.__wrapped__  # TRL must call the guard, not look through it
     return guarded_sync
+
+
+def _is_async(function: Callable[..., object]) -> bool:
+    """An async function, or an object whose __call__ is one (TRL awaits both)."""
+    call = type(function).__call__ if not inspect.isfunction(function) and not inspect.ismethod(function) else None
+    return inspect.iscoroutinefunction(function) or (call is not None and inspect.iscoroutinefunction(call))
 
 
 def _shown(value: object) -> str:

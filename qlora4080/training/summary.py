@@ -68,6 +68,8 @@ class RunSummary(TypedDict, total=False):
     """A run that samples and scores answers (grpo): the mean total reward of its first logged steps."""
     last_reward: float
     """... and of its last logged steps: what training raised."""
+    eval_reward: float
+    """grpo, with validation prompts: the mean total reward of answers sampled to them after training."""
     plan: dict[str, object]
     """How the run trained on its machine: backend, device, compute dtype, quantization, optimizer, checkpointing,
     packing, padding-free (plan.RunPlan.summary_fields)."""
@@ -123,6 +125,8 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
         summary["first_reward"], summary["last_reward"] = rewards[0], rewards[-1]
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
+    if "eval_reward" in eval_metrics:  # grpo: the mean reward of answers sampled to the validation prompts
+        summary["eval_reward"] = eval_metrics["eval_reward"]
     if "eval_perplexity" in eval_metrics:
         summary["eval_perplexity"] = eval_metrics["eval_perplexity"]
     summary.update(early_stopping_summary(trainer))
