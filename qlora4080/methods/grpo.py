@@ -147,9 +147,10 @@ def grpo_trainer_class() -> type[CountingTrainer]:
                     del metrics[key]
             super().log(logs, start_time)
             step = self.state.global_step
-            # at the first log at least sample_every steps after the last sample (logs come every logging_steps)
-            if (self.sample_log is not None and self._sample is not None and self.sample_every
-                    and self._training and (step - self._sampled_at >= self.sample_every or self._sampled_at == 0)):
+            # the first log, then the first log at or after each multiple of sample_every (logs come every
+            # logging_steps, which need not divide it)
+            if (self.sample_log is not None and self._sample is not None and self.sample_every and self._training
+                    and (self._sampled_at == 0 or step // self.sample_every > self._sampled_at // self.sample_every)):
                 self._sampled_at = step
                 prompt, answer, scores = self._sample
                 names = self.reward_func_names
