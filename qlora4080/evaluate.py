@@ -146,6 +146,10 @@ METRICS = [
     ("mean_margin", "mean log-prob margin, chosen - rejected", "{:.3f}"),
     ("reward_accuracy", "prefers chosen more than the model it started from", "{:.1%}"),
     ("reward_margin", "margin gained over the model it started from", "{:.3f}"),
+    # the prompts eval (grpo): the run's rewards on greedy answers; each reward's own mean follows (_reward_metrics)
+    ("reward", "mean total reward (weighted, as trained)", "{:.3f}"),
+    ("stopped_rate", "answers that ended their turn", "{:.1%}"),
+    ("answer_tokens", "mean answer length (tokens)", "{:.1f}"),
 ]
 COUNTED_BY = {"exact_match_rate": "exact_match_records", "token_f1": "f1_records"}
 """Metrics whose label shows how many records they were computed on (the same for every model)."""
@@ -161,7 +165,7 @@ def report_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     compared = len(columns) >= 2
     header = ["metric", *columns] + ([f"delta vs {columns[-2]}" if len(columns) > 2 else "delta"] if compared else [])
     rows = []
-    for key, label, fmt in METRICS:
+    for key, label, fmt in [*METRICS, *_reward_metrics(report, columns)]:
         values = [report.number(c, key) for c in columns]
         if all(v is None for v in values):
             continue
@@ -174,7 +178,6 @@ def report_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
         elif compared:
             row.append("")
         rows.append(row)
-    rows += _reward_rows(report, columns, compared)
     for column in columns:
         for reason, count in sorted(report.failures(column).items()):
             rows.append([f"  failed: {reason} ({column})", *("" for _ in columns)] + ([""] if compared else []))
@@ -182,27 +185,10 @@ def report_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-REWARD_METRICS = [("reward", "mean total reward (weighted, as trained)"), ("stopped_rate", "answers that ended their turn"),
-                  ("answer_tokens", "mean answer length (tokens)")]
-"""The grpo eval's fixed metrics; each reward's own mean ("reward/<name>") follows them."""
-
-
-def _reward_rows(report: EvalReport, columns: list[str], compared: bool) -> list[list[str]]:
-    """The rows of the prompts eval: the total reward, each reward's mean, how answers ended."""
-    keys = [(key, label) for key, label in REWARD_METRICS if any(report.number(c, key) is not None for c in columns)]
+def _reward_metrics(report: EvalReport, columns: list[str]) -> list[tuple[str, str, str]]:
+    """The prompts eval's rows after the fixed ones: each reward's mean ("reward/<name>"), named by its reward."""
     names = dict.fromkeys(key for c in columns for key in report.metrics[c] if key.startswith("reward/"))
-    keys += [(key, f"  {key[len('reward/'):]} (mean where it scored)") for key in names]
-    rows = []
-    for key, label in keys:
-        values = [report.number(c, key) for c in columns]
-        fmt = "{:.1%}" if key == "stopped_rate" else "{:.1f}" if key == "answer_tokens" else "{:.3f}"
-        row = [label, *("-" if v is None else fmt.format(v) for v in values)]
-        if compared:
-            last, before = values[-1], values[-2]
-            delta = None if last is None or before is None else last - before
-            row.append("" if delta is None else ("+" if delta >= 0 else "") + fmt.format(delta))
-        rows.append(row)
-    return rows
+    return [(key, f"  {key[len('reward/'):]} (mean where it scored)", "{:.3f}") for key in names]
 
 
 def _with_count(label: str, counts: set[Number | None]) -> str:
