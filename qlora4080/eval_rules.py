@@ -62,14 +62,15 @@ def json_check(answer: str, reference: str | None) -> tuple[bool, bool | None]:
     try:
         parsed = json.loads(answer)
     except (json.JSONDecodeError, TypeError):
-        return False, False if _json_object(reference) is not None else None
-    expected = _json_object(reference)
+        return False, False if json_object(reference) is not None else None
+    expected = json_object(reference)
     if expected is None:
         return True, None
     return True, isinstance(parsed, dict) and set(parsed) == set(expected)
 
 
-def _json_object(text: str | None) -> dict[str, object] | None:
+def json_object(text: str | None) -> dict[str, object] | None:
+    """The JSON object the whole text is, or None (not JSON, or JSON that is not an object)."""
     if not text:
         return None
     try:

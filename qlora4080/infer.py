@@ -7,8 +7,8 @@ batch_infer.py and evaluate.py all build on this module, never on each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,6 +176,19 @@ def adapter_off(model: Model, description: str = "the model") -> AbstractContext
     if not isinstance(model, PeftModel):
         raise QloraError(f"{description} has no adapter to switch off")
     return model.disable_adapter()
+
+
+@contextmanager
+def beside_adapter(chat: ChatModel, folder: Path, name: str = "sft") -> Iterator[None]:
+    """Another adapter (the SFT checkpoint a run continued) loaded beside the checkpoint's, answering inside; the
+    checkpoint's own adapter answers again after, and the other is unloaded."""
+    chat.model.load_adapter(folder, adapter_name=name)
+    chat.model.set_adapter(name)
+    try:
+        yield
+    finally:
+        chat.model.set_adapter("default")
+        chat.model.delete_adapter(name)
 
 
 def _streamer(tokenizer: Tokenizer, on_text: Callable[[str], None]) -> TextStreamer:

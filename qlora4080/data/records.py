@@ -57,6 +57,16 @@ class Pool:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+def renamed_fields(record: Mapping[str, object], columns: Mapping[str, str]) -> dict[str, object]:
+    """The record with fields renamed as a source's `columns` says ({our name: its name}): `columns = {"chosen": "good"}`
+    reads "good" as "chosen". Kinds that read named fields (pairs, feedback, prompts) read records through this."""
+    renamed = dict(record)
+    for ours, theirs in columns.items():
+        if theirs in record:
+            renamed[ours] = record[theirs]
+    return renamed
+
+
 def gather_pool(rows: list[Row], origin: Path, stats: PoolStats,
                 to_record: Callable[[int, dict[str, object]], BuildRecord | str], key: Callable[[BuildRecord], str],
                 *, unit: str, hint: str) -> Pool:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from ..data.conversations import Rejected
 from ..data.mixing import conversation_key
-from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
+from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool, renamed_fields
 from ..data.validate import validate_messages
 from ..data.vocabulary import Message
 from ..errors import QloraError
@@ -64,15 +64,6 @@ def mostly_feedback(records: Sequence[object]) -> bool:
     sample = [r for r in records[:20] if isinstance(r, dict)]
     labelled = sum("label" in r and ("completion" in r or "messages" in r) for r in sample)
     return bool(sample) and labelled * 2 > len(sample)
-
-
-def with_feedback_fields(record: Mapping[str, object], columns: Mapping[str, str]) -> dict[str, object]:
-    """The record with its fields renamed to FEEDBACK_FIELDS as `columns` ({"completion": "answer", ...}) says."""
-    renamed = dict(record)
-    for ours, theirs in columns.items():
-        if theirs in record:
-            renamed[ours] = record[theirs]
-    return renamed
 
 
 def to_feedback(record: Mapping[str, object], default_id: str) -> Feedback | str:
@@ -136,7 +127,7 @@ class FeedbackRecords:
     def check(self, record: object, fmt: str, columns: Mapping[str, str]) -> str | None:
         if not isinstance(record, dict):
             return "expected a JSON object"
-        read = to_feedback(with_feedback_fields(record, columns), "")
+        read = to_feedback(renamed_fields(record, columns), "")
         return read if isinstance(read, str) else None
 
     def load_pool(self, rows: list[Row], origin: Path, source: SourceSection) -> Pool:
@@ -148,7 +139,7 @@ class FeedbackRecords:
         stats = PoolStats(name=source.label, format=FEEDBACK_FORMAT)
 
         def to_record(number: int, row: dict[str, object]) -> BuildRecord | str:
-            read = to_feedback(with_feedback_fields(row, source.columns), f"{stats.name}-{number}")
+            read = to_feedback(renamed_fields(row, source.columns), f"{stats.name}-{number}")
             if isinstance(read, str):
                 return read
             return _build_record(read, f"{stats.name}-{number}", stats.name, source, row.get("tags"))

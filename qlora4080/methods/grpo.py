@@ -42,8 +42,6 @@ def check_recipe(recipe: Recipe) -> str | None:
 
     settings = recipe.table(GRPOSection)
     if not settings.rewards:
-        from .reward_names import BUILTIN_REWARDS
-
         return ("[grpo] rewards is empty: GRPO learns only from rewards; name at least one, e.g. rewards = "
                 f'["exact_match"] (built-ins: {", ".join(BUILTIN_REWARDS)}) or {{ path = "my_rewards.py", function = '
                 '"score" }')
@@ -185,11 +183,11 @@ def make_trainer(inputs: TrainerInputs) -> CountingTrainer:
 
 def _stop_on_end_of_turn(model: Model, tokenizer: Tokenizer) -> None:
     """TRL stops answers (and tells a finished answer from a cut one) by the model's generation_config EOS ids."""
-    from .rewards import stop_ids
+    from ..data.render import end_of_turn_ids
 
     config = getattr(model, "generation_config", None)
     if config is not None:
-        config.eos_token_id = stop_ids(tokenizer)
+        config.eos_token_id = end_of_turn_ids(tokenizer)
 
 
 def _keeps_reference_copy(recipe: Recipe) -> bool:

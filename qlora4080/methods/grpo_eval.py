@@ -86,13 +86,10 @@ def evaluate_prompts(chat: ChatModel, records: list[PromptRecord], rewards: Rewa
     if baseline and chat.has_adapter:
         metrics["base"], rows["base"] = _score(chat, records, rewards, max_new_tokens, batch_size, use_adapter=False)
         if sft_adapter is not None and sft_adapter.is_dir():
-            chat.model.load_adapter(sft_adapter, adapter_name="sft")
-            chat.model.set_adapter("sft")
-            try:
+            from ..infer import beside_adapter
+
+            with beside_adapter(chat, sft_adapter):
                 metrics["sft"], rows["sft"] = _score(chat, records, rewards, max_new_tokens, batch_size)
-            finally:
-                chat.model.set_adapter("default")
-                chat.model.delete_adapter("sft")
     name = "adapter" if chat.has_adapter else "model"
     metrics[name], rows[name] = _score(chat, records, rewards, max_new_tokens, batch_size)
     return EvalReport(metrics, rows)
@@ -100,14 +97,14 @@ def evaluate_prompts(chat: ChatModel, records: list[PromptRecord], rewards: Rewa
 
 def _score(chat: ChatModel, records: list[PromptRecord], rewards: Rewards, max_new_tokens: int, batch_size: int,
            use_adapter: bool = True) -> tuple[Metrics, list[AnswerRow]]:
+    from transformers import TrainerState
+
     from ..eval_report import AnswerRow
     from ..infer import generate_answers
 
     answers = generate_answers(chat, [r.prompt for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                use_adapter=use_adapter)
     stop = chat.stop_ids[0] if chat.stop_ids else None
-    from transformers import TrainerState
-
     columns = {  # what TRL passes a reward in training: the dataset's columns, its state, its logging hooks
         "prompts": [r.prompt for r in records],
         "completions": [[{"role": "assistant", "content": a.text}] for a in answers],

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 from ..data.conversations import Rejected
 from ..data.formats import DEFAULT_COLUMNS, FormatError, detect_format, to_messages
 from ..data.mixing import conversation_key
-from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
+from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool, renamed_fields
 from ..data.validate import validate_messages
 from ..data.vocabulary import FORMATS, Message
 from ..errors import QloraError
@@ -76,6 +76,11 @@ def mostly_prompts(records: Sequence[object]) -> bool:
     return bool(sample) and sum(map(is_prompt, sample)) * 2 > len(sample)
 
 
+def detected_format(records: Sequence[object]) -> str:
+    """How a file's records read as prompts: the prompts format, else the conversation format they are in."""
+    return PROMPTS_FORMAT if mostly_prompts(records) else detect_format(records) or PROMPTS_FORMAT
+
+
 def reference_text(value: object) -> str | None:
     """A reference answer as text: a string as is, anything else as its JSON (42 -> "42")."""
     if value is None:
@@ -87,11 +92,8 @@ def reference_text(value: object) -> str | None:
 
 def to_prompt(record: Mapping[str, object], fmt: str, columns: Mapping[str, str], default_id: str) -> PromptRecord | str:
     """The prompt (and reference) a record holds in format `fmt`, or why it holds none."""
-    fields = dict(record)
+    fields = renamed_fields(record, columns) if fmt == PROMPTS_FORMAT else dict(record)
     if fmt == PROMPTS_FORMAT:
-        for ours, theirs in columns.items():
-            if theirs in record:
-                fields[ours] = record[theirs]
         if "prompt" in fields:
             prompt = prompt_messages(fields)
             if isinstance(prompt, str):
@@ -136,8 +138,7 @@ def read_prompt_records(path: Path) -> PromptFile:
     from ..data.jsonl import read_jsonl
 
     rows = list(read_jsonl(path))
-    parsed = [record for _, record, problem in rows if problem is None]
-    fmt = PROMPTS_FORMAT if mostly_prompts(parsed) else detect_format(parsed) or PROMPTS_FORMAT
+    fmt = detected_format([record for _, record, problem in rows if problem is None])
     result = PromptFile(path)
     for number, record, problem in rows:
         read = to_prompt(record, fmt, {}, f"line-{number}") if isinstance(record, dict) else problem or \
@@ -167,10 +168,9 @@ class PromptRecords:
         return read if isinstance(read, str) else None
 
     def load_pool(self, rows: list[Row], origin: Path, source: SourceSection) -> Pool:
-        parsed = [row for _, row, problem in rows if problem is None]
         fmt = source.format
         if fmt == "auto":
-            fmt = PROMPTS_FORMAT if mostly_prompts(parsed) else detect_format(parsed) or PROMPTS_FORMAT
+            fmt = detected_format([row for _, row, problem in rows if problem is None])
         if fmt == PROMPTS_FORMAT and (unknown := sorted(set(source.columns) - set(PROMPT_FIELDS))):
             raise QloraError(f"source '{source.label}': columns names {', '.join(map(repr, unknown))}, which prompt "
                              "records do not have", where="[[data.sources]] columns",

@@ -18,7 +18,6 @@ import ast
 import functools
 import importlib.util
 import inspect
-import json
 import math
 import numbers
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from ..errors import QloraError
-from ..eval_rules import json_check
+from ..eval_rules import json_check, json_object
 from ..task_metrics import exact_match as number_match
 from ..task_metrics import marked_answer
 from .reward_names import BUILTIN_REWARDS
@@ -91,7 +90,7 @@ def builtin_reward(name: str, context: RewardContext) -> RewardFunction:
         return [float(marked_answer(completion_text(c))) for c in completions]
 
     def json_valid(completions: list[object], **kwargs: object) -> list[RewardValue]:
-        return [float(_json_object(completion_text(c)) is not None) for c in completions]
+        return [float(json_object(completion_text(c)) is not None) for c in completions]
 
     def json_keys(completions: list[object], **kwargs: object) -> list[RewardValue]:
         scores: list[RewardValue] = []
@@ -103,11 +102,11 @@ def builtin_reward(name: str, context: RewardContext) -> RewardFunction:
     def json_fields(completions: list[object], **kwargs: object) -> list[RewardValue]:
         scores: list[RewardValue] = []
         for completion, reference in zip(completions, _references(kwargs, len(completions))):
-            expected = _json_object(reference) if reference is not None else None
+            expected = json_object(reference) if reference is not None else None
             if not expected:
                 scores.append(None)
                 continue
-            given = _json_object(completion_text(completion)) or {}
+            given = json_object(completion_text(completion)) or {}
             scores.append(sum(key in given and given[key] == value for key, value in expected.items()) / len(expected))
         return scores
 
@@ -121,14 +120,6 @@ def builtin_reward(name: str, context: RewardContext) -> RewardFunction:
         exact_match, answer_format, json_valid, json_keys, json_fields, stopped, length_penalty)}
     assert set(functions) == set(BUILTIN_REWARDS), "every built-in named in reward_names.py is implemented here"
     return functions[name]
-
-
-def _json_object(text: str | None) -> dict[str, object] | None:
-    try:
-        value = json.loads(text.strip()) if text else None
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # ---- functions of yours ------------------------------------------------------------------------------------
@@ -297,10 +288,8 @@ class Rewards:
 
 def build_rewards(settings: GRPOSection, resolve: Callable[[str], Path], context: RewardContext) -> Rewards:
     """The recipe's [grpo] rewards as guarded functions, with their weights."""
-    functions: list[RewardFunction] = []
-    for source in settings.rewards:
-        functions.append(reward_function(source, resolve, context))
-    return Rewards(functions, [source.weight for source in settings.rewards])
+    return Rewards([reward_function(source, resolve, context) for source in settings.rewards],
+                   [source.weight for source in settings.rewards])
 
 
 def reward_function(source: RewardSource, resolve: Callable[[str], Path], context: RewardContext) -> RewardFunction:
@@ -325,14 +314,9 @@ def rewards_problem(settings: GRPOSection, resolve: Callable[[str], Path]) -> st
     return None
 
 
-def stop_ids(tokenizer: Tokenizer) -> list[int]:
-    """Where an answer ends: the chat template's end of turn, and the EOS (as chat and eval stop)."""
-    from ..data.render import end_of_turn_ids
-
-    return end_of_turn_ids(tokenizer)
-
-
 def recipe_rewards(settings: GRPOSection, resolve: Callable[[str], Path], tokenizer: Tokenizer) -> Rewards:
     """A [grpo] table's rewards, guarded, for this tokenizer's end of turn (`resolve`: where a reward file is)."""
-    context = RewardContext(settings.max_completion_length, frozenset(stop_ids(tokenizer)))
+    from ..data.render import end_of_turn_ids  # where an answer ends, as chat and eval stop
+
+    context = RewardContext(settings.max_completion_length, frozenset(end_of_turn_ids(tokenizer)))
     return build_rewards(settings, resolve, context)

@@ -39,13 +39,10 @@ def evaluate_pairs(chat: ChatModel, pairs: list[PreferencePair], *, max_seq_len:
     if baseline and chat.has_adapter:
         scores["base"] = pair_log_probs(chat.model, rows, batch_size=batch_size, adapter_off=True)
         if sft_adapter is not None and sft_adapter.is_dir():
-            chat.model.load_adapter(sft_adapter, adapter_name="sft")
-            chat.model.set_adapter("sft")
-            try:
+            from ..infer import beside_adapter
+
+            with beside_adapter(chat, sft_adapter):
                 scores["sft"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
-            finally:
-                chat.model.set_adapter("default")
-                chat.model.delete_adapter("sft")
     scores["adapter" if chat.has_adapter else "model"] = pair_log_probs(chat.model, rows, batch_size=batch_size)
     report: dict[str, Metrics] = {}
     records: dict[str, list[PairRow]] = {}

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.mixing import conversation_key
-from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool
+from ..data.records import BuildRecord, Log, Pool, PoolStats, Preview, TokenTable, gather_pool, renamed_fields
 from ..data.validate import CONTROL_CHARS
 from ..data.vocabulary import Message
 from ..errors import QloraError
-from .pairs import PAIR_FIELDS, PreferencePair, mostly_pairs, to_pair, with_pair_fields
+from .pairs import PAIR_FIELDS, PreferencePair, mostly_pairs, to_pair
 
 if TYPE_CHECKING:
     from ..data.dataset import TokenizedSplit
@@ -42,7 +42,7 @@ class PairRecords:
     def check(self, record: object, fmt: str, columns: Mapping[str, str]) -> str | None:
         if not isinstance(record, dict):
             return "expected a JSON object"
-        pair = to_pair(with_pair_fields(record, columns), "")
+        pair = to_pair(renamed_fields(record, columns), "")
         return pair if isinstance(pair, str) else None
 
     def load_pool(self, rows: list[Row], origin: Path, source: SourceSection) -> Pool:
@@ -54,7 +54,7 @@ class PairRecords:
         stats = PoolStats(name=source.label, format=PAIR_FORMAT)
 
         def to_record(number: int, row: dict[str, object]) -> BuildRecord | str:
-            pair = to_pair(with_pair_fields(row, source.columns), f"{stats.name}-{number}")
+            pair = to_pair(renamed_fields(row, source.columns), f"{stats.name}-{number}")
             if isinstance(pair, str):
                 return pair
             record = _build_record(pair, f"{stats.name}-{number}", stats.name, source, row.get("tags"))

@@ -54,15 +54,6 @@ def mostly_pairs(records: Sequence[object]) -> bool:
     return bool(sample) and sum("chosen" in r and "rejected" in r for r in sample) * 2 > len(sample)
 
 
-def with_pair_fields(record: Mapping[str, object], columns: Mapping[str, str]) -> dict[str, object]:
-    """The record with its fields renamed to PAIR_FIELDS as `columns` ({"chosen": "good", ...}) says."""
-    renamed = dict(record)
-    for ours, theirs in columns.items():
-        if theirs in record:
-            renamed[ours] = record[theirs]
-    return renamed
-
-
 def read_pairs(path: Path) -> PairFile:
     """Every usable pair of a JSONL file, and why each other line was refused."""
     result = PairFile(path)
