@@ -79,7 +79,7 @@ def peak_rss_bytes() -> int | None:
 
 
 def memory_snapshot(hardware: Hardware) -> dict[str, int]:
-    """Bytes: on CUDA allocated / reserved / peak / used on the card / card total; on CPU rss / peak rss."""
+    """Bytes: on CUDA allocated / reserved / peak (allocated) / peak reserved / used on the card / card total; on CPU rss / peak rss."""
     if hardware.is_cuda:
         import torch
 
@@ -88,6 +88,7 @@ def memory_snapshot(hardware: Hardware) -> dict[str, int]:
             "allocated": torch.cuda.memory_allocated(),
             "reserved": torch.cuda.memory_reserved(),
             "peak": torch.cuda.max_memory_allocated(),
+            "peak_reserved": torch.cuda.max_memory_reserved(),
             "card_used": total - free,
             "card_total": total,
         }

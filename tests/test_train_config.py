@@ -93,3 +93,27 @@ def test_sft_config_on_cpu_maps_every_recipe_value(tmp_path):
     assert config.bf16 is False and config.gradient_checkpointing is False and config.use_cpu is True
     assert config.eval_strategy == "steps" and config.eval_steps == 10
     assert config.max_length == recipe.model.max_seq_len and config.packing is False and config.padding_free is False
+
+
+def test_the_summary_puts_the_estimate_beside_the_measured_peaks_on_cuda(monkeypatch):
+    """summary.json: on a CUDA card the preflight's estimate sits next to the peaks it predicted; on a CPU it is left
+    out, since it is a 16 GB card's estimate and the peak there is the process's RAM."""
+    from types import SimpleNamespace
+
+    from qlora4080 import hardware as hardware_module
+    from qlora4080.training.summary import build_summary
+
+    GiB = 2**30
+    monkeypatch.setattr(hardware_module, "memory_snapshot", lambda hw: (
+        {"allocated": 3 * GiB, "reserved": 4 * GiB, "peak": 5 * GiB, "peak_reserved": 6 * GiB, "card_used": 7 * GiB,
+         "card_total": 16 * GiB} if hw.is_cuda else {"rss": GiB, "peak": 2 * GiB}))
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 2.0}, {"loss": 1.5}]), tokens_seen=10, trained_tokens_seen=5,
+                              args=SimpleNamespace(world_size=1, per_device_train_batch_size=1, gradient_accumulation_steps=16),
+                              callback_handler=SimpleNamespace(callbacks=[]))
+    parts = dict(dirs=SimpleNamespace(name="run"), output=SimpleNamespace(global_step=2, training_loss=1.75), history=[],
+                 train_split=SimpleNamespace(tokens=100, trained_tokens=40), eval_metrics={}, timings={}, started=0.0,
+                 trainer=trainer, plan=SimpleNamespace(summary_fields=lambda: {}))
+    on_card = build_summary(hardware=AMPERE, estimate_gib=6.4, **parts)
+    assert (on_card["peak_memory_gib"], on_card["peak_reserved_gib"], on_card["estimated_memory_gib"]) == (5.0, 6.0, 6.4)
+    on_cpu = build_summary(hardware=CPU, estimate_gib=None, **parts)
+    assert on_cpu["peak_memory_gib"] == 2.0 and "peak_reserved_gib" not in on_cpu and "estimated_memory_gib" not in on_cpu

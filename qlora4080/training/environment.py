@@ -27,6 +27,8 @@ class Environment:
     """The module that loads the model and attaches LoRA (backends/hf.py, backends/unsloth.py)."""
     plan: RunPlan
     """What the recipe's "auto" values became on this machine."""
+    memory_estimate_gib: float | None = None
+    """The preflight's VRAM estimate for one device; the summary puts the measured peak beside it."""
 
 
 def set_up_environment(run: RunContext, target_gb: float | None) -> Environment:
@@ -63,10 +65,13 @@ def set_up_environment(run: RunContext, target_gb: float | None) -> Environment:
             log.line(line, style="yellow" if line.startswith("note:") else None)
         if recipe.model.thinking != "auto":
             log.line(describe(recipe.model.thinking))
-        print_preflight(run_preflight(recipe, hardware, backend_name, target_gb, processes=world_size()), hardware)
+        preflight = run_preflight(recipe, hardware, backend_name, target_gb, processes=world_size())
+        print_preflight(preflight, hardware)
         if is_main_process():
             snapshot_recipe(recipe, run.dirs)
-    return Environment(hardware, backend_name, backend, plan)
+    # On a CPU the estimate is for a 16 GB card's plan: nothing this run measures compares with it
+    estimate_gib = round(preflight.estimate.total_gib, 3) if preflight.estimate and hardware.is_cuda else None
+    return Environment(hardware, backend_name, backend, plan, estimate_gib)
 
 
 def snapshot_recipe(recipe: Recipe, dirs: RunDirs) -> None:

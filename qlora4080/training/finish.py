@@ -50,7 +50,7 @@ def save_run(run: RunContext, env: Environment, loaded: LoadedModel, splits: Spl
 
     dirs = run.dirs
     summary = build_summary(dirs, output, parts.metrics.history, splits.train, eval_metrics, run.stages.timings,
-                            run.started, env.hardware, parts.trainer, env.plan)
+                            run.started, env.hardware, parts.trainer, env.plan, env.memory_estimate_gib)
     with run.stages.stage(f"Saving adapter to {dirs.checkpoint}"):
         meta = checkpoint_meta(run.recipe, env.plan, summary, splits.validation_file)
         save_adapter(loaded.model, loaded.tokenizer, dirs.checkpoint,

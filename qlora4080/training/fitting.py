@@ -114,7 +114,7 @@ def _stop_interrupted(run: RunContext, env: Environment, loaded: LoadedModel, sp
     if is_main_process():  # the trainer's checkpoint is written by every process together; the adapter by one
         # With its metadata, so chat, eval and export take the adapter saved so far like a finished one.
         summary = build_summary(dirs, output, parts.metrics.history, splits.train, {}, run.stages.timings,
-                                run.started, env.hardware, trainer, env.plan)
+                                run.started, env.hardware, trainer, env.plan, env.memory_estimate_gib)
         meta = checkpoint_meta(run.recipe, env.plan, summary, splits.validation_file)
         save_adapter(loaded.model, loaded.tokenizer, dirs.checkpoint, {META_FILE: meta.to_json()},
                      last_good=latest_checkpoint(dirs.checkpoint))

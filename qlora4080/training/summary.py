@@ -50,6 +50,10 @@ class RunSummary(TypedDict, total=False):
     dataset_trained_tokens: int
     peak_memory_gib: float | None
     peak_memory_kind: str
+    peak_reserved_gib: float
+    """CUDA: the most memory torch's allocator held from the card (allocated plus its cache), what a card must have."""
+    estimated_memory_gib: float
+    """CUDA: the preflight's estimate for this run (CUDA context included), beside the peaks it predicted."""
     wall_seconds: float
     stage_seconds: dict[str, float]
     processes: int
@@ -92,14 +96,15 @@ def _weights(parameter: torch.nn.Parameter) -> int:
 
 def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord], train_split: TokenizedSplit,
                   eval_metrics: dict[str, float], timings: dict[str, float], started: float, hardware: Hardware,
-                  trainer: CountingTrainer, plan: RunPlan) -> RunSummary:
+                  trainer: CountingTrainer, plan: RunPlan, estimate_gib: float | None = None) -> RunSummary:
     from ..hardware import memory_snapshot
 
     # The trainer's log history, not only this process's: after --resume it holds the steps before the resume point too,
     # so first_loss is the run's first loss, not the first one after resuming.
     losses = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r] or [
         float(r["loss"]) for r in history if "loss" in r]
-    peak = memory_snapshot(hardware).get("peak")
+    snapshot = memory_snapshot(hardware)
+    peak = snapshot.get("peak")
     summary: RunSummary = {
         "run_name": dirs.name,
         "steps": output.global_step,
@@ -113,6 +118,8 @@ def build_summary(dirs: RunDirs, output: TrainOutput, history: list[MetricRecord
         "dataset_trained_tokens": train_split.trained_tokens,
         "peak_memory_gib": round(peak / 2**30, 3) if peak else None,
         "peak_memory_kind": "GPU allocated" if hardware.is_cuda else "process RSS",
+        **({"peak_reserved_gib": round(snapshot["peak_reserved"] / 2**30, 3)} if "peak_reserved" in snapshot else {}),
+        **({"estimated_memory_gib": estimate_gib} if estimate_gib is not None else {}),
         "wall_seconds": round(time.monotonic() - started, 2),
         "stage_seconds": timings,
         "processes": trainer.args.world_size,
