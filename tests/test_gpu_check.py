@@ -41,7 +41,30 @@ def test_tiny_run_writes_a_report_where_every_case_and_check_holds(tmp_path: Pat
 
     report = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     cases = {case["case"]: case for case in report["cases"]}
-    assert set(cases) == {"hf:qwen3-4b", "hf:llama-3.1-8b", "peer:qwen3-4b"}  # on CPU the peer row runs once
+    assert set(cases) == {"hf:qwen3-4b", "hf:llama-3.1-8b", "peer:qwen3-4b",  # on CPU the peer row runs once
+                          "recipe:qwen3-4b-emoji", "recipe:qwen3-4b-emoji-dpo"}
+    # a GPU run brings back a few files: everything is in these three, each child's output in the one log
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    log = (out / "gpu_check.log").read_text(encoding="utf-8")
+    assert log.count("\n===== ") == 1 + 3 + 4 + 1  # the build, three backend cases, the SFT recipe's four commands, DPO
+    for name in ("hf:qwen3-4b", "hf:llama-3.1-8b", "peer:qwen3-4b"):
+        case = cases[name]
+        # the same allocator settings in every case, and the loss path read off the objects that trained
+        assert case["alloc_conf_at_start"] == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+                                               "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+        assert case["loss_path"]["compute_loss"].endswith("compute_loss") and "ForCausalLM" in case["loss_path"]["causal_lm"]
+    assert cases["hf:qwen3-4b"]["loss_path"]["trainer"].startswith("qlora4080.")
+    assert cases["peer:qwen3-4b"]["loss_path"]["compute_loss"].endswith("PlainLossSFTTrainer.compute_loss")
+
+    # the headline recipes through the CLI, on the tiny Qwen3: SFT then chat, eval, export; DPO from its adapter
+    sft, dpo = cases.pop("recipe:qwen3-4b-emoji"), cases.pop("recipe:qwen3-4b-emoji-dpo")
+    assert sft["ok"] and dpo["ok"], (sft["errors"], dpo["errors"])
+    assert sft["steps_done"] == ["train", "chat --prompt", "eval --limit 4", "export --merged"] and dpo["steps_done"] == ["train"]
+    assert sft["summary"]["steps"] == dpo["summary"]["steps"] == 2 and sft["summary"]["plan"]["quantization"] == "nf4"
+    assert sft["eval"]["written"] and sft["export"]["config"] and sft["export"]["safetensors"]
+    assert dpo["commands"]["train"]["argv"][-1].endswith("checkpoints/gpu-check-emoji")  # model.adapter = the SFT adapter
+    assert all(command["exit"] == 0 for command in sft["commands"].values())
+    assert report["not_run"] == []
     for name, case in cases.items():
         assert case["ok"], (name, case["errors"])
         assert len(case["losses"]) == report["settings"]["steps"] == 2
@@ -71,6 +94,18 @@ def test_tiny_run_writes_a_report_where_every_case_and_check_holds(tmp_path: Pat
     for package in REPORTED:
         assert f"| {package} | {installed(package)} |" in text
     assert "| hf:qwen3-4b | 1 | yes |" in text and "--tiny" in text
+    assert "| recipe:qwen3-4b-emoji | yes |" in text and "## Not run\n\nEverything chosen ran." in text
+
+
+def test_a_spent_budget_starts_nothing_and_lists_each_part_with_its_command(tmp_path: Path) -> None:
+    done = run_check("--tiny", "--budget-s", "1", "--min-case-s", "5", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text(encoding="utf-8"))
+    assert report["cases"] == []
+    assert [part["case"] for part in report["not_run"]] == ["build qwen3-4b+llama-3.1-8b"]
+    assert report["not_run"][0]["command"].startswith("python bench/gpu_check.py --backends hf,peer --archs qwen3-4b,llama-3.1-8b "
+                                                      "--recipes qwen3-4b-emoji,qwen3-4b-emoji-dpo")
+    assert "## Not run\n\n- `build qwen3-4b+llama-3.1-8b`: " in (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("unsloth") is not None, reason="unsloth is installed: this would start a real GPU run")

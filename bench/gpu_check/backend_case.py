@@ -208,6 +208,7 @@ def train(model: Any, tokenizer: Any, recipe: Any, plan: Any, opts: CaseOptions,
     record.data.update(measure.timing(clock, t.batch_size * t.grad_accum * opts.seq_len))
     record.data["tokens_seen"] = trainer.tokens_seen
     record.data["trainer"] = trainer_settings(config, fused_loss_usable(model), "qlora4080 counting_trainer_class")
+    record.data["loss_path"] = measure.loss_path(trainer, model)
 
 
 def trainer_settings(config: Any, fused_loss: bool, trainer: str) -> dict[str, Any]:
@@ -215,6 +216,7 @@ def trainer_settings(config: Any, fused_loss: bool, trainer: str) -> dict[str, A
             "fp16": bool(config.fp16), "gradient_checkpointing": bool(config.gradient_checkpointing),
             "learning_rate": config.learning_rate, "batch_size": config.per_device_train_batch_size,
             "grad_accum": config.gradient_accumulation_steps, "max_length": config.max_length,
+            # what the project's trainer asks for; loss_path says what the trained objects actually ran
             "loss": "trl fused LM-head loss (Triton)" if fused_loss else "transformers Trainer.compute_loss (no Triton/GPU)"}
 
 
@@ -238,7 +240,7 @@ def post_checks_in_child(opts: CaseOptions, record: CaseRecord) -> dict[str, Any
     if opts.tiny:
         command.append("--tiny")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    (opts.work / "post.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    print(f"----- post-training checks (a process without unsloth) -----\n{done.stdout}{done.stderr}", flush=True)
     found = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
     if not found:
         record.errors.append({"step": "chat loader / merge (child process)", "type": "ChildProcessError",

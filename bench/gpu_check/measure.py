@@ -152,3 +152,67 @@ def logits(model: Any, input_ids: Any) -> Any:
 
 def max_diff(a: Any, b: Any) -> float:
     return float((a - b).abs().max())
+
+
+ALLOC_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+"""torch reads either (the second is the newer name); unsloth sets expandable_segments in them when it is imported."""
+
+
+def alloc_conf() -> dict[str, str]:
+    """The allocator settings this process has now: the parent sets the same ones for every case; a case records them
+    when it starts and when it ends, so one that changed them (unsloth's import) shows in the report."""
+    import os
+
+    return {name: os.environ.get(name, "unset") for name in ALLOC_VARIABLES}
+
+
+def apply_vram_cap(cap_gib: float) -> dict[str, Any]:
+    """Let this process's allocator hold at most what a card of `cap_gib` leaves after the CUDA context.
+
+    torch.cuda.set_per_process_memory_fraction limits what the caching allocator takes from the card; the CUDA
+    context (which the estimate counts as 0.5 GiB) sits outside it, so the allocator gets the card less that. A
+    run that fits under it fits the smaller card, measured rather than assumed.
+    """
+    import torch
+
+    from qlora4080.vram import CUDA_CONTEXT_BYTES
+
+    if cap_gib <= 0 or not torch.cuda.is_available():
+        return {"vram_cap_gib": None}
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, (cap_gib * GiB - CUDA_CONTEXT_BYTES) / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    return {"vram_cap_gib": cap_gib, "vram_cap_fraction": round(fraction, 5),
+            "allocator_limit_gib": round(fraction * total / GiB, 3)}
+
+
+def loss_path(trainer: Any, model: Any) -> dict[str, Any]:
+    """Where the loss is computed in this process, read off the objects that trained (not what the backend promises).
+
+    unsloth replaces the model class's forward with its own (fused cross-entropy, chunked or cut-cross-entropy) and
+    the trainer with a rewritten one; trl's SFTTrainer may compute the loss itself from hidden states. The
+    qualified names say which ran.
+    """
+    import sys
+
+    def where(function: Any) -> str:
+        function = getattr(function, "__func__", function)
+        return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}"
+
+    base = model
+    for attribute in ("base_model", "model"):  # PeftModel -> LoraModel -> the causal LM
+        base = getattr(base, attribute, base)
+    found: dict[str, Any] = {
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+        "compute_loss": where(type(trainer).compute_loss),
+        "causal_lm": f"{type(base).__module__}.{type(base).__qualname__}",
+        "causal_lm_forward": where(type(base).forward),
+    }
+    try:
+        found["loss_function"] = where(base.loss_function)  # transformers' loss for this model class
+    except (AttributeError, KeyError, ValueError):
+        found["loss_function"] = None
+    zoo = sys.modules.get("unsloth_zoo.loss_utils")
+    if zoo is not None:
+        found["unsloth_cut_cross_entropy"] = bool(getattr(zoo, "HAS_CUT_CROSS_ENTROPY", False))
+    return found

@@ -65,6 +65,7 @@ def run_peer_case(opts: CaseOptions, record: CaseRecord) -> None:
         record.data.update(measure.peak_memory(cuda))
         record.data.update(measure.timing(clock, BATCH_SIZE * opts.grad_accum * opts.seq_len))
         record.data["trainer"] = trainer_settings(config, fused, "trl SFTTrainer" if fused else "trl SFTTrainer, Trainer.compute_loss")
+        record.data["loss_path"] = measure.loss_path(trainer, trainer.model)
     record.verdict("train", record.data["losses_finite"], f"losses per step: {record.data['losses']}")
     with record.check("estimate"):
         numbers = models.architecture(opts.arch, opts.tiny, model.config.vocab_size)

@@ -35,6 +35,13 @@ NOTES = [
     ("Merge: qlora4080.export.export_merged (16-bit base, peft merge_and_unload, safetensors, reloaded with plain "
      "transformers), plus logits of base + adapter vs the merged model on one batch. Unsloth adapters are checked in "
      "a separate process without unsloth, as `qlora4080 chat` / `export` would load them."),
+    ("Allocator: every case's process starts with the same PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF (settings: "
+     "alloc_conf; unsloth sets expandable_segments on import, so it is set for all); each case records them at its start "
+     "and end. loss_path names the trainer class, its compute_loss and the model class's forward that actually ran: "
+     "unsloth swaps in its own, which is how its fused cross-entropy shows."),
+    ("Recipes: the real recipe files, data and CLI (train, chat --prompt, eval --limit 4, export --merged; DPO from "
+     "the SFT adapter) with model.name set to the random-weight model and a few steps. Peaks and the estimate come from "
+     "the run's summary.json (whole process, loading included); each command's own peaks are in the JSON."),
     ("Packing (hf only): a pair packed by data/packing.py with its block-diagonal mask vs each sample alone; "
      "'plain sequence' is the pair as one unmasked sequence (the size of a leak, for "
      "contrast); 'position ids only' is the pair with restarting positions and no mask (informational). Under "
@@ -81,7 +88,7 @@ def header(hardware: dict[str, Any] | None, argv: list[str], tiny: bool) -> dict
         "cuda": hw.get("cuda"),
         "cpu_cores": os.cpu_count(),
         "python": sys.version.split()[0],
-        "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "unset"),
+        "PYTORCH_CUDA_ALLOC_CONF (the parent's; cases: --alloc-conf)": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "unset"),
         "versions": versions(),
     }
 
@@ -118,7 +125,7 @@ def markdown(report: dict[str, Any]) -> str:
               ("| case | run | ok | precision, optimizer, checkpointing | loss per step | finite | step s (mean, excl. 1st) "
                "| tokens/s | peak alloc GiB | peak reserved GiB | estimate GiB | estimate error |"),
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in report["cases"]:
+    for c in _rows(report["cases"]):
         losses = ", ".join(f"{x:.4f}" for x in c.get("losses", [])) or "n/a"
         error = f"{c['estimate_error_pct']:+.1f}%" if c.get("estimate_error_pct") is not None else "n/a"
         lines.append(f"| {c['case']} | {c.get('repeat', 0) + 1} | {_num(c['ok'])} | {_precision(c)} | {losses} | "
@@ -130,7 +137,10 @@ def markdown(report: dict[str, Any]) -> str:
             rates = [c["tokens_per_s"] for c in report["cases"] if c["case"] == name and c.get("tokens_per_s")]
             if rates:
                 lines.append(f"| {name} | {len(rates)} | {statistics.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")
-    lines += _checks(report["cases"])
+    lines += _checks(_rows(report["cases"]))
+    lines += _recipes([c for c in report["cases"] if c.get("backend") == "recipe"], s)
+    lines += ["", "## Not run", ""] + ([f"- `{n['case']}`: {n['why']}. Next time: `{n['command']}`" for n in report.get("not_run", [])]
+                                       or ["Everything chosen ran."])
     failures = [(c["case"], c.get("repeat", 0), e) for c in report["cases"] for e in c.get("errors", [])]
     lines += ["", "## Failures", ""]
     if not failures:
@@ -140,6 +150,32 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- `{case}` run {repeat + 1}, step **{e['step']}**: {e['type']}: {message}")
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The backend rows (unsloth, hf, peer); the recipe cases have a table of their own."""
+    return [c for c in cases if c.get("backend") != "recipe"]
+
+
+def _recipes(cases: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    if not cases:
+        return []
+    cap = settings.get("vram_cap_gib")
+    lines = ["", f"## Recipes through the CLI (each command's allocator capped to a {cap:g} GiB card less 0.5 GiB of context)"
+             if cap else "## Recipes through the CLI (no cap)", "",
+             ("| case | ok | commands (s) | loss first -> last | peak alloc GiB | peak reserved GiB | estimate GiB | estimate error "
+              "| merged answer = adapter answer |"), "|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        summary = c.get("summary") or {}
+        commands = ", ".join(f"{step} {seconds:.0f}" for step, seconds in c.get("phase_seconds", {}).items()) or "n/a"
+        first, last = summary.get("first_loss"), summary.get("last_loss")
+        losses = f"{first:.4f} -> {last:.4f}" if first is not None and last is not None else "n/a"
+        error = f"{c['estimate_error_pct']:+.1f}%" if c.get("estimate_error_pct") is not None else "n/a"
+        export = c.get("export")
+        lines.append(f"| {c['case']} | {_num(c['ok'])} | {commands} | {losses} | {_num(summary.get('peak_memory_gib'))} | "
+                     f"{_num(summary.get('peak_reserved_gib'))} | {_num(summary.get('estimated_memory_gib'))} | {error} | "
+                     f"{_num(export['answers_match']) if export else 'n/a'} |")
+    return lines
 
 
 def _verdict(check: dict[str, Any] | None, text: str) -> str:

@@ -3,7 +3,13 @@
 The parent never imports torch: on a GPU its CUDA context would sit on the card
 for the whole run. Each child prints one MARK line of JSON; a child that dies
 without it (a crash, the OOM killer, a timeout) still becomes a failed case,
-with the end of its output, and every child's output is kept in <out>/gpu_check_logs/.
+with the end of its output. Every child's output is appended to one log,
+<out>/gpu_check.log, each under a header line: a GPU run brings back only a
+few files.
+
+With a time budget (--budget-s) no case starts with less than --min-case-s
+left, and a running one is stopped when the budget is spent; what was not run
+is listed with the command that runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,24 +32,21 @@ REPO = Path(__file__).resolve().parents[2]
 CASE_TIMEOUT_S = 3600
 
 
-def run_child(script: Path, flags: list[str], log: Path, env: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
-    """Run bench/gpu_check.py with `flags`; its JSON result line (or None) and why it is missing."""
-    command = [sys.executable, str(script), *flags]
+def run_logged(command: list[str], log: Path, title: str, env: dict[str, str], timeout: float,
+               cwd: Path | None = None) -> tuple[int | str, str, float]:
+    """Run `command`, append its output to `log` under `title`: (exit code or "timeout", output, CPU seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CASE_TIMEOUT_S, env=env, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout, 1.0), env=env, cwd=cwd, check=False)
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:  # its captured output is bytes, whatever text=True says
         captured = [part.decode(errors="replace") if isinstance(part, bytes) else part or "" for part in (exc.stdout, exc.stderr)]
-        output, code = "".join(captured) + f"\n(timed out after {CASE_TIMEOUT_S} s)", "timeout"
-    log.write_text(output, encoding="utf-8")
+        output, code = "".join(captured) + f"\n(stopped after {timeout:.0f} s: the time budget ran out)", "timeout"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
-    found = [line for line in output.splitlines() if line.startswith(MARK)]
-    if found:
-        # CPU seconds next to wall seconds show how much a busy machine stretched the case
-        return {**json.loads(found[-1][len(MARK):]), "process_cpu_s": cpu_s}, ""
-    return None, f"the process ended without a result (exit {code}); last output: {output.strip()[-1500:]}"
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n===== {title} (exit {code}, {time.monotonic() - started:.1f} s) =====\n$ {' '.join(command)}\n{output}\n")
+    return code, output, round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
 
 
 def failed_case(case: str, repeat: int, step: str, message: str) -> dict[str, Any]:
@@ -59,13 +63,27 @@ class Runner:
     script: Path
     """bench/gpu_check.py, which each child runs with its internal flags."""
     work: Path
-    logs: Path
+    log: Path
+    """The one log every child's output is appended to."""
     merge_archs: list[str]
+    deadline: float | None = None
+    """time.monotonic() by which everything must have ended (None: no budget)."""
+    on_result: Callable[[], None] = lambda: None
+    """Called after every case: the report is rewritten, so a run cut off keeps what it measured."""
     cases: list[dict[str, Any]] = field(default_factory=list)
+    not_run: list[dict[str, str]] = field(default_factory=list)
     hardware: dict[str, Any] | None = None
-    env: dict[str, str] = field(default_factory=lambda: {
-        **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env = {
+            **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            # The same allocator settings for every case: unsloth sets expandable_segments when it is imported,
+            # so without this its rows and the others would measure two allocators.
+            **({name: self.args.alloc_conf for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+               if self.args.alloc_conf else {}),
+        }
 
     @property
     def common(self) -> list[str]:
@@ -73,17 +91,42 @@ class Runner:
 
     @property
     def total(self) -> int:
-        return self.args.repeats * sum(len(self.backends_for(arch)) for arch in self.args.archs)
+        return (self.args.repeats * sum(len(self.backends_for(arch)) for arch in self.args.archs)
+                + (len(self.args.recipes) if "qwen3-4b" in self.args.archs else 0))
+
+    def time_left(self) -> float:
+        return CASE_TIMEOUT_S if self.deadline is None else min(CASE_TIMEOUT_S, self.deadline - time.monotonic())
+
+    def can_start(self, what: str, command: str) -> bool:
+        """False (and `what` listed as not run, with the command that runs it) when the budget is too near its end."""
+        if self.deadline is None or self.time_left() >= self.args.min_case_s:
+            return True
+        self.not_run.append({"case": what, "why": f"{max(self.time_left(), 0):.0f} s of the budget left, under --min-case-s "
+                                                  f"{self.args.min_case_s:g}", "command": command})
+        self.on_result()
+        return False
 
     def backends_for(self, arch: str) -> list[str]:
         """All chosen backends, except that on a CPU the peer row (which only proves its script runs there) runs once."""
         return [b for b in self.args.backends if not (self.args.tiny and b == "peer" and arch != self.args.archs[0])]
 
+    def run_child(self, flags: list[str], title: str) -> tuple[dict[str, Any] | None, str]:
+        """Run bench/gpu_check.py with `flags`; its JSON result line (or None) and why it is missing."""
+        code, output, cpu_s = run_logged([sys.executable, str(self.script), *flags], self.log, title, self.env, self.time_left())
+        found = [line for line in output.splitlines() if line.startswith(MARK)]
+        if found:
+            # CPU seconds next to wall seconds show how much a busy machine stretched the case
+            return {**json.loads(found[-1][len(MARK):]), "process_cpu_s": cpu_s}, ""
+        return None, f"the process ended without a result (exit {code}); last output: {output.strip()[-1500:]}"
+
+    def run_command(self, command: list[str], cwd: Path, title: str, timeout: float) -> tuple[int | str, str]:
+        code, output, _ = run_logged(command, self.log, title, self.env, timeout, cwd=cwd)
+        return code, output
+
     def build(self, group: list[str]) -> tuple[dict[str, Any], str]:
         """Build these architectures' models in one child; {arch: build record} and why the child gave nothing."""
         print(f"building {', '.join(group)} ...", flush=True)
-        built, why = run_child(self.script, ["--build", ",".join(group), "--work", str(self.work), *self.common],
-                               self.logs / f"build-{'+'.join(group)}.log", self.env)
+        built, why = self.run_child(["--build", ",".join(group), "--work", str(self.work), *self.common], f"build {'+'.join(group)}")
         self.hardware = self.hardware or (built or {}).get("hardware")
         return (built or {}).get("models", {}), why
 
@@ -92,6 +135,7 @@ class Runner:
         if model is None or not model["ok"]:
             reason = why or ("; ".join(f"{e['type']}: {e['message']}" for e in model["errors"]) if model else "not built")
             self.cases.append(failed_case(case, repeat, "build model", reason))
+            self.on_result()
             return
         flags = ["--case", case, "--model-dir", model["model_dir"], "--work", str(self.work / f"{backend}-{arch}-{repeat}"),
                  "--repeat", str(repeat), *self.common]
@@ -100,9 +144,14 @@ class Runner:
         elif arch in self.merge_archs and backend != "peer":
             flags.append("--merge")
         started = time.monotonic()
-        result, why_case = run_child(self.script, flags, self.logs / f"{backend}-{arch}-run{repeat + 1}.log", self.env)
+        result, why_case = self.run_child(flags, f"{case} run {repeat + 1}")
         result = result or failed_case(case, repeat, "child process", why_case)
         result["wall_s"] = round(time.monotonic() - started, 1)
+        self.finished(result)
+
+    def finished(self, result: dict[str, Any]) -> None:
         self.cases.append(result)
         state = "ok" if result["ok"] else f"FAILED at {result['errors'][0]['step']}"
-        print(f"[{len(self.cases)}/{self.total}] {case} run {repeat + 1}: {state} ({result['wall_s']} s)", flush=True)
+        print(f"[{len(self.cases)}/{self.total}] {result['case']} run {result.get('repeat', 0) + 1}: {state} "
+              f"({result.get('wall_s', '?')} s)", flush=True)
+        self.on_result()
