@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))
 from gpu_check import report
 from gpu_check.recipe_case import RECIPE_ARCH, RECIPE_CASES, run_recipe_case
 from gpu_check.record import MARK, CaseRecord, CaseStopped
-from gpu_check.runner import Runner
+from gpu_check.runner import Runner, failed_case
 
 BACKENDS = ("unsloth", "hf", "peer")
 ARCHS = ("qwen3-4b", "llama-3.1-8b")
@@ -251,9 +251,7 @@ def run_architecture(args: argparse.Namespace, runner: Runner, arch: str, model:
         if not runner.can_start(f"recipe:{name}", command_for(args, archs=arch, recipes=recipes)):
             continue
         if model is None or not model.get("ok"):
-            runner.finished({"case": f"recipe:{name}", "ok": False, "backend": "recipe", "arch": arch, "repeat": 0,
-                             "errors": [{"step": "build model", "type": "ChildProcessError", "message": why or "not built",
-                                         "traceback": ""}]})
+            runner.finished({**failed_case(f"recipe:{name}", 0, "build model", why or "not built"), "arch": arch})
             continue
         started = time.monotonic()
         # one folder for both: the DPO recipe starts from the adapter the SFT one saved there

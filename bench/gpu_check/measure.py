@@ -108,6 +108,13 @@ def allocated_gib(cuda: bool) -> float | None:
     return round(torch.cuda.memory_allocated() / GiB, 3)
 
 
+def estimate_error_pct(estimate_gib: float | None, peak_reserved_gib: float | None) -> float | None:
+    """How far the estimate is from the measured peak, in % of the peak (positive: the estimate is high)."""
+    if not estimate_gib or not peak_reserved_gib:
+        return None
+    return round(100 * (estimate_gib - peak_reserved_gib) / peak_reserved_gib, 1)
+
+
 def estimate_fields(arch: Any, shape: Any, peak_reserved_gib: float | None) -> dict[str, Any]:
     """The project's estimate for this shape, next to the measured peak (error in % of the measurement)."""
     from dataclasses import asdict
@@ -115,10 +122,7 @@ def estimate_fields(arch: Any, shape: Any, peak_reserved_gib: float | None) -> d
     from qlora4080.vram import estimate
 
     result = estimate(arch, shape)
-    error = None
-    if peak_reserved_gib:
-        error = round(100 * (result.total_gib - peak_reserved_gib) / peak_reserved_gib, 1)
-    return {"estimate_gib": round(result.total_gib, 3), "estimate_error_pct": error,
+    return {"estimate_gib": round(result.total_gib, 3), "estimate_error_pct": estimate_error_pct(result.total_gib, peak_reserved_gib),
             "estimate_parts_gib": {k: round(v / GiB, 3) for k, v in result.parts.items()},
             "estimate_shape": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(shape).items()}}
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import measure
+
 REPO = Path(__file__).resolve().parents[2]
 CAPPED_CLI = Path(__file__).resolve().parent / "capped_cli.py"
 SFT_RUN = "gpu-check-emoji"
@@ -130,11 +132,8 @@ def _train_facts(work: Path, run_name: str) -> dict[str, Any]:
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     facts: dict[str, Any] = {"summary": {key: summary.get(key) for key in SUMMARY_KEYS}}
     estimate, reserved = summary.get("estimated_memory_gib"), summary.get("peak_reserved_gib")
-    if estimate and reserved:
-        facts["estimate_gib"] = estimate
-        facts["peak_reserved_gib"] = reserved
-        facts["peak_allocated_gib"] = summary.get("peak_memory_gib")
-        facts["estimate_error_pct"] = round(100 * (estimate - reserved) / reserved, 1)
+    facts.update(estimate_gib=estimate, peak_reserved_gib=reserved, peak_allocated_gib=summary.get("peak_memory_gib"),
+                 estimate_error_pct=measure.estimate_error_pct(estimate, reserved))
     return facts
 
 
