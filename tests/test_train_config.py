@@ -110,9 +110,9 @@ def test_the_summary_puts_the_estimate_beside_the_measured_peaks_on_cuda(monkeyp
     trainer = SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 2.0}, {"loss": 1.5}]), tokens_seen=10, trained_tokens_seen=5,
                               args=SimpleNamespace(world_size=1, per_device_train_batch_size=1, gradient_accumulation_steps=16),
                               callback_handler=SimpleNamespace(callbacks=[]))
-    parts = dict(dirs=SimpleNamespace(name="run"), output=SimpleNamespace(global_step=2, training_loss=1.75), history=[],
-                 train_split=SimpleNamespace(tokens=100, trained_tokens=40), eval_metrics={}, timings={}, started=0.0,
-                 trainer=trainer, plan=SimpleNamespace(summary_fields=lambda: {}))
+    parts = {"dirs": SimpleNamespace(name="run"), "output": SimpleNamespace(global_step=2, training_loss=1.75), "history": [],
+             "train_split": SimpleNamespace(tokens=100, trained_tokens=40), "eval_metrics": {}, "timings": {}, "started": 0.0,
+             "trainer": trainer, "plan": SimpleNamespace(summary_fields=dict)}
     on_card = build_summary(hardware=AMPERE, estimate_gib=6.4, **parts)
     assert (on_card["peak_memory_gib"], on_card["peak_reserved_gib"], on_card["estimated_memory_gib"]) == (5.0, 6.0, 6.4)
     on_cpu = build_summary(hardware=CPU, estimate_gib=None, **parts)
