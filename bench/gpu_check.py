@@ -89,7 +89,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--vram-cap-gib", type=float, default=16.0,
                         help="recipe cases: the card to fit; their CUDA allocator is capped to it (0: no cap)")
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting cases when this much wall time is near spent (0: none)")
-    parser.add_argument("--min-case-s", type=float, default=90.0, help="with --budget-s: no case starts with less than this left")
+    parser.add_argument("--min-case-s", type=float,
+                        help="with --budget-s: no case starts with less than this left (default 150: a 4B case loads its "
+                             "model several times; --tiny: 30)")
     parser.add_argument("--alloc-conf", default="expandable_segments:True",
                         help="PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF for every case ('' keeps the environment's)")
     parser.add_argument("--tiny", action="store_true", help="CPU: tiny models of the same families, hf + peer + recipes, in minutes")
@@ -107,6 +109,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.archs = args.archs.split(",")
     args.steps = args.steps or (2 if args.tiny else 3)
     args.recipe_steps = args.recipe_steps or (2 if args.tiny else 3)
+    args.min_case_s = args.min_case_s if args.min_case_s is not None else (30.0 if args.tiny else 150.0)
     args.seq_len = args.seq_len or (64 if args.tiny else 1024)
     merge = args.merge_archs.split(",") if args.merge_archs and args.merge_archs != "none" else []
     for name, chosen, known in (("--backends", args.backends, BACKENDS), ("--archs", args.archs, ARCHS), ("--merge-archs", merge, ARCHS),

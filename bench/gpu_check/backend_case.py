@@ -73,7 +73,13 @@ def run_backend_case(opts: CaseOptions, record: CaseRecord) -> None:
     unsloth = opts.backend == "unsloth"
     if unsloth:
         with record.step("import unsloth"):
-            import unsloth as _unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
+            from qlora4080.unsloth_setup import unsloth_import_problem
+
+            # first, as the CLI does it: it patches transformers, trl and peft, and writes its generated
+            # trainers into the project's cache rather than the working folder
+            problem = unsloth_import_problem()
+            if problem:
+                raise RuntimeError(f"unsloth: {problem}")
     from qlora4080.backends import load_backend
     from qlora4080.hardware import detect
     from qlora4080.plan import resolve_plan

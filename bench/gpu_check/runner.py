@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -37,12 +38,17 @@ def run_logged(command: list[str], log: Path, title: str, env: dict[str, str], t
     """Run `command`, append its output to `log` under `title`: (exit code or "timeout", output, CPU seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
+    # A session of its own: at the budget the whole group goes, with the processes the case started (the
+    # post-training checks, the CLI's), which would otherwise hold the card while the next case loads.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                               start_new_session=True)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout, 1.0), env=env, cwd=cwd, check=False)
-        output, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as exc:  # its captured output is bytes, whatever text=True says
-        captured = [part.decode(errors="replace") if isinstance(part, bytes) else part or "" for part in (exc.stdout, exc.stderr)]
-        output, code = "".join(captured) + f"\n(stopped after {timeout:.0f} s: the time budget ran out)", "timeout"
+        stdout, stderr = process.communicate(timeout=max(timeout, 1.0))
+        output, code = stdout + stderr, process.returncode  # stdout first and whole: the result line is in it
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        output, code = f"{stdout or ''}{stderr or ''}\n(stopped after {timeout:.0f} s: the time budget ran out)", "timeout"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"\n===== {title} (exit {code}, {time.monotonic() - started:.1f} s) =====\n$ {' '.join(command)}\n{output}\n")
