@@ -29,8 +29,11 @@ def write_peaks(report: Path, cap: dict[str, Any], started: float) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    found = {**cap, **measure.peak_memory(cuda), "alloc_conf_at_exit": measure.alloc_conf(),
-             "process_seconds": round(time.monotonic() - started, 1)}
+    try:
+        peaks: dict[str, Any] = measure.peak_memory(cuda)
+    except Exception as exc:  # noqa: BLE001  (a CUDA error that ended the command must not lose the rest)
+        peaks = {"peak_memory_error": f"{type(exc).__name__}: {exc}"[:500]}
+    found = {**cap, **peaks, "alloc_conf_at_exit": measure.alloc_conf(), "process_seconds": round(time.monotonic() - started, 1)}
     report.write_text(json.dumps(found), encoding="utf-8")
 
 

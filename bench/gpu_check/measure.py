@@ -186,8 +186,17 @@ def apply_vram_cap(cap_gib: float) -> dict[str, Any]:
     total = torch.cuda.get_device_properties(0).total_memory
     fraction = min(1.0, (cap_gib * GiB - CUDA_CONTEXT_BYTES) / total)
     torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    # Proof that the limit holds with this allocator configuration: a block just over it must be refused.
+    try:
+        probe = torch.empty(int(fraction * total) + 256 * 2**20, dtype=torch.uint8, device="cuda")
+        enforced = False
+        del probe
+    except torch.OutOfMemoryError:
+        enforced = True
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()  # the probe is not the command's memory
     return {"vram_cap_gib": cap_gib, "vram_cap_fraction": round(fraction, 5),
-            "allocator_limit_gib": round(fraction * total / GiB, 3)}
+            "allocator_limit_gib": round(fraction * total / GiB, 3), "vram_cap_enforced": enforced}
 
 
 def loss_path(trainer: Any, model: Any) -> dict[str, Any]:

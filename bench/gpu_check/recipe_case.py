@@ -125,6 +125,10 @@ def run_recipe_case(name: str, model_dir: str, work: Path, steps: int, cap_gib: 
             result["export"] = _export_facts(work / "merged", output)
         elif step == "chat --prompt":
             result["chat_answer"] = output.strip().splitlines()[-1][:200] if output.strip() else ""
+    enforced = [c.get("vram_cap_enforced") for c in result["commands"].values() if "vram_cap_enforced" in c]
+    if cap_gib and enforced and not all(enforced):  # then "fits the card" was not measured
+        result["errors"].append({"step": "vram cap", "type": "CheckFailed", "traceback": "",
+                                 "message": "an allocation over the capped limit succeeded: the cap did not hold"})
     result["ok"] = not result["errors"]
     return result
 

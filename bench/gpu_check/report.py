@@ -164,7 +164,7 @@ def _recipes(cases: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]
     lines = ["", f"## Recipes through the CLI (each command's allocator capped to a {cap:g} GiB card less 0.5 GiB of context)"
              if cap else "## Recipes through the CLI (no cap)", "",
              ("| case | ok | commands (s) | loss first -> last | peak alloc GiB | peak reserved GiB | estimate GiB | estimate error "
-              "| merged answer = adapter answer |"), "|---|---|---|---|---|---|---|---|---|"]
+              "| merged answer = adapter answer | cap held |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:
         summary = c.get("summary") or {}
         commands = ", ".join(f"{step} {seconds:.0f}" for step, seconds in c.get("phase_seconds", {}).items()) or "n/a"
@@ -172,9 +172,11 @@ def _recipes(cases: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]
         losses = f"{first:.4f} -> {last:.4f}" if first is not None and last is not None else "n/a"
         error = f"{c['estimate_error_pct']:+.1f}%" if c.get("estimate_error_pct") is not None else "n/a"
         export = c.get("export")
-        lines.append(f"| {c['case']} | {_num(c['ok'])} | {commands} | {losses} | {_num(summary.get('peak_memory_gib'))} | "
+        held = [command["vram_cap_enforced"] for command in c.get("commands", {}).values() if "vram_cap_enforced" in command]
+        gpu_peak = summary.get("peak_memory_gib") if summary.get("peak_reserved_gib") is not None else None  # on a CPU: RAM
+        lines.append(f"| {c['case']} | {_num(c['ok'])} | {commands} | {losses} | {_num(gpu_peak)} | "
                      f"{_num(summary.get('peak_reserved_gib'))} | {_num(summary.get('estimated_memory_gib'))} | {error} | "
-                     f"{_num(export['answers_match']) if export else 'n/a'} |")
+                     f"{_num(export['answers_match']) if export else 'n/a'} | {_num(all(held)) if held else 'n/a'} |")
     return lines
 
 
