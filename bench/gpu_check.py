@@ -284,6 +284,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runner: Runner, wall
                      "alloc_conf": args.alloc_conf or "as the environment had it", "budget_s": args.budget_s or None,
                      "real_models": {arch: models.REAL_NAMES[arch] for arch in args.archs}, "wall_s": round(wall_s, 1)},
         "cases": runner.cases,
+        "speed_ratios": report.speed_ratios([c for c in runner.cases if c.get("backend") != "recipe"]),
         "not_run": runner.not_run,
         "notes": report.NOTES + (report.CPU_NOTES if not (runner.hardware or {}).get("is_cuda") else []),
     }

@@ -65,6 +65,10 @@ def test_tiny_run_writes_a_report_where_every_case_and_check_holds(tmp_path: Pat
     assert dpo["commands"]["train"]["argv"][-1].endswith("checkpoints/gpu-check-emoji")  # model.adapter = the SFT adapter
     assert all(command["exit"] == 0 for command in sft["commands"].values())
     assert report["not_run"] == []
+    # the comparison the GPU section reports; on a CPU only hf and the peer script train
+    [ratio] = report["speed_ratios"]
+    hf_rate, peer_rate = cases["hf:qwen3-4b"]["tokens_per_s"], cases["peer:qwen3-4b"]["tokens_per_s"]
+    assert ratio["arch"] == "qwen3-4b" and ratio["ratio"] == "hf/peer" and ratio["value"] == round(hf_rate / peer_rate, 2)
     for name, case in cases.items():
         assert case["ok"], (name, case["errors"])
         assert len(case["losses"]) == report["settings"]["steps"] == 2

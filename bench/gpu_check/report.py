@@ -137,6 +137,7 @@ def markdown(report: dict[str, Any]) -> str:
             rates = [c["tokens_per_s"] for c in report["cases"] if c["case"] == name and c.get("tokens_per_s")]
             if rates:
                 lines.append(f"| {name} | {len(rates)} | {statistics.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")
+    lines += _speed_ratios(_rows(report["cases"]))
     lines += _checks(_rows(report["cases"]))
     lines += _recipes([c for c in report["cases"] if c.get("backend") == "recipe"], s)
     lines += ["", "## Not run", ""] + ([f"- `{n['case']}`: {n['why']}. Next time: `{n['command']}`" for n in report.get("not_run", [])]
@@ -150,6 +151,37 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- `{case}` run {repeat + 1}, step **{e['step']}**: {e['type']}: {message}")
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+RATIOS = (("unsloth", "hf"), ("unsloth", "peer"), ("hf", "peer"))
+"""The speed comparisons the GPU section reports: unsloth against the project's own hf path and against the plain
+TRL script a user would write; hf against that script."""
+
+
+def speed_ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per architecture, each pair's ratio of median tokens/s over the runs that trained (where both backends did)."""
+    found = []
+    for arch in dict.fromkeys(c["arch"] for c in cases):
+        median = {}
+        for backend in ("unsloth", "hf", "peer"):
+            rates = [c["tokens_per_s"] for c in cases if c["arch"] == arch and c["backend"] == backend and c.get("tokens_per_s")]
+            if rates:
+                median[backend] = statistics.median(rates)
+        for fast, slow in RATIOS:
+            if fast in median and slow in median:
+                found.append({"arch": arch, "ratio": f"{fast}/{slow}", "value": round(median[fast] / median[slow], 2),
+                              "tokens_per_s": (round(median[fast], 1), round(median[slow], 1))})
+    return found
+
+
+def _speed_ratios(cases: list[dict[str, Any]]) -> list[str]:
+    ratios = speed_ratios(cases)
+    if not ratios:
+        return []
+    lines = ["", "## Speed ratios (median tokens/s over the runs)", "", "| architecture | ratio | value | tokens/s |", "|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['ratio']} | {r['value']:.2f}x | {r['tokens_per_s'][0]:.1f} vs {r['tokens_per_s'][1]:.1f} |"
+              for r in ratios]
+    return lines
 
 
 def _rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
