@@ -2,10 +2,10 @@
 
     make gpu-check                      (= .venv/bin/python bench/gpu_check.py)
     .venv/bin/python bench/gpu_check.py [--backends unsloth,hf,peer] [--archs qwen3-4b,llama-3.1-8b]
-        [--recipes qwen3-4b-emoji,qwen3-4b-emoji-dpo] [--steps 3] [--seq-len 1024] [--repeats 1]
+        [--recipes qwen3-4b-emoji,qwen3-4b-emoji-dpo,...] [--steps 3] [--seq-len 1024] [--repeats 1]
         [--budget-s 480] [--vram-cap-gib 16] [--out bench/results] [--merge-archs qwen3-4b]
     .venv/bin/python bench/gpu_check.py --tiny --out /tmp/x   (CPU: the same code path on tiny models,
-        hf on both families + one peer row + both recipes, seq-len 64, 2 steps, grad-accum 4; what the test suite runs)
+        hf on both families + one peer row + the SFT and DPO recipes, seq-len 64, 2 steps, grad-accum 4; what the test suite runs)
     bench/gpu_device_run.sh             (a bare GPU machine: installs what `make gpu-carry` built, then this)
 
 For each architecture (Qwen3-4B-Instruct-2507, Llama-3.1-8B-Instruct; random
@@ -19,7 +19,8 @@ reload -> same greedy answer, the chat loader, merge + export (smaller
 architecture by default) and the packed-batch mask (hf). Then the headline
 recipes through the CLI on the Qwen3-4B model (recipe_case.py), each command's
 CUDA allocator capped at what a --vram-cap-gib card holds: train, chat, eval and
-export the SFT recipe, then DPO from its adapter. A case that fails records its
+export the SFT recipe, then DPO and GRPO from its adapter, and GRPO on unsloth
+from a fresh one. A case that fails records its
 step and error and the others still run. Cases run in that order, the most
 wanted first; with --budget-s none starts when less than --min-case-s is left,
 and what did not run is listed with its command. Every child gets the same

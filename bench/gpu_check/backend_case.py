@@ -246,7 +246,9 @@ def post_checks_in_child(opts: CaseOptions, record: CaseRecord) -> dict[str, Any
     if opts.tiny:
         command.append("--tiny")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    print(f"----- post-training checks (a process without unsloth) -----\n{done.stdout}{done.stderr}", flush=True)
+    # into this case's output (the one log), without the child's result line: the parent reads this case's own
+    echoed = "".join(line for line in (done.stdout + done.stderr).splitlines(keepends=True) if not line.startswith(MARK))
+    print(f"----- post-training checks (a process without unsloth) -----\n{echoed}", flush=True)
     found = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
     if not found:
         record.errors.append({"step": "chat loader / merge (child process)", "type": "ChildProcessError",
