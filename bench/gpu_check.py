@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))
 
 # bench/gpu_check/, the helpers' package next to this file (sys.path[0] is bench/ when run as a script)
 from gpu_check import report
-from gpu_check.recipe_case import RECIPE_ARCH, RECIPE_CASES, run_recipe_case
+from gpu_check.recipe_case import RECIPE_ARCH, RECIPE_CASES, SFT_CASE, run_recipe_case
 from gpu_check.record import MARK, CaseRecord, CaseStopped
 from gpu_check.runner import Runner, failed_case
 
@@ -251,7 +251,7 @@ def run_architecture(args: argparse.Namespace, runner: Runner, arch: str, model:
         return
     for name in args.recipes:
         # next time a case that starts from the SFT adapter needs the SFT case first
-        recipes = f"qwen3-4b-emoji,{name}" if RECIPE_CASES[name].needs_sft else name
+        recipes = f"{SFT_CASE},{name}" if RECIPE_CASES[name].needs_sft else name
         if not runner.can_start(f"recipe:{name}", command_for(args, archs=arch, recipes=recipes)):
             continue
         if model is None or not model.get("ok"):

@@ -9,6 +9,8 @@ is reported but left out of the mean and of tokens/s.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from statistics import mean
 from typing import Any
@@ -165,8 +167,6 @@ ALLOC_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 def alloc_conf() -> dict[str, str]:
     """The allocator settings this process has now: the parent sets the same ones for every case; a case records them
     when it starts and when it ends, so one that changed them (unsloth's import) shows in the report."""
-    import os
-
     return {name: os.environ.get(name, "unset") for name in ALLOC_VARIABLES}
 
 
@@ -206,7 +206,6 @@ def loss_path(trainer: Any, model: Any) -> dict[str, Any]:
     the trainer with a rewritten one; trl's SFTTrainer may compute the loss itself from hidden states. The
     qualified names say which ran.
     """
-    import sys
 
     def where(function: Any) -> str:
         function = getattr(function, "__func__", function)

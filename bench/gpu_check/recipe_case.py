@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from . import measure
+from .record import CaseRecord
 
 REPO = Path(__file__).resolve().parents[2]
 CAPPED_CLI = Path(__file__).resolve().parent / "capped_cli.py"
+SFT_CASE = "qwen3-4b-emoji"
+"""The case whose adapter the DPO and GRPO cases continue from."""
 SFT_RUN = "gpu-check-emoji"
 
 
@@ -53,7 +56,7 @@ every answer is full length) in fewer rounds of sampling: one prompt per step in
 evaluation after training. Neither changes the peak, which one micro-step sets."""
 
 RECIPE_CASES = {
-    "qwen3-4b-emoji": RecipeCase("qwen3_4b_emoji.toml", SFT_RUN, after_training=True),
+    SFT_CASE: RecipeCase("qwen3_4b_emoji.toml", SFT_RUN, after_training=True),
     "qwen3-4b-emoji-dpo": RecipeCase("qwen3_4b_emoji_dpo.toml", "gpu-check-emoji-dpo", after_training=False, needs_sft=True),
     "qwen3-4b-math-grpo": RecipeCase("qwen3_4b_math_grpo.toml", "gpu-check-math-grpo", after_training=False, needs_sft=True,
                                      sets=GRPO_FASTER, in_tiny=False),
@@ -62,7 +65,7 @@ RECIPE_CASES = {
                                              sets=(*GRPO_FASTER, "model.backend=unsloth", "model.adapter="), in_tiny=False),
 }
 RECIPE_ARCH = "qwen3-4b"
-"""Both recipes train Qwen3-4B-Instruct-2507: they run on that architecture's random-weight model."""
+"""Every recipe here trains Qwen3-4B-Instruct-2507: they run on that architecture's random-weight model."""
 
 Command = Callable[[list[str], Path, str, float], tuple[int | str, str]]
 """Runs a command line in a folder under a title with a timeout: (exit code or "timeout", its output)."""
@@ -79,19 +82,16 @@ def run_recipe_case(name: str, model_dir: str, work: Path, steps: int, cap_gib: 
     """
     case = RECIPE_CASES[name]
     work.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"case": f"recipe:{name}", "backend": "recipe", "arch": RECIPE_ARCH, "repeat": 0,
-                              "recipe": f"recipes/{case.recipe}", "vram_cap_gib": cap_gib or None, "steps_done": [],
-                              "phase_seconds": {}, "errors": [], "commands": {}}
+    record = CaseRecord(f"recipe:{name}", data={"backend": "recipe", "arch": RECIPE_ARCH, "repeat": 0, "recipe": f"recipes/{case.recipe}",
+                                                "vram_cap_gib": cap_gib or None, "commands": {}})
     checkpoint = work / "checkpoints" / case.run_name
     sets = [f"model.name={model_dir}", f"training.max_steps={steps}", "training.logging_steps=1",
             f"training.save_steps={steps}", "output.report_to=[]", *case.sets]
     if case.needs_sft:
         sft = work / "checkpoints" / SFT_RUN
         if not (sft / "adapter_config.json").is_file():
-            result["errors"].append({"step": "train", "type": "NotRun", "traceback": "",
-                                     "message": f"needs the adapter of recipe:qwen3-4b-emoji in {sft}, which did not finish"})
-            result["ok"] = False
-            return result
+            record.verdict("train", False, f"needs the adapter of recipe:{SFT_CASE} in {sft}, which did not finish", kind="NotRun")
+            return record.result()
         sets.append(f"model.adapter={sft}")
     train = ["train", str(REPO / "recipes" / case.recipe), "--run-name", case.run_name, "--overwrite",
              "--target-gb", str(cap_gib or 16)] + [arg for value in sets for arg in ("--set", value)]
@@ -109,28 +109,26 @@ def run_recipe_case(name: str, model_dir: str, work: Path, steps: int, cap_gib: 
         command = [sys.executable, str(CAPPED_CLI), "--cap-gib", str(cap_gib), "--report", str(peaks_file), "--", *arguments]
         started = time.monotonic()
         code, output = run(command, work, f"recipe:{name} {step}", time_left())
-        result["phase_seconds"][step] = round(time.monotonic() - started, 1)
-        result["commands"][step] = {"argv": ["qlora4080", *arguments], "exit": code,
-                                    **(json.loads(peaks_file.read_text(encoding="utf-8")) if peaks_file.is_file() else {})}
+        record.phase_seconds[step] = round(time.monotonic() - started, 1)
+        record.data["commands"][step] = {"argv": ["qlora4080", *arguments], "exit": code,
+                                         **(json.loads(peaks_file.read_text(encoding="utf-8")) if peaks_file.is_file() else {})}
         if code != 0:
-            tail = output.strip()[-1500:]
-            result["errors"].append({"step": step, "type": "CommandFailed", "message": f"exit {code}: {tail}", "traceback": ""})
+            record.verdict(step, False, f"exit {code}: {output.strip()[-1500:]}", kind="CommandFailed")
             break
-        result["steps_done"].append(step)
+        record.steps_done.append(step)
         if step == "train":
-            result.update(_train_facts(work, case.run_name))
+            record.data.update(_train_facts(work, case.run_name))
         elif step == "eval --limit 4":
-            result["eval"] = _eval_facts(work / "eval")
+            record.data["eval"] = _eval_facts(work / "eval")
         elif step == "export --merged":
-            result["export"] = _export_facts(work / "merged", output)
+            record.data["export"] = _export_facts(work / "merged", output)
         elif step == "chat --prompt":
-            result["chat_answer"] = output.strip().splitlines()[-1][:200] if output.strip() else ""
-    enforced = [c.get("vram_cap_enforced") for c in result["commands"].values() if "vram_cap_enforced" in c]
-    if cap_gib and enforced and not all(enforced):  # then "fits the card" was not measured
-        result["errors"].append({"step": "vram cap", "type": "CheckFailed", "traceback": "",
-                                 "message": "an allocation over the capped limit succeeded: the cap did not hold"})
-    result["ok"] = not result["errors"]
-    return result
+            record.data["chat_answer"] = output.strip().splitlines()[-1][:200] if output.strip() else ""
+    enforced = [c["vram_cap_enforced"] for c in record.data["commands"].values() if "vram_cap_enforced" in c]
+    # a cap that did not hold means "fits the card" was not measured
+    record.verdict("vram cap", not (cap_gib and enforced and not all(enforced)),
+                   "an allocation over the capped limit succeeded: the cap did not hold")
+    return record.result()
 
 
 def _train_facts(work: Path, run_name: str) -> dict[str, Any]:

@@ -61,10 +61,11 @@ class CaseRecord:
             self.phase_seconds[name] = round(time.monotonic() - started, 2)
         self.steps_done.append(name)
 
-    def verdict(self, name: str, passed: bool, why: str) -> None:
-        """A check that ran but did not hold counts as a failure of the case, with the numbers that broke it."""
+    def verdict(self, name: str, passed: bool, why: str, kind: str = "CheckFailed") -> None:
+        """A check that ran but did not hold counts as a failure of the case, with the numbers that broke it
+        (`kind` names it otherwise where it was not a check: a command that failed, a step that could not run)."""
         if not passed:
-            self.errors.append({"step": name, "type": "CheckFailed", "message": why, "traceback": ""})
+            self.errors.append({"step": name, "type": kind, "message": why, "traceback": ""})
 
     def _fail(self, name: str, exc: BaseException) -> None:
         self.errors.append({
