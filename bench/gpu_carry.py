@@ -41,6 +41,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -109,12 +110,18 @@ def normalize(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+def cannot_build(why: str) -> NoReturn:
+    """Stop with the documented exit code 2 (SystemExit with a message alone would exit 1)."""
+    print(f"gpu_carry: {why}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def download(pins: list[str], target: Path) -> None:
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                "--implementation", "cp", *[arg for p in PLATFORMS for arg in ("--platform", p)], "-d", str(target), *pins]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"gpu_carry: pip could not download the wheels (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
+        cannot_build(f"pip could not download the wheels (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
 
 
 def slim_wheel(source: Path, target: Path, slimming: Slimming) -> None:
@@ -238,7 +245,7 @@ def build(out: Path, cuda: str) -> Manifest:
     pins = locked_versions(REPO / "requirements" / "lock.txt")
     missing = [name for name in CARRIED if normalize(name) not in pins]
     if missing:
-        raise SystemExit(f"gpu_carry: requirements/lock.txt has no version for {', '.join(missing)}")
+        cannot_build(f"requirements/lock.txt has no version for {', '.join(missing)}")
     wheels = out / "wheels"
     if wheels.exists():
         shutil.rmtree(wheels)
